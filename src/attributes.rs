@@ -1,0 +1,576 @@
+//! Message attributes: a small multimap with MIME-canonical keys.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::Error;
+
+/// Returns the canonical form of an attribute key, exactly as Go's
+/// `textproto.CanonicalMIMEHeaderKey` does.
+///
+/// The first letter and every letter after a hyphen are upper-cased, the other letters
+/// lower-cased. A key holding a space or any byte that is not an HTTP token character
+/// (including every non-ASCII character) is returned unchanged. An already canonical key is
+/// borrowed, not copied.
+///
+/// # Examples
+///
+/// ```
+/// use msgio::canonical_key;
+/// use std::borrow::Cow;
+///
+/// assert_eq!(canonical_key("content-type"), "Content-Type");
+/// assert_eq!(canonical_key("foo-bar_baz"), "Foo-Bar_baz");
+/// assert_eq!(canonical_key("a B"), "a B"); // a space: left as it is
+/// assert!(matches!(canonical_key("Content-Type"), Cow::Borrowed(_)));
+/// ```
+pub fn canonical_key(key: &str) -> Cow<'_, str> {
+    let bytes = key.as_bytes();
+    let mut upper = true;
+    for (i, &c) in bytes.iter().enumerate() {
+        if !is_token_byte(c) {
+            // Go keeps keys with a space or a non-token byte as they are.
+            return Cow::Borrowed(key);
+        }
+        if (upper && c.is_ascii_lowercase()) || (!upper && c.is_ascii_uppercase()) {
+            return canonicalize_from(key, i);
+        }
+        upper = c == b'-';
+    }
+    Cow::Borrowed(key)
+}
+
+/// Slow path of [`canonical_key`]: `key[..first_change]` is known canonical and all-token.
+fn canonicalize_from(key: &str, first_change: usize) -> Cow<'_, str> {
+    if !key.bytes().skip(first_change).all(is_token_byte) {
+        return Cow::Borrowed(key);
+    }
+    let mut out = String::with_capacity(key.len());
+    let mut upper = true;
+    for c in key.bytes() {
+        let c = if upper {
+            c.to_ascii_uppercase()
+        } else {
+            c.to_ascii_lowercase()
+        };
+        out.push(char::from(c));
+        upper = c == b'-';
+    }
+    Cow::Owned(out)
+}
+
+/// Whether `c` is an RFC 7230 `tchar`.
+fn is_token_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric()
+        || matches!(
+            c,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'.'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'|'
+                | b'~'
+        )
+}
+
+/// The attributes of a message: a multimap from canonical keys to string values.
+///
+/// Keys are canonicalized with [`canonical_key`] when stored and when looked up, so every
+/// method takes keys in any case. A key can hold several values (`add`); they keep the order
+/// in which they were added. Cloning is cheap: the entries are shared until one side changes
+/// them.
+///
+/// # Examples
+///
+/// ```
+/// use msgio::Attributes;
+///
+/// let mut attrs = Attributes::new();
+/// attrs.set("content-type", "application/json");
+/// attrs.add("x-tag", "a");
+/// attrs.add("X-TAG", "b");
+///
+/// assert_eq!(attrs.get("Content-Type"), Some("application/json"));
+/// assert_eq!(attrs.get_all("x-tag").collect::<Vec<_>>(), ["a", "b"]);
+/// assert_eq!(attrs.len(), 2); // two keys
+/// assert!(attrs.contains("X-Tag"));
+///
+/// for (key, value) in &attrs {
+///     println!("{key}: {value}");
+/// }
+/// ```
+#[derive(Clone, Default)]
+pub struct Attributes {
+    /// Entries grouped by key (all values of one key are adjacent), in first-insertion order.
+    /// `None` stands for no entries, so that empty attributes never allocate.
+    entries: Option<Arc<Vec<(String, String)>>>,
+}
+
+impl Attributes {
+    /// Empty attributes. Does not allocate.
+    pub fn new() -> Self {
+        Attributes { entries: None }
+    }
+
+    fn entries(&self) -> &[(String, String)] {
+        self.entries.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    fn entries_mut(&mut self) -> &mut Vec<(String, String)> {
+        Arc::make_mut(self.entries.get_or_insert_with(Default::default))
+    }
+
+    /// The index range holding the values of the canonical key `key`.
+    fn group(&self, key: &str) -> Option<std::ops::Range<usize>> {
+        let entries = self.entries();
+        let start = entries.iter().position(|(k, _)| k == key)?;
+        let len = entries[start..].iter().take_while(|(k, _)| k == key).count();
+        Some(start..start + len)
+    }
+
+    /// The first value of `key` (any case), if there is one.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        let key = canonical_key(key);
+        self.entries()
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of `key` (any case), in the order they were added.
+    pub fn get_all(&self, key: &str) -> GetAll<'_> {
+        let range = self.group(&canonical_key(key)).unwrap_or(0..0);
+        GetAll {
+            inner: self.entries()[range].iter(),
+        }
+    }
+
+    /// Whether `key` (any case) has at least one value.
+    pub fn contains(&self, key: &str) -> bool {
+        self.group(&canonical_key(key)).is_some()
+    }
+
+    /// Sets `key` to the single value `value`, replacing any values it had.
+    pub fn set(&mut self, key: impl AsRef<str>, value: impl Into<String>) {
+        let key = canonical_key(key.as_ref());
+        let value = value.into();
+        match self.group(&key) {
+            Some(range) => {
+                let entries = self.entries_mut();
+                entries[range.start].1 = value;
+                entries.drain(range.start + 1..range.end);
+            }
+            None => {
+                let key = key.into_owned();
+                self.entries_mut().push((key, value));
+            }
+        }
+    }
+
+    /// Adds `value` to the values of `key`, after those it already has.
+    pub fn add(&mut self, key: impl AsRef<str>, value: impl Into<String>) {
+        let key = canonical_key(key.as_ref());
+        let value = value.into();
+        match self.group(&key) {
+            Some(range) => {
+                let key = self.entries()[range.start].0.clone();
+                self.entries_mut().insert(range.end, (key, value));
+            }
+            None => {
+                let key = key.into_owned();
+                self.entries_mut().push((key, value));
+            }
+        }
+    }
+
+    /// Removes every value of `key` (any case) and returns the first one.
+    pub fn remove(&mut self, key: &str) -> Option<String> {
+        let range = self.group(&canonical_key(key))?;
+        let mut removed = self.entries_mut().drain(range);
+        removed.next().map(|(_, v)| v)
+    }
+
+    /// The number of distinct keys (as `len` of a Go `map[string][]string`).
+    pub fn len(&self) -> usize {
+        self.keys().count()
+    }
+
+    /// Whether there are no attributes.
+    pub fn is_empty(&self) -> bool {
+        self.entries().is_empty()
+    }
+
+    /// Removes every attribute.
+    pub fn clear(&mut self) {
+        self.entries = None;
+    }
+
+    /// Every `(key, value)` pair; a key with several values appears once per value.
+    pub fn iter(&self) -> Iter<'_> {
+        Iter {
+            inner: self.entries().iter(),
+        }
+    }
+
+    /// The distinct keys, in the order they were first added.
+    pub fn keys(&self) -> Keys<'_> {
+        Keys {
+            inner: self.entries(),
+        }
+    }
+
+    /// Converts to an `http::HeaderMap` (names lower-cased, as HTTP/2 requires).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidAttribute`] naming the first key that is not a valid header name
+    /// (empty, a space, a control or other non-token character) or the first value that a
+    /// header cannot carry (CR, LF, NUL or another control character except tab).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut attrs = msgio::Attributes::new();
+    /// attrs.add("X-Tag", "a");
+    /// attrs.add("X-Tag", "b");
+    /// let headers = attrs.to_header_map()?;
+    /// assert_eq!(headers.get_all("x-tag").iter().count(), 2);
+    ///
+    /// attrs.set("X-Bad", "line\nbreak");
+    /// let err = attrs.to_header_map().unwrap_err();
+    /// assert!(err.to_string().contains("X-Bad"));
+    /// # Ok::<(), msgio::Error>(())
+    /// ```
+    pub fn to_header_map(&self) -> Result<HeaderMap, Error> {
+        let mut map = HeaderMap::with_capacity(self.entries().len());
+        for (key, value) in self.iter() {
+            let name = header_name(key)?;
+            check_header_value(key, value)?;
+            let value = HeaderValue::from_bytes(value.as_bytes())
+                .map_err(|e| Error::invalid_attribute(key, format!("invalid header value: {e}")))?;
+            map.append(name, value);
+        }
+        Ok(map)
+    }
+
+    /// Builds attributes from an `http::HeaderMap`, canonicalizing the names.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidAttribute`] naming the header whose value is not valid UTF-8.
+    pub fn from_header_map(headers: &HeaderMap) -> Result<Self, Error> {
+        let mut attrs = Attributes::new();
+        for (name, value) in headers {
+            let value = std::str::from_utf8(value.as_bytes()).map_err(|_| {
+                Error::invalid_attribute(name.as_str(), "header value is not valid UTF-8")
+            })?;
+            attrs.add(name.as_str(), value);
+        }
+        Ok(attrs)
+    }
+}
+
+fn header_name(key: &str) -> Result<HeaderName, Error> {
+    if key.is_empty() {
+        return Err(Error::invalid_attribute(key, "an empty key cannot be a header name"));
+    }
+    if let Some(c) = key.chars().find(|&c| !c.is_ascii() || !is_token_byte(c as u8)) {
+        return Err(Error::invalid_attribute(
+            key,
+            format!(
+                "{} cannot appear in a header name",
+                describe_char(c)
+            ),
+        ));
+    }
+    HeaderName::from_bytes(key.as_bytes())
+        .map_err(|e| Error::invalid_attribute(key, format!("invalid header name: {e}")))
+}
+
+fn check_header_value(key: &str, value: &str) -> Result<(), Error> {
+    match value.chars().find(|&c| c.is_ascii_control() && c != '\t') {
+        None => Ok(()),
+        Some(c) => Err(Error::invalid_attribute(
+            key,
+            format!("its value holds {}, which a header cannot carry", describe_char(c)),
+        )),
+    }
+}
+
+fn describe_char(c: char) -> String {
+    match c {
+        '\r' => "a carriage return (CR)".into(),
+        '\n' => "a line feed (LF)".into(),
+        '\0' => "a NUL byte".into(),
+        ' ' => "a space".into(),
+        c if c.is_control() => format!("the control character {c:?}"),
+        c => format!("the character {c:?}"),
+    }
+}
+
+impl fmt::Debug for Attributes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut map = f.debug_map();
+        for key in self.keys() {
+            map.entry(&key, &self.get_all(key).collect::<Vec<_>>());
+        }
+        map.finish()
+    }
+}
+
+impl PartialEq for Attributes {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries() == other.entries()
+    }
+}
+
+impl Eq for Attributes {}
+
+impl<K: AsRef<str>, V: Into<String>> FromIterator<(K, V)> for Attributes {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let mut attrs = Attributes::new();
+        attrs.extend(iter);
+        attrs
+    }
+}
+
+/// Adds every pair, as [`Attributes::add`] does.
+impl<K: AsRef<str>, V: Into<String>> Extend<(K, V)> for Attributes {
+    fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, iter: I) {
+        for (k, v) in iter {
+            self.add(k, v);
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a Attributes {
+    type Item = (&'a str, &'a str);
+    type IntoIter = Iter<'a>;
+    fn into_iter(self) -> Iter<'a> {
+        self.iter()
+    }
+}
+
+impl TryFrom<&Attributes> for HeaderMap {
+    type Error = Error;
+    fn try_from(attrs: &Attributes) -> Result<HeaderMap, Error> {
+        attrs.to_header_map()
+    }
+}
+
+impl TryFrom<&HeaderMap> for Attributes {
+    type Error = Error;
+    fn try_from(headers: &HeaderMap) -> Result<Attributes, Error> {
+        Attributes::from_header_map(headers)
+    }
+}
+
+/// Iterator over the `(key, value)` pairs of [`Attributes`].
+#[derive(Debug, Clone)]
+pub struct Iter<'a> {
+    inner: std::slice::Iter<'a, (String, String)>,
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = (&'a str, &'a str);
+    fn next(&mut self) -> Option<Self::Item> {
+        self.inner.next().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.inner.size_hint()
+    }
+}
+
+impl ExactSizeIterator for Iter<'_> {}
+
+/// Iterator over the values of one key, from [`Attributes::get_all`].
+#[derive(Debug, Clone)]
+pub struct GetAll<'a> {
+    inner: std::slice::Iter<'a, (String, String)>,
+}
+
+impl<'a> Iterator for GetAll<'a> {
+    type Item = &'a str;
+    fn next(&mut self) -> Option<&'a str> {
+        self.inner.next().map(|(_, v)| v.as_str())
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.inner.size_hint()
+    }
+}
+
+impl ExactSizeIterator for GetAll<'_> {}
+
+/// Iterator over the distinct keys of [`Attributes`], from [`Attributes::keys`].
+#[derive(Debug, Clone)]
+pub struct Keys<'a> {
+    inner: &'a [(String, String)],
+}
+
+impl<'a> Iterator for Keys<'a> {
+    type Item = &'a str;
+    fn next(&mut self) -> Option<&'a str> {
+        let (first, _) = self.inner.first()?;
+        let len = self.inner.iter().take_while(|(k, _)| k == first).count();
+        self.inner = &self.inner[len..];
+        Some(first.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Go's `net/textproto` `canonicalHeaderKeyTests`, every case.
+    #[test]
+    fn canonical_keys_match_go_textproto() {
+        let cases = [
+            ("a-b-c", "A-B-C"),
+            ("a-1-c", "A-1-C"),
+            ("User-Agent", "User-Agent"),
+            ("uSER-aGENT", "User-Agent"),
+            ("user-agent", "User-Agent"),
+            ("USER-AGENT", "User-Agent"),
+            // Other valid tchar bytes in tokens.
+            ("foo-bar_baz", "Foo-Bar_baz"),
+            ("foo-bar$baz", "Foo-Bar$baz"),
+            ("foo-bar~baz", "Foo-Bar~baz"),
+            ("foo-bar*baz", "Foo-Bar*baz"),
+            // Non-ASCII or anything with spaces or non-token chars is unchanged.
+            ("üser-agenT", "üser-agenT"),
+            ("a B", "a B"),
+            ("C Ontent-Transfer-Encoding", "C Ontent-Transfer-Encoding"),
+            ("foo bar", "foo bar"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(canonical_key(input), want, "canonical_key({input:?})");
+        }
+    }
+
+    #[test]
+    fn canonical_key_edge_cases() {
+        assert_eq!(canonical_key(""), "");
+        assert_eq!(canonical_key("-"), "-");
+        assert_eq!(canonical_key("--x"), "--X");
+        assert_eq!(canonical_key("x-"), "X-");
+        // A non-token byte after a change still keeps the key as it is.
+        assert_eq!(canonical_key("ab:c"), "ab:c");
+        assert_eq!(canonical_key("aB\tc"), "aB\tc");
+        assert_eq!(canonical_key("x-y\u{e9}"), "x-y\u{e9}");
+    }
+
+    #[test]
+    fn canonical_keys_are_borrowed_not_copied() {
+        for key in ["Content-Type", "X-Msgio-Attempt", "A-1-C", "a B", "üser", ""] {
+            assert!(
+                matches!(canonical_key(key), Cow::Borrowed(_)),
+                "{key:?} was copied"
+            );
+        }
+        assert!(matches!(canonical_key("content-type"), Cow::Owned(_)));
+    }
+
+    #[test]
+    fn set_replaces_every_value_and_add_appends() {
+        let mut a = Attributes::new();
+        a.add("x-foo", "a");
+        a.add("X-Bar", "z");
+        a.add("X-FOO", "b");
+        assert_eq!(a.get_all("x-foo").collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(a.iter().collect::<Vec<_>>(), [("X-Foo", "a"), ("X-Foo", "b"), ("X-Bar", "z")]);
+        a.set("x-Foo", "c");
+        assert_eq!(a.get_all("X-Foo").collect::<Vec<_>>(), ["c"]);
+        assert_eq!(a.len(), 2);
+        assert_eq!(a.remove("x-bar"), Some("z".to_owned()));
+        assert_eq!(a.remove("x-bar"), None);
+        assert!(!a.contains("X-Bar"));
+        assert_eq!(a.len(), 1);
+        a.clear();
+        assert!(a.is_empty());
+        assert_eq!(a.get("x-foo"), None);
+        assert_eq!(a.get_all("x-foo").count(), 0);
+    }
+
+    #[test]
+    fn keys_with_spaces_are_exact() {
+        let mut a = Attributes::new();
+        a.set("a B", "1");
+        assert_eq!(a.get("a B"), Some("1"));
+        assert_eq!(a.get("A-b"), None);
+        assert_eq!(a.keys().collect::<Vec<_>>(), ["a B"]);
+    }
+
+    #[test]
+    fn clones_share_until_written() {
+        let mut a: Attributes = [("k", "1")].into_iter().collect();
+        let b = a.clone();
+        a.set("k", "2");
+        assert_eq!(b.get("k"), Some("1"));
+        assert_eq!(a.get("k"), Some("2"));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn header_map_round_trip_keeps_multi_values_and_unicode() {
+        let mut a = Attributes::new();
+        a.add("x-tag", "a");
+        a.add("x-tag", "b");
+        a.set("Content-Type", "text/plain; charset=utf-8");
+        a.set("X-Name", "Grüße, 世界");
+        a.set("X-Tab", "a\tb");
+        let map = a.to_header_map().unwrap();
+        assert_eq!(map.get_all("x-tag").iter().count(), 2);
+        let back = Attributes::from_header_map(&map).unwrap();
+        assert_eq!(back.get_all("X-Tag").collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(back.get("x-name"), Some("Grüße, 世界"));
+        assert_eq!(back.get("content-type"), Some("text/plain; charset=utf-8"));
+        assert_eq!(back.len(), a.len());
+    }
+
+    #[test]
+    fn header_map_conversion_names_what_a_header_cannot_carry() {
+        let cases = [
+            ("X-Cr", "a\rb", "carriage return"),
+            ("X-Lf", "a\nb", "line feed"),
+            ("X-Nul", "a\0b", "NUL"),
+            ("X-Bell", "\u{7}", "control character"),
+        ];
+        for (key, value, what) in cases {
+            let mut a = Attributes::new();
+            a.set(key, value);
+            let msg = a.to_header_map().unwrap_err().to_string();
+            assert!(msg.contains(key) && msg.contains(what), "{msg}");
+        }
+        for (key, what) in [("a B", "space"), ("", "empty"), ("k:v", "':'"), ("ü", "'ü'")] {
+            let mut a = Attributes::new();
+            a.set(key, "v");
+            let msg = a.to_header_map().unwrap_err().to_string();
+            assert!(msg.contains(&format!("{key:?}")) && msg.contains(what), "{msg}");
+        }
+    }
+
+    #[test]
+    fn non_utf8_header_values_are_refused_by_name() {
+        let mut map = HeaderMap::new();
+        map.insert("x-bin", HeaderValue::from_bytes(&[0xff, 0xfe]).unwrap());
+        let msg = Attributes::from_header_map(&map).unwrap_err().to_string();
+        assert!(msg.contains("x-bin") && msg.contains("UTF-8"), "{msg}");
+    }
+
+    #[test]
+    fn debug_lists_keys_with_their_values() {
+        let a: Attributes = [("b", "1"), ("a", "2"), ("b", "3")].into_iter().collect();
+        assert_eq!(format!("{a:?}"), r#"{"B": ["1", "3"], "A": ["2"]}"#);
+    }
+}

@@ -1,0 +1,177 @@
+//! The delivery engine every broker-backed server is built on.
+//!
+//! A transport adapter implements [`Source`]: fetch deliveries, settle them, reconnect. The
+//! [`Engine`] does the rest, once for every transport:
+//!
+//! - bounded concurrency and prefetch ([`ServerConfig::concurrency`],
+//!   [`ServerConfig::prefetch`]);
+//! - the fate of each message from its receiver's result: ack, nack (with a delay), reject,
+//!   dead-letter after [`ServerConfig::max_attempts`] to [`ServerConfig::dead_letter`];
+//! - panic isolation: a panicking receiver is a failed attempt, never a dead server;
+//! - settling in batches, flushed by count and by a short interval;
+//! - graceful shutdown with a deadline that cancels the receivers' contexts;
+//! - reconnection with exponential backoff and jitter when the source reports
+//!   [`Error::ConnectionLost`];
+//! - [`Engine::health`].
+//!
+//! # Writing a source
+//!
+//! ```
+//! use msgio::engine::{Delivery, Engine, Settlement, Source};
+//! use msgio::{Error, ServerConfig};
+//!
+//! /// A source that serves the same three messages, for illustration.
+//! struct Fixed;
+//!
+//! impl Source for Fixed {
+//!     type Token = u64;
+//!
+//!     fn name(&self) -> &str {
+//!         "fixed"
+//!     }
+//!
+//!     async fn fetch(&self, max: usize, out: &mut Vec<Delivery<u64>>) -> Result<(), Error> {
+//!         for n in 0..max.min(3) as u64 {
+//!             out.push(Delivery::new(n, format!("message {n}").into()));
+//!         }
+//!         Ok(())
+//!     }
+//!
+//!     async fn settle(&self, batch: &mut Vec<Settlement<u64>>) -> Result<(), Error> {
+//!         batch.clear(); // a real source acks, nacks or rejects each token here
+//!         Ok(())
+//!     }
+//! }
+//!
+//! let server = Engine::new(Fixed, ServerConfig::new().concurrency(4))?;
+//! # let _ = server;
+//! # Ok::<(), Error>(())
+//! ```
+
+mod config;
+mod delivery;
+mod health;
+mod serve;
+mod settle;
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use config::ServerConfig;
+pub use health::{Health, HealthState};
+pub use serve::Engine;
+
+use crate::{Attributes, Error, MessageId};
+use bytes::Bytes;
+
+/// What a transport supplies to the [`Engine`]: deliveries, and a way to settle them.
+///
+/// The engine calls `fetch` from one task at a time and `settle` from another, possibly
+/// concurrently with `fetch`.
+pub trait Source: Send + Sync + 'static {
+    /// What identifies a delivery when settling it (a delivery tag, a stream entry id).
+    type Token: Send + 'static;
+
+    /// The name receivers see as [`Context::source`](crate::Context::source): a queue, stream
+    /// or subject.
+    fn name(&self) -> &str;
+
+    /// Appends up to `max` deliveries to `out`, waiting until at least one is available or an
+    /// internal poll interval passes (returning none is fine).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ConnectionLost`] makes the engine call [`reconnect`](Source::reconnect) with
+    /// backoff; any other error is retried with backoff.
+    ///
+    /// # Cancellation safety
+    ///
+    /// The engine drops this future when shutting down. A delivery fetched but not yet
+    /// appended to `out` must stay deliverable (left pending, reclaimed or redelivered).
+    fn fetch(
+        &self,
+        max: usize,
+        out: &mut Vec<Delivery<Self::Token>>,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Applies a batch of settlements, removing from `batch` those it applied.
+    ///
+    /// # Errors
+    ///
+    /// On error, the settlements left in `batch` are retried a few times (unless the
+    /// error is [`Error::ConnectionLost`]) and then given up with a warning: the broker
+    /// redelivers what was never acknowledged.
+    fn settle(
+        &self,
+        batch: &mut Vec<Settlement<Self::Token>>,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Re-establishes a lost connection. Called with backoff until it succeeds or the
+    /// server shuts down.
+    ///
+    /// # Errors
+    ///
+    /// Any error: the engine waits and calls again.
+    fn reconnect(&self) -> impl Future<Output = Result<(), Error>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Called once when serving stops, after the last settlement (to leave a consumer
+    /// group, say).
+    ///
+    /// # Errors
+    ///
+    /// Logged; serving ends either way.
+    fn close(&self) -> impl Future<Output = Result<(), Error>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// One delivery from a [`Source`]: the message, its token and its facts.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Delivery<T> {
+    /// Settles this delivery.
+    pub token: T,
+    /// The transport's id of the message.
+    pub message_id: Option<MessageId>,
+    /// Which delivery of the message this is, starting at 1.
+    pub attempt: u32,
+    /// The attributes.
+    pub attributes: Attributes,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// A settlement the engine hands back to its [`Source`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Settlement<T> {
+    /// The delivery's token.
+    pub token: T,
+    /// What to do with it.
+    pub action: Settle,
+}
+
+/// What to do with a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Settle {
+    /// Processed: remove it.
+    Ack,
+    /// The attempt failed: deliver it again, after `delay` when given. The next delivery is
+    /// the next attempt.
+    Nack {
+        /// The delay before the next attempt.
+        delay: Option<Duration>,
+    },
+    /// Never deliver it again: it was rejected or ran out of attempts, and the server has no
+    /// dead-letter topic. A source may route it to the broker's own dead-letter target.
+    /// (A message the engine dead-lettered to a topic is settled with [`Settle::Ack`].)
+    Reject,
+    /// Never handed to a receiver (fetched while the server was shutting down): deliver it
+    /// again, without counting an attempt where the transport can.
+    Release,
+}

@@ -1,0 +1,480 @@
+//! The serve loop: fetch, dispatch under a concurrency bound, settle, shut down.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::health::HealthCell;
+use super::settle::Settler;
+use super::{Delivery, Health, HealthState, ServerConfig, Settle, Settlement, Source};
+use crate::backoff::Delays;
+use crate::receiver::catch_panic;
+use crate::{
+    Attributes, BoxTopic, Context, Error, Message, MessageId, Receiver, Server, Topic, keys, log,
+};
+
+/// A [`Server`] built from a [`Source`]: the delivery engine.
+///
+/// Cloning gives another handle to the same server, so one task can serve while another
+/// calls [`shutdown`](Server::shutdown) or [`health`](Engine::health).
+pub struct Engine<S: Source> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S: Source> Clone for Engine<S> {
+    fn clone(&self) -> Self {
+        Engine {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<S: Source> fmt::Debug for Engine<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("source", &self.inner.name)
+            .field("config", &self.inner.config)
+            .field("health", &self.health())
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunState {
+    Idle,
+    Serving,
+    Closed,
+}
+
+struct Inner<S: Source> {
+    source: Arc<S>,
+    name: Arc<str>,
+    config: ServerConfig,
+    state: Mutex<RunState>,
+    /// Stops fetching: shutdown has begun.
+    stop: CancellationToken,
+    /// Cancels the receivers' contexts: the shutdown deadline passed.
+    cancel: CancellationToken,
+    /// Becomes true once serving has fully stopped.
+    done: watch::Sender<bool>,
+    /// One permit per message that may be in flight.
+    permits: Arc<Semaphore>,
+    health: Arc<HealthCell>,
+}
+
+impl<S: Source> Engine<S> {
+    /// A server that serves from `source` as `config` says.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] naming the first setting out of range.
+    pub fn new(source: S, config: ServerConfig) -> Result<Self, Error> {
+        config.validate()?;
+        let name: Arc<str> = source.name().into();
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                source: Arc::new(source),
+                name,
+                permits: Arc::new(Semaphore::new(config.concurrency)),
+                config,
+                state: Mutex::new(RunState::Idle),
+                stop: CancellationToken::new(),
+                cancel: CancellationToken::new(),
+                done: watch::Sender::new(false),
+                health: Arc::new(HealthCell::new()),
+            }),
+        })
+    }
+
+    /// The source this server serves from.
+    pub fn source(&self) -> &S {
+        &self.inner.source
+    }
+
+    /// The configuration this server was built with.
+    pub fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+
+    /// A snapshot of the server's health.
+    pub fn health(&self) -> Health {
+        let in_flight = self
+            .inner
+            .config
+            .concurrency
+            .saturating_sub(self.inner.permits.available_permits());
+        self.inner.health.snapshot(in_flight)
+    }
+}
+
+impl<S: Source> Inner<S> {
+    fn run_state(&self) -> std::sync::MutexGuard<'_, RunState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn finish(&self) {
+        *self.run_state() = RunState::Closed;
+        self.stop.cancel();
+        self.health.set_state(HealthState::Closed);
+        self.done.send_replace(true);
+    }
+}
+
+/// Marks the server closed however `serve` ends, even when its future is dropped.
+struct FinishGuard<'a, S: Source>(&'a Inner<S>);
+
+impl<S: Source> Drop for FinishGuard<'_, S> {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
+}
+
+impl<S: Source> Server for Engine<S> {
+    async fn serve<R: Receiver + 'static>(&self, receiver: R) -> Result<(), Error> {
+        let inner = &*self.inner;
+        {
+            let mut state = inner.run_state();
+            match *state {
+                RunState::Serving => return Err(Error::AlreadyServing),
+                RunState::Closed => return Err(Error::ServerClosed),
+                RunState::Idle if inner.stop.is_cancelled() => return Err(Error::ServerClosed),
+                RunState::Idle => *state = RunState::Serving,
+            }
+        }
+        let _guard = FinishGuard(inner);
+        inner.health.set_state(HealthState::Serving);
+        inner.run(receiver).await;
+        Err(Error::ServerClosed)
+    }
+
+    async fn shutdown(&self, grace: Duration) -> Result<(), Error> {
+        let inner = &*self.inner;
+        {
+            let mut state = inner.run_state();
+            if *state == RunState::Idle {
+                *state = RunState::Closed;
+                drop(state);
+                inner.finish();
+                return Ok(());
+            }
+        }
+        inner.stop.cancel();
+        let mut done = inner.done.subscribe();
+        // `wait_for` only fails if the sender is gone, and `inner` owns it.
+        let in_time = tokio::time::timeout(grace, done.wait_for(|d| *d))
+            .await
+            .is_ok();
+        if in_time {
+            return Ok(());
+        }
+        inner.cancel.cancel();
+        let _ = done.wait_for(|d| *d).await;
+        Err(Error::DeadlineExceeded)
+    }
+}
+
+/// What every message task shares.
+struct Dispatch<S: Source, R> {
+    receiver: R,
+    name: Arc<str>,
+    settle_tx: mpsc::UnboundedSender<Settlement<S::Token>>,
+    cancel: CancellationToken,
+    abort: CancellationToken,
+    max_attempts: Option<u32>,
+    dead_letter: Option<BoxTopic>,
+    dead_letter_retry: Duration,
+}
+
+impl<S: Source> Inner<S> {
+    async fn run<R: Receiver + 'static>(&self, receiver: R) {
+        let (settle_tx, settle_rx) = mpsc::unbounded_channel();
+        let finish_settling = CancellationToken::new();
+        let settler = tokio::spawn(
+            Settler {
+                source: self.source.clone(),
+                health: self.health.clone(),
+                batch_size: self.config.ack_batch_size,
+                interval: self.config.ack_interval,
+                retries: self.config.settle_retries,
+                backoff: self.config.reconnect,
+            }
+            .run(settle_rx, finish_settling.clone()),
+        );
+        let abort = CancellationToken::new();
+        let dispatch = Arc::new(Dispatch::<S, R> {
+            receiver,
+            name: self.name.clone(),
+            settle_tx,
+            cancel: self.cancel.clone(),
+            abort: abort.clone(),
+            max_attempts: self.config.max_attempts,
+            dead_letter: self.config.dead_letter.clone(),
+            dead_letter_retry: self.config.reconnect.initial(),
+        });
+
+        self.fetch_loop(&dispatch).await;
+
+        self.health.set_state(HealthState::Draining);
+        let abandoned = self.drain(&abort).await;
+        drop(dispatch);
+        if abandoned {
+            finish_settling.cancel();
+        }
+        // The settler ends once every task's sender is gone (or at once when told to finish).
+        let _ = settler.await;
+        if let Err(e) = self.source.close().await {
+            log::warning!("msgio: closing source {:?} failed: {e}", self.name);
+        }
+    }
+
+    /// Fetches and dispatches until shutdown begins.
+    async fn fetch_loop<R: Receiver + 'static>(&self, dispatch: &Arc<Dispatch<S, R>>) {
+        let prefetch = self.config.prefetch_or_default();
+        let mut buf: Vec<Delivery<S::Token>> = Vec::new();
+        let mut delays = self.config.reconnect.delays();
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => return,
+                permit = self.permits.clone().acquire_owned() => {
+                    permit.expect("the engine never closes its semaphore")
+                }
+            };
+            let max = self.permits.available_permits() + 1 + prefetch;
+            let fetched = tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => return,
+                result = self.source.fetch(max, &mut buf) => result,
+            };
+            match &fetched {
+                Ok(()) => {
+                    self.health.success();
+                    delays.reset();
+                }
+                Err(e) => self.health.failure(e),
+            }
+
+            // Dispatch what was fetched, waiting for a free slot for each.
+            let mut permit = Some(first);
+            let mut deliveries = buf.drain(..);
+            while let Some(delivery) = deliveries.next() {
+                let slot = match permit.take() {
+                    Some(p) => p,
+                    None => tokio::select! {
+                        biased;
+                        _ = self.stop.cancelled() => {
+                            // Fetched ahead but never started: give them back untouched.
+                            for d in std::iter::once(delivery).chain(deliveries) {
+                                dispatch.settle(d.token, Settle::Release);
+                            }
+                            return;
+                        }
+                        p = self.permits.clone().acquire_owned() => {
+                            p.expect("the engine never closes its semaphore")
+                        }
+                    },
+                };
+                spawn_message(dispatch, delivery, slot);
+            }
+            drop(deliveries);
+            drop(permit);
+
+            if let Err(e) = fetched {
+                if !self.recover(&e, &mut delays).await {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Waits out a failed fetch: reconnects after a lost connection, otherwise just backs
+    /// off. Returns false when shutdown began meanwhile.
+    async fn recover(&self, error: &Error, delays: &mut Delays) -> bool {
+        if !error.is_connection_lost() {
+            log::warning!("msgio: fetching from {:?} failed: {error}", self.name);
+            return self.sleep_unless_stopped(delays.next_delay()).await;
+        }
+        log::warning!("msgio: {error} on {:?}; reconnecting", self.name);
+        self.health.set_state(HealthState::Reconnecting);
+        loop {
+            if !self.sleep_unless_stopped(delays.next_delay()).await {
+                return false;
+            }
+            let result = tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => return false,
+                result = self.source.reconnect() => result,
+            };
+            match result {
+                Ok(()) => {
+                    log::notice!("msgio: reconnected to {:?}", self.name);
+                    self.health.set_state(HealthState::Serving);
+                    return true;
+                }
+                Err(e) => {
+                    log::warning!("msgio: reconnecting to {:?} failed: {e}", self.name);
+                    self.health.failure(&e);
+                }
+            }
+        }
+    }
+
+    async fn sleep_unless_stopped(&self, delay: Duration) -> bool {
+        tokio::select! {
+            biased;
+            _ = self.stop.cancelled() => false,
+            _ = tokio::time::sleep(delay) => true,
+        }
+    }
+
+    /// Waits for every in-flight message to finish. After the shutdown deadline cancelled
+    /// the contexts, receivers get `cancel_grace` to return; then they are abandoned and
+    /// their messages released, and they get `cancel_grace` once more to settle. Returns
+    /// whether some never did.
+    async fn drain(&self, abort: &CancellationToken) -> bool {
+        let all = u32::try_from(self.config.concurrency).expect("validated to fit");
+        let grace = self.config.cancel_grace;
+        tokio::select! {
+            biased;
+            _ = self.permits.acquire_many(all) => return false,
+            _ = self.cancel.cancelled() => {}
+        }
+        if tokio::time::timeout(grace, self.permits.acquire_many(all))
+            .await
+            .is_ok()
+        {
+            return false;
+        }
+        abort.cancel();
+        if tokio::time::timeout(grace, self.permits.acquire_many(all))
+            .await
+            .is_ok()
+        {
+            return false;
+        }
+        log::warning!(
+            "msgio: {} receivers on {:?} ignored cancellation and blocked their thread; abandoning them",
+            self.config.concurrency - self.permits.available_permits(),
+            self.name
+        );
+        true
+    }
+}
+
+/// Runs one message in its own task, holding `slot` until it is settled.
+fn spawn_message<S: Source, R: Receiver + 'static>(
+    dispatch: &Arc<Dispatch<S, R>>,
+    delivery: Delivery<S::Token>,
+    slot: OwnedSemaphorePermit,
+) {
+    let dispatch = dispatch.clone();
+    tokio::spawn(async move {
+        let Delivery {
+            token,
+            message_id,
+            attempt,
+            attributes,
+            body,
+            ..
+        } = delivery;
+        let action = dispatch
+            .handle(message_id, attempt, attributes, body)
+            .await;
+        dispatch.settle(token, action);
+        drop(slot);
+    });
+}
+
+impl<S: Source, R: Receiver> Dispatch<S, R> {
+    fn settle(&self, token: S::Token, action: Settle) {
+        // The settler outlives every task unless it was told to finish after abandoning
+        // receivers; then the delivery is left to the broker's redelivery.
+        let _ = self.settle_tx.send(Settlement { token, action });
+    }
+
+    /// Runs the receiver and decides the message's fate.
+    async fn handle(
+        &self,
+        message_id: Option<MessageId>,
+        attempt: u32,
+        attributes: Attributes,
+        body: Bytes,
+    ) -> Settle {
+        let mut ctx = Context::with_cancellation_token(self.cancel.clone())
+            .with_attempt(attempt)
+            .with_source(self.name.clone());
+        if let Some(id) = &message_id {
+            ctx = ctx.with_message_id(id.clone());
+        }
+        // Attributes and body are shared, not copied: the originals stay for dead-lettering.
+        let message = Message::from_parts(attributes.clone(), body.clone());
+        let result = tokio::select! {
+            biased;
+            result = catch_panic(|| self.receiver.receive(ctx, message)) => result,
+            // Abandoned after the shutdown deadline: a failed attempt.
+            _ = self.abort.cancelled() => return Settle::Nack { delay: None },
+        };
+        let error = match result {
+            Ok(()) => return Settle::Ack,
+            Err(e) => e,
+        };
+        let reason = if error.is_reject() {
+            error.to_string()
+        } else if let Some(max) = self.max_attempts.filter(|max| attempt >= *max) {
+            format!("attempt {attempt} of {max} failed: {error}")
+        } else {
+            return Settle::Nack {
+                delay: error.retry_delay(),
+            };
+        };
+        let Some(topic) = &self.dead_letter else {
+            log::warning!(
+                "msgio: dropping message {} from {:?} after attempt {attempt}: {reason} (no dead-letter topic)",
+                display_id(message_id.as_ref()),
+                self.name
+            );
+            return Settle::Reject;
+        };
+        let mut attributes = attributes;
+        attributes.set(keys::DEAD_LETTER_REASON, header_safe(&reason));
+        attributes.set(keys::ATTEMPTS, attempt.to_string());
+        attributes.set(keys::SOURCE, &*self.name);
+        if let Some(id) = &message_id {
+            attributes.set(keys::MESSAGE_ID, id.to_string());
+        }
+        let ctx = Context::with_cancellation_token(self.abort.clone());
+        match topic
+            .publish(&ctx, Message::from_parts(attributes, body))
+            .await
+        {
+            Ok(()) => Settle::Ack,
+            Err(e) => {
+                log::warning!(
+                    "msgio: could not dead-letter message {} from {:?} ({e}); it will be retried",
+                    display_id(message_id.as_ref()),
+                    self.name
+                );
+                Settle::Nack {
+                    delay: Some(self.dead_letter_retry),
+                }
+            }
+        }
+    }
+}
+
+fn display_id(id: Option<&MessageId>) -> String {
+    id.map_or_else(|| "(no id)".to_owned(), ToString::to_string)
+}
+
+/// A reason fit for any transport's headers: one line, at most 1024 characters.
+fn header_safe(reason: &str) -> String {
+    let line: String = reason
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    crate::error::truncate(&line, 1024)
+}

@@ -1,0 +1,21 @@
+//! Attribute keys msgio itself sets.
+//!
+//! A dead-lettered message keeps its attributes and body byte for byte and gains these:
+//!
+//! ```
+//! use msgio::keys;
+//! assert_eq!(keys::DEAD_LETTER_REASON, "X-Msgio-Dead-Letter-Reason");
+//! ```
+
+/// Why the message was dead-lettered: the reject reason, or the last failure after the
+/// maximum attempts.
+pub const DEAD_LETTER_REASON: &str = "X-Msgio-Dead-Letter-Reason";
+
+/// How many attempts the message had when it was dead-lettered (decimal).
+pub const ATTEMPTS: &str = "X-Msgio-Attempts";
+
+/// The source (queue, stream, subject) the message was dead-lettered from.
+pub const SOURCE: &str = "X-Msgio-Source";
+
+/// The id the message had at its source, when it had one.
+pub const MESSAGE_ID: &str = "X-Msgio-Message-Id";

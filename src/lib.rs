@@ -1,0 +1,111 @@
+//! msgio: publish and consume messages in Rust, with go-msg's small composable traits,
+//! explicit message fates, and one delivery engine under every transport.
+//!
+//! # A first example
+//!
+//! ```
+//! use futures::io::AsyncWriteExt;
+//! use msgio::{Context, Error, Message, MessageWriter, ReceiverFunc, Server, Topic};
+//! use std::time::Duration;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Error> {
+//! let (topic, server) = msgio::mem::channel(1024)?;
+//!
+//! // Publish: write a body, set attributes, close to send.
+//! let mut writer = topic.new_writer(&Context::background())?;
+//! writer.attributes_mut().set("content-type", "text/plain");
+//! writer.write_all(b"hello, msgio").await?;
+//! writer.close().await?;
+//!
+//! // Serve: Ok(()) acks; an error retries; Error::reject dead-letters.
+//! let (got_tx, mut got_rx) = tokio::sync::mpsc::unbounded_channel();
+//! let receiver = ReceiverFunc::new(move |_ctx: Context, mut msg: Message| {
+//!     let got_tx = got_tx.clone();
+//!     async move {
+//!         let body = msg.body.read_to_bytes(64 * 1024).await?;
+//!         got_tx.send((msg.attributes.get("Content-Type").map(str::to_owned), body)).ok();
+//!         Ok(())
+//!     }
+//! });
+//! let serving = server.clone();
+//! let task = tokio::spawn(async move { serving.serve(receiver).await });
+//!
+//! let (content_type, body) = got_rx.recv().await.unwrap();
+//! assert_eq!(content_type.as_deref(), Some("text/plain"));
+//! assert_eq!(body, "hello, msgio");
+//!
+//! server.shutdown(Duration::from_secs(5)).await?;
+//! assert!(matches!(task.await.unwrap(), Err(Error::ServerClosed)));
+//! # Ok(()) }
+//! ```
+//!
+//! # From go-msg
+//!
+//! | go-msg | msgio |
+//! |---|---|
+//! | `Attributes map[string][]string`, `textproto.CanonicalMIMEHeaderKey` | [`Attributes`] (multi-valued, keys canonicalized by [`canonical_key`] exactly as Go does); [`Attributes::to_header_map`] / [`Attributes::from_header_map`] |
+//! | `Message{Attributes, Body io.Reader}` | [`Message`] with public `attributes` and a streaming [`Body`] (`futures::io::AsyncRead`, zero-copy for `Bytes`) |
+//! | `WithBody`, `DumpBody`, `CloneBody` | [`Message::with_body`], [`Message::dump_body`], [`Message::clone_body`] (with a size limit) |
+//! | `Receiver`, `ReceiverFunc` | [`Receiver`] (implement with `async fn`), [`ReceiverFunc`], [`BoxReceiver`] |
+//! | `SafeReceiver` | [`SafeReceiver`]: any panic becomes [`Error::Panicked`] |
+//! | `Server{Serve, Shutdown(ctx)}` | [`Server::serve`] returns [`Error::ServerClosed`] after [`Server::shutdown`]`(grace)` |
+//! | `MessageWriter` (`io.Writer`, `Close`, `Attributes()`, `SetDelay`) | [`MessageWriter`]: `AsyncWrite` + [`attributes_mut`](MessageWriter::attributes_mut) + [`set_delay`](MessageWriter::set_delay); closing publishes |
+//! | `Topic`, `TopicFunc` | [`Topic::new_writer`], [`TopicFunc`], [`BoxTopic`], and [`Topic::publish`] |
+//! | `context.Context` | [`Context`]: cancellation, deadline, message id, attempt, source, typed values |
+//! | `ErrServerClosed`, `ErrClosedMessageWriter` | [`Error::ServerClosed`], [`Error::ClosedMessageWriter`] |
+//! | an error from `Receive` means "retry" | the same, and also [`Error::reject`], [`Error::retry_after`], maximum attempts and a dead-letter topic ([`ServerConfig`]) |
+//! | `backends/mem` | [`mem`] (bounded, never drops, delays, retries, empty bodies delivered) |
+//!
+//! # Layout
+//!
+//! - [`Attributes`], [`Message`] and [`Body`], [`Context`], [`Error`]: the data.
+//! - [`Receiver`] and [`Topic`]/[`MessageWriter`]/[`Server`]: the contract, with closure
+//!   adapters, boxed forms and [`SafeReceiver`].
+//! - [`engine`]: the delivery engine transports build on ([`engine::Source`],
+//!   [`engine::Engine`], [`ServerConfig`]).
+//! - [`mem`]: the in-memory transport (feature `mem`, on by default).
+//! - `testing`: the conformance kit every transport passes (feature `testing`).
+//!
+//! # Features
+//!
+//! - `mem` (default): the in-memory transport.
+//! - `tracing` (default): log lines (dropped messages, reconnects) through `tracing`.
+//! - `testing`: the conformance kit, `msgio::testing`.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![doc(test(attr(deny(warnings))))]
+
+mod attributes;
+mod backoff;
+mod context;
+mod error;
+mod log;
+mod message;
+mod receiver;
+mod server;
+mod topic;
+
+pub mod engine;
+pub mod keys;
+
+#[cfg(feature = "mem")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mem")))]
+#[path = "backends/mem.rs"]
+pub mod mem;
+
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
+
+pub use attributes::{Attributes, GetAll, Iter, Keys, canonical_key};
+pub use backoff::{Backoff, Delays};
+pub use context::{Context, MessageId};
+pub use engine::ServerConfig;
+pub use error::{BoxError, Error};
+pub use message::{Body, Message};
+pub use receiver::{BoxFuture, BoxReceiver, Receiver, ReceiverFunc, SafeReceiver};
+pub use server::Server;
+pub use topic::{BoxMessageWriter, BoxTopic, BufferedWriter, MessageWriter, Outgoing, Publish, Topic, TopicFunc};

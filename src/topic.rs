@@ -1,0 +1,360 @@
+//! Topics and the writers they produce.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::{Attributes, Context, Error, Message};
+
+/// A message being written (go-msg's `MessageWriter`): an `AsyncWrite` for the body, with
+/// the attributes and an optional delivery delay. Closing the writer publishes the message;
+/// writing or closing again gives [`Error::ClosedMessageWriter`].
+///
+/// `AsyncWrite` reports errors as `io::Error`; convert one with `msgio::Error::from` to get
+/// the msgio error back.
+pub trait MessageWriter: AsyncWrite + Send + Unpin {
+    /// The attributes the message will be published with.
+    fn attributes(&self) -> &Attributes;
+
+    /// The attributes the message will be published with, to change them before closing.
+    fn attributes_mut(&mut self) -> &mut Attributes;
+
+    /// Asks the transport to deliver the message no sooner than `delay` after it is published.
+    fn set_delay(&mut self, delay: Duration);
+}
+
+impl<W: MessageWriter + ?Sized> MessageWriter for Box<W> {
+    fn attributes(&self) -> &Attributes {
+        (**self).attributes()
+    }
+    fn attributes_mut(&mut self) -> &mut Attributes {
+        (**self).attributes_mut()
+    }
+    fn set_delay(&mut self, delay: Duration) {
+        (**self).set_delay(delay)
+    }
+}
+
+/// A destination messages are published to (go-msg's `Topic`).
+///
+/// # Examples
+///
+/// ```
+/// use futures::io::AsyncWriteExt;
+/// use msgio::{Context, MessageWriter, Topic};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), msgio::Error> {
+/// let (topic, _server) = msgio::mem::channel(16)?;
+/// let mut writer = topic.new_writer(&Context::background())?;
+/// writer.attributes_mut().set("Type", "order.created");
+/// writer.write_all(b"{\"id\":1}").await?;
+/// writer.close().await?; // publishes
+///
+/// // Or all at once:
+/// topic.publish(&Context::background(), msgio::Message::new("second")).await?;
+/// # Ok(()) }
+/// ```
+pub trait Topic: Send + Sync {
+    /// The writer this topic produces.
+    type Writer: MessageWriter;
+
+    /// Starts a new message; it is published when the writer is closed.
+    ///
+    /// # Errors
+    ///
+    /// Whatever keeps the topic from starting a message (a decorator that cannot set up its
+    /// encoder, say). Most topics never fail here.
+    fn new_writer(&self, ctx: &Context) -> Result<Self::Writer, Error>;
+
+    /// Publishes a whole message: its attributes, then its body, then closes the writer.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`new_writer`](Topic::new_writer), of reading the body and of publishing.
+    fn publish(
+        &self,
+        ctx: &Context,
+        message: Message,
+    ) -> impl Future<Output = Result<(), Error>> + Send
+    where
+        Self: Sized,
+    {
+        async move {
+            let Message {
+                attributes,
+                mut body,
+            } = message;
+            let mut writer = self.new_writer(ctx)?;
+            *writer.attributes_mut() = attributes;
+            match body.as_bytes() {
+                Some(bytes) => writer.write_all(bytes).await?,
+                None => {
+                    futures::io::copy(&mut body, &mut writer).await?;
+                }
+            }
+            writer.close().await?;
+            Ok(())
+        }
+    }
+}
+
+impl<T: Topic + ?Sized> Topic for Arc<T> {
+    type Writer = T::Writer;
+    fn new_writer(&self, ctx: &Context) -> Result<T::Writer, Error> {
+        (**self).new_writer(ctx)
+    }
+}
+
+impl<T: Topic + ?Sized> Topic for &T {
+    type Writer = T::Writer;
+    fn new_writer(&self, ctx: &Context) -> Result<T::Writer, Error> {
+        (**self).new_writer(ctx)
+    }
+}
+
+/// A [`Topic`] made from a closure that returns writers (go-msg's `TopicFunc`); the usual
+/// way to write a topic decorator.
+///
+/// ```
+/// use msgio::{Context, MessageWriter, Topic, TopicFunc};
+///
+/// # fn main() -> Result<(), msgio::Error> {
+/// let (inner, _server) = msgio::mem::channel(16)?;
+/// // A decorator that stamps every message with the service's name.
+/// let stamped = TopicFunc::new(move |ctx: &Context| {
+///     let mut writer = inner.new_writer(ctx)?;
+///     writer.attributes_mut().set("Producer", "billing");
+///     Ok(writer)
+/// });
+/// # let _ = stamped;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Copy)]
+pub struct TopicFunc<F> {
+    f: F,
+}
+
+impl<F> TopicFunc<F> {
+    /// Wraps `f`.
+    pub fn new<W>(f: F) -> Self
+    where
+        F: Fn(&Context) -> Result<W, Error> + Send + Sync,
+        W: MessageWriter,
+    {
+        TopicFunc { f }
+    }
+}
+
+impl<F, W> Topic for TopicFunc<F>
+where
+    F: Fn(&Context) -> Result<W, Error> + Send + Sync,
+    W: MessageWriter,
+{
+    type Writer = W;
+    fn new_writer(&self, ctx: &Context) -> Result<W, Error> {
+        (self.f)(ctx)
+    }
+}
+
+impl<F> fmt::Debug for TopicFunc<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TopicFunc")
+    }
+}
+
+/// A boxed [`MessageWriter`], produced by a [`BoxTopic`].
+pub type BoxMessageWriter = Box<dyn MessageWriter>;
+
+trait DynTopic: Send + Sync {
+    fn new_writer_boxed(&self, ctx: &Context) -> Result<BoxMessageWriter, Error>;
+}
+
+impl<T: Topic> DynTopic for T
+where
+    T::Writer: 'static,
+{
+    fn new_writer_boxed(&self, ctx: &Context) -> Result<BoxMessageWriter, Error> {
+        Ok(Box::new(self.new_writer(ctx)?))
+    }
+}
+
+/// A type-erased, cheaply cloneable [`Topic`]: a dead-letter topic, or topics chosen at run
+/// time.
+///
+/// ```
+/// # fn main() -> Result<(), msgio::Error> {
+/// let (topic, _server) = msgio::mem::channel(16)?;
+/// let dead_letters = msgio::BoxTopic::new(topic);
+/// # let _ = dead_letters;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct BoxTopic {
+    inner: Arc<dyn DynTopic>,
+}
+
+impl BoxTopic {
+    /// Erases the type of `topic`.
+    pub fn new<T>(topic: T) -> Self
+    where
+        T: Topic + 'static,
+        T::Writer: 'static,
+    {
+        BoxTopic {
+            inner: Arc::new(topic),
+        }
+    }
+}
+
+impl Topic for BoxTopic {
+    type Writer = BoxMessageWriter;
+    fn new_writer(&self, ctx: &Context) -> Result<BoxMessageWriter, Error> {
+        self.inner.new_writer_boxed(ctx)
+    }
+}
+
+impl fmt::Debug for BoxTopic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BoxTopic")
+    }
+}
+
+/// A message ready to leave a [`BufferedWriter`]: attributes, the whole body, the delay.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Outgoing {
+    /// The attributes.
+    pub attributes: Attributes,
+    /// The body.
+    pub body: Bytes,
+    /// The delay asked for with [`MessageWriter::set_delay`].
+    pub delay: Option<Duration>,
+}
+
+/// What a transport supplies to get a [`MessageWriter`] from [`BufferedWriter`]: sending one
+/// whole message.
+///
+/// The future must honour the [`Context`]'s cancellation where it waits (for capacity, for a
+/// broker's confirmation), finishing with [`Error::Cancelled`].
+pub trait Publish: Send + Sync + Unpin + 'static {
+    /// The future that sends the message.
+    type Future: Future<Output = Result<(), Error>> + Send + Unpin + 'static;
+
+    /// Sends `message`.
+    fn publish(&self, ctx: &Context, message: Outgoing) -> Self::Future;
+}
+
+/// The [`MessageWriter`] transports share: it buffers the body in memory and hands the whole
+/// message to a [`Publish`] when closed. Closed writers refuse writes and further closes with
+/// [`Error::ClosedMessageWriter`], so a transport never repeats that bookkeeping.
+pub struct BufferedWriter<P: Publish> {
+    publisher: P,
+    ctx: Context,
+    attributes: Attributes,
+    delay: Option<Duration>,
+    state: WriterState<P::Future>,
+}
+
+enum WriterState<F> {
+    Open(Vec<u8>),
+    Publishing(F),
+    Closed,
+}
+
+impl<P: Publish> BufferedWriter<P> {
+    /// A writer that publishes through `publisher`, under `ctx`.
+    pub fn new(publisher: P, ctx: &Context) -> Self {
+        BufferedWriter {
+            publisher,
+            ctx: ctx.clone(),
+            attributes: Attributes::new(),
+            delay: None,
+            state: WriterState::Open(Vec::new()),
+        }
+    }
+}
+
+impl<P: Publish> fmt::Debug for BufferedWriter<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            WriterState::Open(buf) => format!("open, {} bytes", buf.len()),
+            WriterState::Publishing(_) => "publishing".to_owned(),
+            WriterState::Closed => "closed".to_owned(),
+        };
+        f.debug_struct("BufferedWriter")
+            .field("attributes", &self.attributes)
+            .field("delay", &self.delay)
+            .field("state", &state)
+            .finish()
+    }
+}
+
+fn closed<T>() -> Poll<io::Result<T>> {
+    Poll::Ready(Err(Error::ClosedMessageWriter.into_io()))
+}
+
+impl<P: Publish> AsyncWrite for BufferedWriter<P> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut TaskContext<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().state {
+            WriterState::Open(buf) => {
+                buf.extend_from_slice(data);
+                Poll::Ready(Ok(data.len()))
+            }
+            _ => closed(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        match self.state {
+            WriterState::Open(_) => Poll::Ready(Ok(())),
+            _ => closed(),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                WriterState::Open(buf) => {
+                    let message = Outgoing {
+                        attributes: std::mem::take(&mut this.attributes),
+                        body: Bytes::from(std::mem::take(buf)),
+                        delay: this.delay,
+                    };
+                    let fut = this.publisher.publish(&this.ctx, message);
+                    this.state = WriterState::Publishing(fut);
+                }
+                WriterState::Publishing(fut) => {
+                    let result = ready!(Pin::new(fut).poll(cx));
+                    this.state = WriterState::Closed;
+                    return Poll::Ready(result.map_err(Error::into_io));
+                }
+                WriterState::Closed => return closed(),
+            }
+        }
+    }
+}
+
+impl<P: Publish> MessageWriter for BufferedWriter<P> {
+    fn attributes(&self) -> &Attributes {
+        &self.attributes
+    }
+    fn attributes_mut(&mut self) -> &mut Attributes {
+        &mut self.attributes
+    }
+    fn set_delay(&mut self, delay: Duration) {
+        self.delay = Some(delay);
+    }
+}
