@@ -237,14 +237,16 @@ impl<S: Source> Inner<S> {
         let mut buf: Vec<Delivery<S::Token>> = Vec::new();
         let mut delays = self.config.reconnect.delays();
         loop {
-            let first = tokio::select! {
+            // Wait for a free slot. Only this loop takes permits, so the slot stays free
+            // while fetching; holding it meanwhile would count the fetch as in flight.
+            tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => return,
-                permit = self.permits.clone().acquire_owned() => {
-                    permit.expect("the engine never closes its semaphore")
+                permit = self.permits.acquire() => {
+                    drop(permit.expect("the engine never closes its semaphore"));
                 }
-            };
-            let max = self.permits.available_permits() + 1 + prefetch;
+            }
+            let max = self.permits.available_permits() + prefetch;
             let fetched = tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => return,
@@ -259,12 +261,11 @@ impl<S: Source> Inner<S> {
             }
 
             // Dispatch what was fetched, waiting for a free slot for each.
-            let mut permit = Some(first);
             let mut deliveries = buf.drain(..);
             while let Some(delivery) = deliveries.next() {
-                let slot = match permit.take() {
-                    Some(p) => p,
-                    None => tokio::select! {
+                let slot = match self.permits.clone().try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(_) => tokio::select! {
                         biased;
                         _ = self.stop.cancelled() => {
                             // Fetched ahead but never started: give them back untouched.
@@ -281,7 +282,6 @@ impl<S: Source> Inner<S> {
                 spawn_message(dispatch, delivery, slot);
             }
             drop(deliveries);
-            drop(permit);
 
             if let Err(e) = fetched {
                 if !self.recover(&e, &mut delays).await {

@@ -1,1 +1,626 @@
-//! tests
+//! The engine driven by a scripted, fault-injecting source.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use super::*;
+use crate::topic::{BufferedWriter, Outgoing, Publish};
+use crate::{Backoff, Context, Message, ReceiverFunc, Server, TopicFunc};
+
+/// What one call to `fetch` does.
+enum Step {
+    Deliver(Vec<u64>),
+    DeliverThenFail(Vec<u64>, Error),
+    Fail(Error),
+}
+
+#[derive(Default)]
+struct Script {
+    steps: Mutex<VecDeque<Step>>,
+    /// Attempt number given to each delivery of a message id.
+    attempts: Mutex<std::collections::HashMap<u64, u32>>,
+    settled: Mutex<Vec<(u64, Settle)>>,
+    batch_sizes: Mutex<Vec<usize>>,
+    fetch_max: Mutex<Vec<usize>>,
+    /// The next this-many settle calls fail (transiently).
+    settle_failures: AtomicU32,
+    /// The next this-many reconnects fail.
+    reconnect_failures: AtomicU32,
+    reconnects: AtomicU32,
+    closed: AtomicBool,
+}
+
+#[derive(Clone, Default)]
+struct Scripted(Arc<Script>);
+
+impl Scripted {
+    fn with(steps: Vec<Step>) -> Self {
+        let s = Scripted::default();
+        s.0.steps.lock().unwrap().extend(steps);
+        s
+    }
+
+    fn settled(&self) -> Vec<(u64, Settle)> {
+        let mut v = self.0.settled.lock().unwrap().clone();
+        v.sort_by_key(|(id, _)| *id);
+        v
+    }
+
+    fn set_attempt(&self, id: u64, attempt: u32) {
+        self.0.attempts.lock().unwrap().insert(id, attempt);
+    }
+}
+
+impl Source for Scripted {
+    type Token = u64;
+
+    fn name(&self) -> &str {
+        "scripted"
+    }
+
+    async fn fetch(&self, max: usize, out: &mut Vec<Delivery<u64>>) -> Result<(), Error> {
+        self.0.fetch_max.lock().unwrap().push(max);
+        let step = self.0.steps.lock().unwrap().pop_front();
+        let deliver = |ids: Vec<u64>, out: &mut Vec<Delivery<u64>>| {
+            assert!(ids.len() <= max, "script delivers {} but max is {max}", ids.len());
+            let attempts = self.0.attempts.lock().unwrap();
+            for id in ids {
+                let mut attributes = crate::Attributes::new();
+                attributes.set("X-Id", id.to_string());
+                out.push(
+                    Delivery::new(id, format!("body {id}").into())
+                        .with_attributes(attributes)
+                        .with_message_id(id)
+                        .with_attempt(attempts.get(&id).copied().unwrap_or(1)),
+                );
+            }
+        };
+        match step {
+            Some(Step::Deliver(ids)) => {
+                deliver(ids, out);
+                Ok(())
+            }
+            Some(Step::DeliverThenFail(ids, e)) => {
+                deliver(ids, out);
+                Err(e)
+            }
+            Some(Step::Fail(e)) => Err(e),
+            None => futures::future::pending().await,
+        }
+    }
+
+    async fn settle(&self, batch: &mut Vec<Settlement<u64>>) -> Result<(), Error> {
+        let failing = self
+            .0
+            .settle_failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if failing.is_ok() {
+            return Err(Error::other("settle refused"));
+        }
+        self.0.batch_sizes.lock().unwrap().push(batch.len());
+        let mut settled = self.0.settled.lock().unwrap();
+        settled.extend(batch.drain(..).map(|s| (s.token, s.action)));
+        Ok(())
+    }
+
+    async fn reconnect(&self) -> Result<(), Error> {
+        self.0.reconnects.fetch_add(1, Ordering::SeqCst);
+        let failing = self
+            .0
+            .reconnect_failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if failing.is_ok() {
+            return Err(Error::other("broker still down"));
+        }
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<(), Error> {
+        self.0.closed.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+fn fast() -> ServerConfig {
+    ServerConfig::new()
+        .concurrency(8)
+        .ack_interval(Duration::ZERO)
+        .reconnect_backoff(
+            Backoff::new(Duration::from_millis(1), Duration::from_millis(5), 2.0).unwrap(),
+        )
+        .cancel_grace(Duration::from_millis(100))
+}
+
+/// Waits until `cond` holds; fails the test after 10 s so nothing hangs.
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let wait = async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(10), wait).await.is_err() {
+        panic!("timed out waiting until {what}");
+    }
+}
+
+/// Bounds any future so a broken engine fails the test instead of hanging it.
+async fn bounded<T>(fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .expect("did not finish within 10 s")
+}
+
+fn serve_in_background<R: crate::Receiver + 'static>(
+    engine: &Engine<Scripted>,
+    receiver: R,
+) -> tokio::task::JoinHandle<Result<(), Error>> {
+    let engine = engine.clone();
+    tokio::spawn(async move { engine.serve(receiver).await })
+}
+
+fn body_of(msg: &Message) -> String {
+    String::from_utf8(msg.body.as_bytes().unwrap().to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn acks_only_after_the_receiver_returned_ok() {
+    let source = Scripted::with(vec![Step::Deliver(vec![1])]);
+    let engine = Engine::new(source.clone(), fast()).unwrap();
+    let gate = Arc::new(Notify::new());
+    let started = Arc::new(AtomicBool::new(false));
+    let (g, s) = (gate.clone(), started.clone());
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(move |_: Context, _: Message| {
+            let (g, s) = (g.clone(), s.clone());
+            async move {
+                s.store(true, Ordering::SeqCst);
+                g.notified().await;
+                Ok(())
+            }
+        }),
+    );
+    eventually("the receiver started", || started.load(Ordering::SeqCst)).await;
+    // Give the settler every chance to (wrongly) settle early.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert!(source.settled().is_empty(), "settled before the receiver returned");
+    assert_eq!(engine.health().in_flight, 1);
+    gate.notify_one();
+    eventually("the message was acked", || source.settled() == [(1, Settle::Ack)]).await;
+    engine.shutdown(Duration::from_secs(5)).await.unwrap();
+    assert!(matches!(bounded(task).await.unwrap(), Err(Error::ServerClosed)));
+    assert!(source.0.closed.load(Ordering::SeqCst));
+}
+
+#[tokio::test]
+async fn the_receivers_result_decides_each_fate() {
+    let source = Scripted::with(vec![Step::Deliver(vec![1, 2, 3, 4, 5])]);
+    let engine = Engine::new(source.clone(), fast()).unwrap();
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(|_: Context, msg: Message| async move {
+            match msg.attributes.get("X-Id") {
+                Some("1") => Ok(()),
+                Some("2") => Err(Error::other("plain failure")),
+                Some("3") => Err(Error::retry_after(Duration::from_secs(7), "later")),
+                Some("4") => Err(Error::reject("malformed")),
+                _ => panic!("receiver bug"), // no SafeReceiver: the engine isolates it
+            }
+        }),
+    );
+    eventually("all five settled", || source.settled().len() == 5).await;
+    assert_eq!(
+        source.settled(),
+        [
+            (1, Settle::Ack),
+            (2, Settle::Nack { delay: None }),
+            (3, Settle::Nack { delay: Some(Duration::from_secs(7)) }),
+            (4, Settle::Reject),
+            (5, Settle::Nack { delay: None }),
+        ]
+    );
+    engine.shutdown(Duration::from_secs(5)).await.unwrap();
+    assert!(matches!(bounded(task).await.unwrap(), Err(Error::ServerClosed)));
+}
+
+#[tokio::test]
+async fn receivers_see_the_delivery_facts() {
+    let source = Scripted::with(vec![Step::Deliver(vec![9])]);
+    source.set_attempt(9, 4);
+    let engine = Engine::new(source.clone(), fast()).unwrap();
+    let seen = Arc::new(Mutex::new(None));
+    let s = seen.clone();
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(move |ctx: Context, msg: Message| {
+            let s = s.clone();
+            async move {
+                *s.lock().unwrap() = Some((
+                    ctx.message_id().cloned(),
+                    ctx.attempt(),
+                    ctx.source().map(str::to_owned),
+                    body_of(&msg),
+                ));
+                Ok(())
+            }
+        }),
+    );
+    eventually("settled", || source.settled().len() == 1).await;
+    assert_eq!(
+        seen.lock().unwrap().clone().unwrap(),
+        (Some(MessageId::from(9)), 4, Some("scripted".to_owned()), "body 9".to_owned())
+    );
+    engine.shutdown(Duration::from_secs(5)).await.unwrap();
+    bounded(task).await.unwrap().unwrap_err();
+}
+
+#[cfg(feature = "mem")]
+#[tokio::test]
+async fn dead_letters_rejects_and_the_last_attempt_with_the_reason() {
+    let source = Scripted::with(vec![Step::Deliver(vec![1, 2, 3])]);
+    source.set_attempt(1, 3); // the last of 3 attempts
+    source.set_attempt(2, 2); // not yet the last
+    let dlq = crate::mem::MemQueue::named("dlq", 16).unwrap();
+    let engine = Engine::new(
+        source.clone(),
+        fast().max_attempts(3).dead_letter(dlq.topic()),
+    )
+    .unwrap();
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(|_: Context, msg: Message| async move {
+            match msg.attributes.get("X-Id") {
+                Some("3") => Err(Error::reject("not for us")),
+                _ => Err(Error::other("database down")),
+            }
+        }),
+    );
+    eventually("all three settled", || source.settled().len() == 3).await;
+    assert_eq!(
+        source.settled(),
+        [(1, Settle::Ack), (2, Settle::Nack { delay: None }), (3, Settle::Ack)]
+    );
+    assert_eq!(dlq.len(), 2);
+    engine.shutdown(Duration::from_secs(5)).await.unwrap();
+    bounded(task).await.unwrap().unwrap_err();
+
+    // Read the dead letters back.
+    let letters = Arc::new(Mutex::new(Vec::new()));
+    let l = letters.clone();
+    let server = dlq.server(fast()).unwrap();
+    let serving = server.clone();
+    let task = tokio::spawn(async move {
+        serving
+            .serve(ReceiverFunc::new(move |_: Context, msg: Message| {
+                let l = l.clone();
+                async move {
+                    l.lock().unwrap().push((msg.attributes.clone(), body_of(&msg)));
+                    Ok(())
+                }
+            }))
+            .await
+    });
+    eventually("both dead letters read", || letters.lock().unwrap().len() == 2).await;
+    server.shutdown(Duration::from_secs(5)).await.unwrap();
+    bounded(task).await.unwrap().unwrap_err();
+    let mut letters = letters.lock().unwrap().clone();
+    letters.sort_by_key(|(a, _)| a.get("X-Id").unwrap().to_owned());
+    let (attrs, body) = &letters[0];
+    assert_eq!(body, "body 1");
+    assert_eq!(attrs.get("X-Id"), Some("1"));
+    assert_eq!(attrs.get(crate::keys::ATTEMPTS), Some("3"));
+    assert_eq!(attrs.get(crate::keys::SOURCE), Some("scripted"));
+    assert_eq!(attrs.get(crate::keys::MESSAGE_ID), Some("1"));
+    let reason = attrs.get(crate::keys::DEAD_LETTER_REASON).unwrap();
+    assert!(reason.contains("attempt 3 of 3") && reason.contains("database down"), "{reason}");
+    let (attrs, body) = &letters[1];
+    assert_eq!(body, "body 3");
+    assert!(attrs.get(crate::keys::DEAD_LETTER_REASON).unwrap().contains("not for us"));
+}
+
+/// A publisher that always fails, to stand for a dead-letter topic that is down.
+struct Down;
+
+impl Publish for Down {
+    type Future = std::future::Ready<Result<(), Error>>;
+    fn publish(&self, _: &Context, _: Outgoing) -> Self::Future {
+        std::future::ready(Err(Error::other("dead-letter broker down")))
+    }
+}
+
+#[tokio::test]
+async fn a_failed_dead_letter_is_retried_not_lost() {
+    let source = Scripted::with(vec![Step::Deliver(vec![1])]);
+    let down = TopicFunc::new(|ctx: &Context| Ok(BufferedWriter::new(Down, ctx)));
+    let engine = Engine::new(source.clone(), fast().dead_letter(down)).unwrap();
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(|_: Context, _: Message| async { Err(Error::reject("poison")) }),
+    );
+    eventually("settled", || source.settled().len() == 1).await;
+    assert!(matches!(source.settled()[0].1, Settle::Nack { delay: Some(_) }));
+    engine.shutdown(Duration::from_secs(5)).await.unwrap();
+    bounded(task).await.unwrap().unwrap_err();
+}
+
+#[tokio::test]
+async fn reconnects_with_backoff_after_a_connection_lost_mid_batch() {
+    let source = Scripted::with(vec![
+        Step::DeliverThenFail(vec![1, 2], Error::connection_lost("connection reset")),
+        Step::Deliver(vec![3]),
+    ]);
+    source.0.reconnect_failures.store(2, Ordering::SeqCst);
+    let engine = Engine::new(source.clone(), fast()).unwrap();
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
+    );
+    eventually("all three acked", || source.settled().len() == 3).await;
+    assert!(source.settled().iter().all(|(_, s)| *s == Settle::Ack));
+    assert_eq!(source.0.reconnects.load(Ordering::SeqCst), 3);
+    eventually("healthy again", || engine.health().is_healthy()).await;
+    engine.shutdown(Duration::from_secs(5)).await.unwrap();
+    bounded(task).await.unwrap().unwrap_err();
+    assert_eq!(engine.health().state, HealthState::Closed);
+}
+
+#[tokio::test]
+async fn other_fetch_errors_back_off_without_reconnecting() {
+    let source = Scripted::with(vec![
+        Step::Fail(Error::other("timeout")),
+        Step::Fail(Error::other("timeout")),
+        Step::Deliver(vec![1]),
+    ]);
+    let engine = Engine::new(source.clone(), fast()).unwrap();
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
+    );
+    eventually("acked", || source.settled().len() == 1).await;
+    assert_eq!(source.0.reconnects.load(Ordering::SeqCst), 0);
+    engine.shutdown(Duration::from_secs(5)).await.unwrap();
+    bounded(task).await.unwrap().unwrap_err();
+}
+
+#[tokio::test]
+async fn settle_failures_are_retried_and_do_not_stop_serving() {
+    let source = Scripted::with(vec![Step::Deliver(vec![1]), Step::Deliver(vec![2])]);
+    source.0.settle_failures.store(2, Ordering::SeqCst);
+    let engine = Engine::new(source.clone(), fast().settle_retries(3)).unwrap();
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
+    );
+    eventually("both acked", || source.settled().len() == 2).await;
+    engine.shutdown(Duration::from_secs(5)).await.unwrap();
+    bounded(task).await.unwrap().unwrap_err();
+
+    // Failures beyond the retries: given up (the broker redelivers), serving goes on.
+    let source = Scripted::with(vec![Step::Deliver(vec![1])]);
+    source.0.settle_failures.store(3, Ordering::SeqCst);
+    let engine = Engine::new(source.clone(), fast().settle_retries(2)).unwrap();
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
+    );
+    eventually("the failures were recorded", || {
+        engine.health().consecutive_failures == 3
+    })
+    .await;
+    assert!(source.settled().is_empty());
+    assert!(engine.health().last_error.unwrap().contains("settle refused"));
+    engine.shutdown(Duration::from_secs(5)).await.unwrap();
+    assert!(matches!(bounded(task).await.unwrap(), Err(Error::ServerClosed)));
+}
+
+#[tokio::test]
+async fn settlements_are_batched_by_count_and_flushed_by_interval() {
+    let source = Scripted::with(vec![Step::Deliver((1..=10).collect())]);
+    let engine = Engine::new(
+        source.clone(),
+        fast()
+            .concurrency(16)
+            .ack_batch_size(4)
+            .ack_interval(Duration::from_millis(50)),
+    )
+    .unwrap();
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
+    );
+    eventually("all ten acked", || source.settled().len() == 10).await;
+    let sizes = source.0.batch_sizes.lock().unwrap().clone();
+    assert!(sizes.iter().all(|&n| n <= 4), "batches {sizes:?}");
+    assert!(sizes.len() < 10, "not batched: {sizes:?}");
+
+    engine.shutdown(Duration::from_secs(5)).await.unwrap();
+    bounded(task).await.unwrap().unwrap_err();
+
+    // A lone settlement goes out once the interval passes, not when a batch fills.
+    let source = Scripted::with(vec![Step::Deliver(vec![1])]);
+    let engine = Engine::new(
+        source.clone(),
+        fast().ack_batch_size(1000).ack_interval(Duration::from_millis(20)),
+    )
+    .unwrap();
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
+    );
+    eventually("the lone ack was flushed", || source.settled().len() == 1).await;
+    engine.shutdown(Duration::from_secs(5)).await.unwrap();
+    bounded(task).await.unwrap().unwrap_err();
+}
+
+#[tokio::test]
+async fn concurrency_and_prefetch_are_bounded() {
+    let source = Scripted::with(
+        (0..10)
+            .map(|i| Step::Deliver(vec![i * 2 + 1, i * 2 + 2]))
+            .collect(),
+    );
+    let engine = Engine::new(source.clone(), fast().concurrency(3).prefetch(2)).unwrap();
+    let now = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (n, p) = (now.clone(), peak.clone());
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(move |_: Context, _: Message| {
+            let (n, p) = (n.clone(), p.clone());
+            async move {
+                let current = n.fetch_add(1, Ordering::SeqCst) + 1;
+                p.fetch_max(current, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                n.fetch_sub(1, Ordering::SeqCst);
+                Ok(())
+            }
+        }),
+    );
+    eventually("all twenty acked", || source.settled().len() == 20).await;
+    assert!(peak.load(Ordering::SeqCst) <= 3, "peak {}", peak.load(Ordering::SeqCst));
+    let maxes = source.0.fetch_max.lock().unwrap().clone();
+    assert!(maxes.iter().all(|&m| (1..=5).contains(&m)), "fetch max {maxes:?}");
+    engine.shutdown(Duration::from_secs(5)).await.unwrap();
+    bounded(task).await.unwrap().unwrap_err();
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_slow_receivers_and_releases_what_never_started() {
+    let source = Scripted::with(vec![Step::Deliver(vec![1, 2, 3])]);
+    let engine = Engine::new(source.clone(), fast().concurrency(1).prefetch(2)).unwrap();
+    let gate = Arc::new(Notify::new());
+    let started = Arc::new(AtomicBool::new(false));
+    let (g, s) = (gate.clone(), started.clone());
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(move |_: Context, _: Message| {
+            let (g, s) = (g.clone(), s.clone());
+            async move {
+                s.store(true, Ordering::SeqCst);
+                g.notified().await;
+                Ok(())
+            }
+        }),
+    );
+    eventually("the first receiver started", || started.load(Ordering::SeqCst)).await;
+    let shutting = engine.clone();
+    let shutdown = tokio::spawn(async move { shutting.shutdown(Duration::from_secs(10)).await });
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert!(!shutdown.is_finished(), "shutdown did not wait for the slow receiver");
+    assert_eq!(engine.health().state, HealthState::Draining);
+    gate.notify_one();
+    bounded(shutdown).await.unwrap().unwrap();
+    assert!(matches!(bounded(task).await.unwrap(), Err(Error::ServerClosed)));
+    assert_eq!(
+        source.settled(),
+        [(1, Settle::Ack), (2, Settle::Release), (3, Settle::Release)]
+    );
+}
+
+#[tokio::test]
+async fn the_shutdown_deadline_cancels_contexts() {
+    let source = Scripted::with(vec![Step::Deliver(vec![1])]);
+    let engine = Engine::new(source.clone(), fast()).unwrap();
+    let saw_cancel = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(AtomicBool::new(false));
+    let (c, s) = (saw_cancel.clone(), started.clone());
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(move |ctx: Context, _: Message| {
+            let (c, s) = (c.clone(), s.clone());
+            async move {
+                s.store(true, Ordering::SeqCst);
+                ctx.cancelled().await;
+                c.store(true, Ordering::SeqCst);
+                Err(Error::Cancelled)
+            }
+        }),
+    );
+    eventually("the receiver started", || started.load(Ordering::SeqCst)).await;
+    let result = bounded(engine.shutdown(Duration::from_millis(50))).await;
+    assert!(matches!(result, Err(Error::DeadlineExceeded)), "{result:?}");
+    assert!(saw_cancel.load(Ordering::SeqCst));
+    assert_eq!(source.settled(), [(1, Settle::Nack { delay: None })]);
+    assert!(matches!(bounded(task).await.unwrap(), Err(Error::ServerClosed)));
+}
+
+#[tokio::test]
+async fn a_receiver_that_never_returns_is_abandoned_and_its_message_released() {
+    let source = Scripted::with(vec![Step::Deliver(vec![1])]);
+    let engine = Engine::new(source.clone(), fast()).unwrap();
+    let started = Arc::new(AtomicBool::new(false));
+    let s = started.clone();
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(move |_: Context, _: Message| {
+            let s = s.clone();
+            async move {
+                s.store(true, Ordering::SeqCst);
+                futures::future::pending::<()>().await;
+                Ok(())
+            }
+        }),
+    );
+    eventually("the receiver started", || started.load(Ordering::SeqCst)).await;
+    let result = bounded(engine.shutdown(Duration::from_millis(20))).await;
+    assert!(matches!(result, Err(Error::DeadlineExceeded)), "{result:?}");
+    assert_eq!(source.settled(), [(1, Settle::Nack { delay: None })]);
+    assert!(matches!(bounded(task).await.unwrap(), Err(Error::ServerClosed)));
+}
+
+#[tokio::test]
+async fn serving_twice_or_after_shutdown_is_an_error() {
+    let engine = Engine::new(Scripted::default(), fast()).unwrap();
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
+    );
+    eventually("serving", || engine.health().state == HealthState::Serving).await;
+    let second = engine
+        .serve(ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }))
+        .await;
+    assert!(matches!(second, Err(Error::AlreadyServing)), "{second:?}");
+    engine.shutdown(Duration::from_secs(5)).await.unwrap();
+    bounded(task).await.unwrap().unwrap_err();
+    let after = engine
+        .serve(ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }))
+        .await;
+    assert!(matches!(after, Err(Error::ServerClosed)), "{after:?}");
+
+    // Shutting down a server that never served closes it.
+    let idle = Engine::new(Scripted::default(), fast()).unwrap();
+    idle.shutdown(Duration::from_secs(1)).await.unwrap();
+    let after = idle
+        .serve(ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }))
+        .await;
+    assert!(matches!(after, Err(Error::ServerClosed)));
+    // And shutting down twice is fine.
+    idle.shutdown(Duration::from_secs(1)).await.unwrap();
+}
+
+#[test]
+fn invalid_settings_are_named() {
+    for (config, field) in [
+        (ServerConfig::new().concurrency(0), "concurrency"),
+        (ServerConfig::new().max_attempts(0), "max_attempts"),
+        (ServerConfig::new().ack_batch_size(0), "ack_batch_size"),
+        (ServerConfig::new().prefetch(usize::MAX), "prefetch"),
+    ] {
+        let err = Engine::new(Scripted::default(), config).unwrap_err();
+        assert!(err.to_string().contains(field), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn dropping_the_serve_future_closes_the_server() {
+    let engine = Engine::new(Scripted::default(), fast()).unwrap();
+    let serve = engine.serve(ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }));
+    let _ = tokio::time::timeout(Duration::from_millis(10), serve).await;
+    bounded(engine.shutdown(Duration::from_secs(1))).await.unwrap();
+    assert_eq!(engine.health().state, HealthState::Closed);
+}
