@@ -42,7 +42,9 @@ async fn main() -> Result<(), Error> {
                     "received {:?} (attempt {}, id {}, sequence {})",
                     String::from_utf8_lossy(&body),
                     ctx.attempt(),
-                    ctx.message_id().map(ToString::to_string).unwrap_or_default(),
+                    ctx.message_id()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
                     msg.attributes.get("X-Sequence").unwrap_or("?"),
                 );
                 if received.fetch_add(1, Ordering::SeqCst) + 1 == MESSAGES {
@@ -65,6 +67,9 @@ async fn main() -> Result<(), Error> {
         Ok(Err(Error::ServerClosed)) => {}
         other => return Err(Error::other(format!("serve ended unexpectedly: {other:?}"))),
     }
-    println!("received {} messages; server closed", received.load(Ordering::SeqCst));
+    println!(
+        "received {} messages; server closed",
+        received.load(Ordering::SeqCst)
+    );
     Ok(())
 }

@@ -135,7 +135,10 @@ impl Attributes {
     fn group(&self, key: &str) -> Option<std::ops::Range<usize>> {
         let entries = self.entries();
         let start = entries.iter().position(|(k, _)| k == key)?;
-        let len = entries[start..].iter().take_while(|(k, _)| k == key).count();
+        let len = entries[start..]
+            .iter()
+            .take_while(|(k, _)| k == key)
+            .count();
         Some(start..start + len)
     }
 
@@ -283,15 +286,18 @@ impl Attributes {
 
 fn header_name(key: &str) -> Result<HeaderName, Error> {
     if key.is_empty() {
-        return Err(Error::invalid_attribute(key, "an empty key cannot be a header name"));
-    }
-    if let Some(c) = key.chars().find(|&c| !c.is_ascii() || !is_token_byte(c as u8)) {
         return Err(Error::invalid_attribute(
             key,
-            format!(
-                "{} cannot appear in a header name",
-                describe_char(c)
-            ),
+            "an empty key cannot be a header name",
+        ));
+    }
+    if let Some(c) = key
+        .chars()
+        .find(|&c| !c.is_ascii() || !is_token_byte(c as u8))
+    {
+        return Err(Error::invalid_attribute(
+            key,
+            format!("{} cannot appear in a header name", describe_char(c)),
         ));
     }
     HeaderName::from_bytes(key.as_bytes())
@@ -303,7 +309,10 @@ fn check_header_value(key: &str, value: &str) -> Result<(), Error> {
         None => Ok(()),
         Some(c) => Err(Error::invalid_attribute(
             key,
-            format!("its value holds {}, which a header cannot carry", describe_char(c)),
+            format!(
+                "its value holds {}, which a header cannot carry",
+                describe_char(c)
+            ),
         )),
     }
 }
@@ -472,7 +481,14 @@ mod tests {
 
     #[test]
     fn canonical_keys_are_borrowed_not_copied() {
-        for key in ["Content-Type", "X-Msgio-Attempt", "A-1-C", "a B", "üser", ""] {
+        for key in [
+            "Content-Type",
+            "X-Msgio-Attempt",
+            "A-1-C",
+            "a B",
+            "üser",
+            "",
+        ] {
             assert!(
                 matches!(canonical_key(key), Cow::Borrowed(_)),
                 "{key:?} was copied"
@@ -488,7 +504,10 @@ mod tests {
         a.add("X-Bar", "z");
         a.add("X-FOO", "b");
         assert_eq!(a.get_all("x-foo").collect::<Vec<_>>(), ["a", "b"]);
-        assert_eq!(a.iter().collect::<Vec<_>>(), [("X-Foo", "a"), ("X-Foo", "b"), ("X-Bar", "z")]);
+        assert_eq!(
+            a.iter().collect::<Vec<_>>(),
+            [("X-Foo", "a"), ("X-Foo", "b"), ("X-Bar", "z")]
+        );
         a.set("x-Foo", "c");
         assert_eq!(a.get_all("X-Foo").collect::<Vec<_>>(), ["c"]);
         assert_eq!(a.len(), 2);
@@ -552,11 +571,19 @@ mod tests {
             let msg = a.to_header_map().unwrap_err().to_string();
             assert!(msg.contains(key) && msg.contains(what), "{msg}");
         }
-        for (key, what) in [("a B", "space"), ("", "empty"), ("k:v", "':'"), ("ü", "'ü'")] {
+        for (key, what) in [
+            ("a B", "space"),
+            ("", "empty"),
+            ("k:v", "':'"),
+            ("ü", "'ü'"),
+        ] {
             let mut a = Attributes::new();
             a.set(key, "v");
             let msg = a.to_header_map().unwrap_err().to_string();
-            assert!(msg.contains(&format!("{key:?}")) && msg.contains(what), "{msg}");
+            assert!(
+                msg.contains(&format!("{key:?}")) && msg.contains(what),
+                "{msg}"
+            );
         }
     }
 

@@ -40,7 +40,10 @@ impl Backoff {
     /// below 1 or not finite.
     pub fn new(initial: Duration, max: Duration, multiplier: f64) -> Result<Self, Error> {
         if initial.is_zero() {
-            return Err(Error::invalid_config("backoff.initial", "must be above zero"));
+            return Err(Error::invalid_config(
+                "backoff.initial",
+                "must be above zero",
+            ));
         }
         if initial > max {
             return Err(Error::invalid_config(
@@ -137,7 +140,11 @@ mod tests {
         for step in [10u64, 20, 40, 80, 80, 80] {
             let got = d.next_delay();
             let step = Duration::from_millis(step);
-            assert!(got >= step / 2 && got <= step, "{got:?} outside [{:?}, {step:?}]", step / 2);
+            assert!(
+                got >= step / 2 && got <= step,
+                "{got:?} outside [{:?}, {step:?}]",
+                step / 2
+            );
         }
         d.reset();
         assert!(d.next_delay() <= Duration::from_millis(10));

@@ -229,7 +229,9 @@ mod tests {
         let io = Error::ClosedMessageWriter.into_io();
         assert!(matches!(Error::from(io), Error::ClosedMessageWriter));
         let plain = io::Error::new(io::ErrorKind::UnexpectedEof, "eof");
-        assert!(matches!(Error::from(plain), Error::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof));
+        assert!(
+            matches!(Error::from(plain), Error::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof)
+        );
     }
 
     #[test]

@@ -108,4 +108,6 @@ pub use error::{BoxError, Error};
 pub use message::{Body, Message};
 pub use receiver::{BoxFuture, BoxReceiver, Receiver, ReceiverFunc, SafeReceiver};
 pub use server::Server;
-pub use topic::{BoxMessageWriter, BoxTopic, BufferedWriter, MessageWriter, Outgoing, Publish, Topic, TopicFunc};
+pub use topic::{
+    BoxMessageWriter, BoxTopic, BufferedWriter, MessageWriter, Outgoing, Publish, Topic, TopicFunc,
+};

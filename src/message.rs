@@ -154,19 +154,20 @@ impl Body {
             Kind::Bytes(b) => return Ok(b),
             Kind::Reader(r) => r,
         };
+        // Read straight into the buffer (no stack chunk: futures holding this one stay small).
+        const CHUNK: usize = 8 * 1024;
         let mut buf = BytesMut::new();
-        let mut chunk = [0u8; 8 * 1024];
         let outcome = loop {
             // Read at most one byte past the limit, to tell "exactly at" from "past".
-            let want = chunk.len().min(limit.saturating_add(1) - buf.len());
-            match reader.read(&mut chunk[..want]).await {
+            let want = CHUNK.min(limit.saturating_add(1) - buf.len());
+            let filled = buf.len();
+            buf.resize(filled + want, 0);
+            let read = reader.read(&mut buf[filled..]).await;
+            buf.truncate(filled + *read.as_ref().unwrap_or(&0));
+            match read {
                 Ok(0) => break Ok(()),
-                Ok(n) => {
-                    buf.extend_from_slice(&chunk[..n]);
-                    if buf.len() > limit {
-                        break Err(Error::BodyTooLarge { limit });
-                    }
-                }
+                Ok(_) if buf.len() > limit => break Err(Error::BodyTooLarge { limit }),
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => break Err(Error::Io(e)),
             }
@@ -312,7 +313,10 @@ mod tests {
     #[test]
     fn read_errors_keep_what_was_read() {
         let mut body = trickle(b"abcdef", true);
-        assert!(matches!(block_on(body.read_to_bytes(100)), Err(Error::Io(_))));
+        assert!(matches!(
+            block_on(body.read_to_bytes(100)),
+            Err(Error::Io(_))
+        ));
         let mut rest = Vec::new();
         let err = block_on(body.read_to_end(&mut rest)).unwrap_err();
         assert_eq!(err.to_string(), "reader broke");

@@ -28,14 +28,16 @@ use crate::{Context, Error, Message};
 ///         Ok(())
 ///     }
 /// }
+///
+/// # futures::executor::block_on(async {
+/// PrintBody.receive(Context::background(), Message::new("hello")).await?;
+/// # Ok::<(), Error>(())
+/// # }).unwrap();
 /// ```
 pub trait Receiver: Send + Sync {
     /// Handles one message.
-    fn receive(
-        &self,
-        ctx: Context,
-        msg: Message,
-    ) -> impl Future<Output = Result<(), Error>> + Send;
+    fn receive(&self, ctx: Context, msg: Message)
+    -> impl Future<Output = Result<(), Error>> + Send;
 }
 
 impl<R: Receiver + ?Sized> Receiver for Arc<R> {
@@ -222,7 +224,10 @@ where
     Fut: Future<Output = Result<(), Error>>,
 {
     let fut = std::panic::catch_unwind(AssertUnwindSafe(call)).map_err(panicked)?;
-    AssertUnwindSafe(fut).catch_unwind().await.unwrap_or_else(|p| Err(panicked(p)))
+    AssertUnwindSafe(fut)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|p| Err(panicked(p)))
 }
 
 fn panicked(payload: Box<dyn Any + Send>) -> Error {
@@ -281,13 +286,21 @@ mod tests {
             tokio::task::yield_now().await;
             std::panic::panic_any(17u8);
         });
-        assert!(message_of(other).await.contains("other than &str or String"));
+        assert!(
+            message_of(other)
+                .await
+                .contains("other than &str or String")
+        );
     }
 
     #[tokio::test]
     async fn passes_results_through() {
         let ok = SafeReceiver::new(ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }));
-        assert!(ok.receive(Context::background(), Message::default()).await.is_ok());
+        assert!(
+            ok.receive(Context::background(), Message::default())
+                .await
+                .is_ok()
+        );
         let rejects = SafeReceiver::new(ReceiverFunc::new(|_: Context, _: Message| async {
             Err(Error::reject("no"))
         }));

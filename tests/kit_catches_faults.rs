@@ -31,7 +31,11 @@ struct Wrapped<R, F> {
 }
 
 impl<R: Receiver, F: Fault> Receiver for Wrapped<R, F> {
-    fn receive(&self, ctx: Context, msg: Message) -> impl Future<Output = Result<(), Error>> + Send {
+    fn receive(
+        &self,
+        ctx: Context,
+        msg: Message,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
         self.fault.call(&self.inner, ctx, msg)
     }
 }
@@ -39,7 +43,12 @@ impl<R: Receiver, F: Fault> Receiver for Wrapped<R, F> {
 impl<F: Fault> Server for Faulty<F> {
     async fn serve<R: Receiver + 'static>(&self, receiver: R) -> Result<(), Error> {
         let fault = self.fault.clone();
-        self.server.serve(Wrapped { inner: receiver, fault }).await
+        self.server
+            .serve(Wrapped {
+                inner: receiver,
+                fault,
+            })
+            .await
     }
 
     async fn shutdown(&self, grace: Duration) -> Result<(), Error> {
@@ -61,7 +70,10 @@ impl<F: Fault> Transport for Transported<F> {
         Ok(q.topic())
     }
     async fn server(&self, q: &MemQueue, config: ServerConfig) -> Result<Faulty<F>, Error> {
-        Ok(Faulty { server: q.server(config)?, fault: self.0.clone() })
+        Ok(Faulty {
+            server: q.server(config)?,
+            fault: self.0.clone(),
+        })
     }
 }
 
@@ -101,7 +113,12 @@ impl Fault for LosesMessages {
 struct TruncatesBodies;
 
 impl Fault for TruncatesBodies {
-    async fn call<R: Receiver>(&self, inner: &R, ctx: Context, mut msg: Message) -> Result<(), Error> {
+    async fn call<R: Receiver>(
+        &self,
+        inner: &R,
+        ctx: Context,
+        mut msg: Message,
+    ) -> Result<(), Error> {
         let body = msg.body.read_to_bytes(64 << 20).await?;
         let cut = body.slice(..body.len().min(1024));
         inner.receive(ctx, msg.with_body(cut)).await
@@ -110,14 +127,23 @@ impl Fault for TruncatesBodies {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kit_fails_a_server_that_swallows_errors() {
-    let caps = Capabilities::new().dead_letter().wait(Duration::from_secs(3));
+    let caps = Capabilities::new()
+        .dead_letter()
+        .wait(Duration::from_secs(3));
     let report = msgio::testing::run_matching(Transported(SwallowsErrors), caps, |name| {
-        ["resend_on_error", "dead_letter_after_max_attempts", "reject_is_not_retried"]
-            .contains(&name)
+        [
+            "resend_on_error",
+            "dead_letter_after_max_attempts",
+            "reject_is_not_retried",
+        ]
+        .contains(&name)
     })
     .await;
     assert!(failed(&report, "resend_on_error"), "{report}");
-    assert!(failed(&report, "dead_letter_after_max_attempts"), "{report}");
+    assert!(
+        failed(&report, "dead_letter_after_max_attempts"),
+        "{report}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

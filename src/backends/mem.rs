@@ -85,8 +85,10 @@ pub struct MemQueue {
 }
 
 impl MemQueue {
-    /// A queue named `"mem"` holding at most `capacity` messages (waiting, delayed and in
-    /// flight).
+    /// A queue named `"mem"` holding at most `capacity` published messages waiting for a
+    /// server (ready or delayed). A message leaves that count when a server takes it;
+    /// retried messages return to the queue even when it is full, so that a server never
+    /// waits on its own publishers.
     ///
     /// # Errors
     ///
@@ -104,10 +106,7 @@ impl MemQueue {
         if capacity == 0 || capacity > Semaphore::MAX_PERMITS {
             return Err(Error::invalid_config(
                 "capacity",
-                format!(
-                    "{capacity} is not between 1 and {}",
-                    Semaphore::MAX_PERMITS
-                ),
+                format!("{capacity} is not between 1 and {}", Semaphore::MAX_PERMITS),
             ));
         }
         Ok(MemQueue {
@@ -170,7 +169,7 @@ struct Queue {
     state: Mutex<State>,
     /// Wakes servers waiting for messages.
     notify: Notify,
-    /// One permit per message the queue may still take.
+    /// One permit per message the queue may still take from publishers.
     capacity: Semaphore,
     next_id: AtomicU64,
 }
@@ -186,6 +185,8 @@ struct State {
 /// A message held by the queue; also the delivery token.
 struct Item {
     id: u64,
+    /// Published and not yet taken by a server: it holds one permit of the capacity.
+    holds_room: bool,
     attempt: u32,
     attributes: Attributes,
     body: Bytes,
@@ -227,6 +228,7 @@ impl Queue {
     fn push_new(&self, message: Outgoing) {
         let item = Item {
             id: self.next_id.fetch_add(1, AtomicOrdering::Relaxed),
+            holds_room: true,
             attempt: 1,
             attributes: message.attributes,
             body: message.body,
@@ -393,13 +395,22 @@ impl Source for MemSource {
                 let next_due = state.promote_due();
                 let n = max.min(state.ready.len());
                 if n > 0 {
-                    out.extend(state.ready.drain(..n).map(|item| Delivery {
-                        message_id: Some(item.id.into()),
+                    // Taken messages make room for publishers; retries come back to the
+                    // queue without taking room again.
+                    let mut room = 0;
+                    out.extend(state.ready.drain(..n).map(|mut item| {
+                        room += usize::from(std::mem::take(&mut item.holds_room));
+                        Delivery {
+                            message_id: Some(item.id.into()),
                         attempt: item.attempt,
                         attributes: item.attributes.clone(),
-                        body: item.body.clone(),
-                        token: item,
+                            body: item.body.clone(),
+                            token: item,
+                        }
                     }));
+                    if room > 0 {
+                        queue.capacity.add_permits(room);
+                    }
                     if !state.ready.is_empty() {
                         // Leave the rest to another server on this queue.
                         queue.notify.notify_one();
@@ -422,7 +433,6 @@ impl Source for MemSource {
 
     async fn settle(&self, batch: &mut Vec<Settlement<Item>>) -> Result<(), Error> {
         let queue = &*self.queue;
-        let mut freed = 0;
         let mut requeued = false;
         let mut released = Vec::new();
         {
@@ -430,7 +440,7 @@ impl Source for MemSource {
             for settlement in batch.drain(..) {
                 let mut item = settlement.token;
                 match settlement.action {
-                    Settle::Ack | Settle::Reject => freed += 1,
+                    Settle::Ack | Settle::Reject => {}
                     Settle::Nack { delay } => {
                         item.attempt = item.attempt.saturating_add(1);
                         state.enqueue(item, delay);
@@ -444,9 +454,6 @@ impl Source for MemSource {
                 state.ready.push_front(item);
                 requeued = true;
             }
-        }
-        if freed > 0 {
-            queue.capacity.add_permits(freed);
         }
         if requeued {
             queue.notify.notify_one();

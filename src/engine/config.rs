@@ -154,7 +154,10 @@ impl ServerConfig {
         if self.concurrency == 0 || self.concurrency > MAX_CONCURRENCY {
             return Err(Error::invalid_config(
                 "concurrency",
-                format!("{} is not between 1 and {MAX_CONCURRENCY}", self.concurrency),
+                format!(
+                    "{} is not between 1 and {MAX_CONCURRENCY}",
+                    self.concurrency
+                ),
             ));
         }
         if self.prefetch_or_default() > MAX_CONCURRENCY {
@@ -170,7 +173,10 @@ impl ServerConfig {
             ));
         }
         if self.ack_batch_size == 0 {
-            return Err(Error::invalid_config("ack_batch_size", "must be at least 1"));
+            return Err(Error::invalid_config(
+                "ack_batch_size",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }

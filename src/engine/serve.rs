@@ -381,9 +381,7 @@ fn spawn_message<S: Source, R: Receiver + 'static>(
             body,
             ..
         } = delivery;
-        let action = dispatch
-            .handle(message_id, attempt, attributes, body)
-            .await;
+        let action = dispatch.handle(message_id, attempt, attributes, body).await;
         dispatch.settle(token, action);
         drop(slot);
     });

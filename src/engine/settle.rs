@@ -50,8 +50,7 @@ impl<S: Source> Settler<S> {
                 let flush_at = Instant::now() + self.interval;
                 while batch.len() < self.batch_size {
                     let room = self.batch_size - batch.len();
-                    match tokio::time::timeout_at(flush_at, rx.recv_many(&mut batch, room)).await
-                    {
+                    match tokio::time::timeout_at(flush_at, rx.recv_many(&mut batch, room)).await {
                         Ok(0) | Err(_) => break,
                         Ok(_) => {}
                     }

@@ -67,7 +67,11 @@ impl Source for Scripted {
         self.0.fetch_max.lock().unwrap().push(max);
         let step = self.0.steps.lock().unwrap().pop_front();
         let deliver = |ids: Vec<u64>, out: &mut Vec<Delivery<u64>>| {
-            assert!(ids.len() <= max, "script delivers {} but max is {max}", ids.len());
+            assert!(
+                ids.len() <= max,
+                "script delivers {} but max is {max}",
+                ids.len()
+            );
             let attempts = self.0.attempts.lock().unwrap();
             for id in ids {
                 let mut attributes = crate::Attributes::new();
@@ -95,10 +99,10 @@ impl Source for Scripted {
     }
 
     async fn settle(&self, batch: &mut Vec<Settlement<u64>>) -> Result<(), Error> {
-        let failing = self
-            .0
-            .settle_failures
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        let failing =
+            self.0
+                .settle_failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
         if failing.is_ok() {
             return Err(Error::other("settle refused"));
         }
@@ -110,10 +114,10 @@ impl Source for Scripted {
 
     async fn reconnect(&self) -> Result<(), Error> {
         self.0.reconnects.fetch_add(1, Ordering::SeqCst);
-        let failing = self
-            .0
-            .reconnect_failures
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        let failing =
+            self.0
+                .reconnect_failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
         if failing.is_ok() {
             return Err(Error::other("broker still down"));
         }
@@ -143,7 +147,10 @@ async fn eventually(what: &str, cond: impl Fn() -> bool) {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     };
-    if tokio::time::timeout(Duration::from_secs(10), wait).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .is_err()
+    {
         panic!("timed out waiting until {what}");
     }
 }
@@ -188,12 +195,21 @@ async fn acks_only_after_the_receiver_returned_ok() {
     eventually("the receiver started", || started.load(Ordering::SeqCst)).await;
     // Give the settler every chance to (wrongly) settle early.
     tokio::time::sleep(Duration::from_millis(30)).await;
-    assert!(source.settled().is_empty(), "settled before the receiver returned");
+    assert!(
+        source.settled().is_empty(),
+        "settled before the receiver returned"
+    );
     assert_eq!(engine.health().in_flight, 1);
     gate.notify_one();
-    eventually("the message was acked", || source.settled() == [(1, Settle::Ack)]).await;
+    eventually("the message was acked", || {
+        source.settled() == [(1, Settle::Ack)]
+    })
+    .await;
     engine.shutdown(Duration::from_secs(5)).await.unwrap();
-    assert!(matches!(bounded(task).await.unwrap(), Err(Error::ServerClosed)));
+    assert!(matches!(
+        bounded(task).await.unwrap(),
+        Err(Error::ServerClosed)
+    ));
     assert!(source.0.closed.load(Ordering::SeqCst));
 }
 
@@ -219,13 +235,21 @@ async fn the_receivers_result_decides_each_fate() {
         [
             (1, Settle::Ack),
             (2, Settle::Nack { delay: None }),
-            (3, Settle::Nack { delay: Some(Duration::from_secs(7)) }),
+            (
+                3,
+                Settle::Nack {
+                    delay: Some(Duration::from_secs(7))
+                }
+            ),
             (4, Settle::Reject),
             (5, Settle::Nack { delay: None }),
         ]
     );
     engine.shutdown(Duration::from_secs(5)).await.unwrap();
-    assert!(matches!(bounded(task).await.unwrap(), Err(Error::ServerClosed)));
+    assert!(matches!(
+        bounded(task).await.unwrap(),
+        Err(Error::ServerClosed)
+    ));
 }
 
 #[tokio::test]
@@ -253,7 +277,12 @@ async fn receivers_see_the_delivery_facts() {
     eventually("settled", || source.settled().len() == 1).await;
     assert_eq!(
         seen.lock().unwrap().clone().unwrap(),
-        (Some(MessageId::from(9)), 4, Some("scripted".to_owned()), "body 9".to_owned())
+        (
+            Some(MessageId::from(9)),
+            4,
+            Some("scripted".to_owned()),
+            "body 9".to_owned()
+        )
     );
     engine.shutdown(Duration::from_secs(5)).await.unwrap();
     bounded(task).await.unwrap().unwrap_err();
@@ -283,7 +312,11 @@ async fn dead_letters_rejects_and_the_last_attempt_with_the_reason() {
     eventually("all three settled", || source.settled().len() == 3).await;
     assert_eq!(
         source.settled(),
-        [(1, Settle::Ack), (2, Settle::Nack { delay: None }), (3, Settle::Ack)]
+        [
+            (1, Settle::Ack),
+            (2, Settle::Nack { delay: None }),
+            (3, Settle::Ack)
+        ]
     );
     assert_eq!(dlq.len(), 2);
     engine.shutdown(Duration::from_secs(5)).await.unwrap();
@@ -299,13 +332,18 @@ async fn dead_letters_rejects_and_the_last_attempt_with_the_reason() {
             .serve(ReceiverFunc::new(move |_: Context, msg: Message| {
                 let l = l.clone();
                 async move {
-                    l.lock().unwrap().push((msg.attributes.clone(), body_of(&msg)));
+                    l.lock()
+                        .unwrap()
+                        .push((msg.attributes.clone(), body_of(&msg)));
                     Ok(())
                 }
             }))
             .await
     });
-    eventually("both dead letters read", || letters.lock().unwrap().len() == 2).await;
+    eventually("both dead letters read", || {
+        letters.lock().unwrap().len() == 2
+    })
+    .await;
     server.shutdown(Duration::from_secs(5)).await.unwrap();
     bounded(task).await.unwrap().unwrap_err();
     let mut letters = letters.lock().unwrap().clone();
@@ -317,10 +355,18 @@ async fn dead_letters_rejects_and_the_last_attempt_with_the_reason() {
     assert_eq!(attrs.get(crate::keys::SOURCE), Some("scripted"));
     assert_eq!(attrs.get(crate::keys::MESSAGE_ID), Some("1"));
     let reason = attrs.get(crate::keys::DEAD_LETTER_REASON).unwrap();
-    assert!(reason.contains("attempt 3 of 3") && reason.contains("database down"), "{reason}");
+    assert!(
+        reason.contains("attempt 3 of 3") && reason.contains("database down"),
+        "{reason}"
+    );
     let (attrs, body) = &letters[1];
     assert_eq!(body, "body 3");
-    assert!(attrs.get(crate::keys::DEAD_LETTER_REASON).unwrap().contains("not for us"));
+    assert!(
+        attrs
+            .get(crate::keys::DEAD_LETTER_REASON)
+            .unwrap()
+            .contains("not for us")
+    );
 }
 
 /// A publisher that always fails, to stand for a dead-letter topic that is down.
@@ -343,7 +389,10 @@ async fn a_failed_dead_letter_is_retried_not_lost() {
         ReceiverFunc::new(|_: Context, _: Message| async { Err(Error::reject("poison")) }),
     );
     eventually("settled", || source.settled().len() == 1).await;
-    assert!(matches!(source.settled()[0].1, Settle::Nack { delay: Some(_) }));
+    assert!(matches!(
+        source.settled()[0].1,
+        Settle::Nack { delay: Some(_) }
+    ));
     engine.shutdown(Duration::from_secs(5)).await.unwrap();
     bounded(task).await.unwrap().unwrap_err();
 }
@@ -413,9 +462,18 @@ async fn settle_failures_are_retried_and_do_not_stop_serving() {
     })
     .await;
     assert!(source.settled().is_empty());
-    assert!(engine.health().last_error.unwrap().contains("settle refused"));
+    assert!(
+        engine
+            .health()
+            .last_error
+            .unwrap()
+            .contains("settle refused")
+    );
     engine.shutdown(Duration::from_secs(5)).await.unwrap();
-    assert!(matches!(bounded(task).await.unwrap(), Err(Error::ServerClosed)));
+    assert!(matches!(
+        bounded(task).await.unwrap(),
+        Err(Error::ServerClosed)
+    ));
 }
 
 #[tokio::test]
@@ -445,7 +503,9 @@ async fn settlements_are_batched_by_count_and_flushed_by_interval() {
     let source = Scripted::with(vec![Step::Deliver(vec![1])]);
     let engine = Engine::new(
         source.clone(),
-        fast().ack_batch_size(1000).ack_interval(Duration::from_millis(20)),
+        fast()
+            .ack_batch_size(1000)
+            .ack_interval(Duration::from_millis(20)),
     )
     .unwrap();
     let task = serve_in_background(
@@ -482,9 +542,16 @@ async fn concurrency_and_prefetch_are_bounded() {
         }),
     );
     eventually("all twenty acked", || source.settled().len() == 20).await;
-    assert!(peak.load(Ordering::SeqCst) <= 3, "peak {}", peak.load(Ordering::SeqCst));
+    assert!(
+        peak.load(Ordering::SeqCst) <= 3,
+        "peak {}",
+        peak.load(Ordering::SeqCst)
+    );
     let maxes = source.0.fetch_max.lock().unwrap().clone();
-    assert!(maxes.iter().all(|&m| (1..=5).contains(&m)), "fetch max {maxes:?}");
+    assert!(
+        maxes.iter().all(|&m| (1..=5).contains(&m)),
+        "fetch max {maxes:?}"
+    );
     engine.shutdown(Duration::from_secs(5)).await.unwrap();
     bounded(task).await.unwrap().unwrap_err();
 }
@@ -507,15 +574,24 @@ async fn shutdown_waits_for_slow_receivers_and_releases_what_never_started() {
             }
         }),
     );
-    eventually("the first receiver started", || started.load(Ordering::SeqCst)).await;
+    eventually("the first receiver started", || {
+        started.load(Ordering::SeqCst)
+    })
+    .await;
     let shutting = engine.clone();
     let shutdown = tokio::spawn(async move { shutting.shutdown(Duration::from_secs(10)).await });
     tokio::time::sleep(Duration::from_millis(30)).await;
-    assert!(!shutdown.is_finished(), "shutdown did not wait for the slow receiver");
+    assert!(
+        !shutdown.is_finished(),
+        "shutdown did not wait for the slow receiver"
+    );
     assert_eq!(engine.health().state, HealthState::Draining);
     gate.notify_one();
     bounded(shutdown).await.unwrap().unwrap();
-    assert!(matches!(bounded(task).await.unwrap(), Err(Error::ServerClosed)));
+    assert!(matches!(
+        bounded(task).await.unwrap(),
+        Err(Error::ServerClosed)
+    ));
     assert_eq!(
         source.settled(),
         [(1, Settle::Ack), (2, Settle::Release), (3, Settle::Release)]
@@ -546,7 +622,10 @@ async fn the_shutdown_deadline_cancels_contexts() {
     assert!(matches!(result, Err(Error::DeadlineExceeded)), "{result:?}");
     assert!(saw_cancel.load(Ordering::SeqCst));
     assert_eq!(source.settled(), [(1, Settle::Nack { delay: None })]);
-    assert!(matches!(bounded(task).await.unwrap(), Err(Error::ServerClosed)));
+    assert!(matches!(
+        bounded(task).await.unwrap(),
+        Err(Error::ServerClosed)
+    ));
 }
 
 #[tokio::test]
@@ -570,7 +649,10 @@ async fn a_receiver_that_never_returns_is_abandoned_and_its_message_released() {
     let result = bounded(engine.shutdown(Duration::from_millis(20))).await;
     assert!(matches!(result, Err(Error::DeadlineExceeded)), "{result:?}");
     assert_eq!(source.settled(), [(1, Settle::Nack { delay: None })]);
-    assert!(matches!(bounded(task).await.unwrap(), Err(Error::ServerClosed)));
+    assert!(matches!(
+        bounded(task).await.unwrap(),
+        Err(Error::ServerClosed)
+    ));
 }
 
 #[tokio::test]
@@ -621,6 +703,8 @@ async fn dropping_the_serve_future_closes_the_server() {
     let engine = Engine::new(Scripted::default(), fast()).unwrap();
     let serve = engine.serve(ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }));
     let _ = tokio::time::timeout(Duration::from_millis(10), serve).await;
-    bounded(engine.shutdown(Duration::from_secs(1))).await.unwrap();
+    bounded(engine.shutdown(Duration::from_secs(1)))
+        .await
+        .unwrap();
     assert_eq!(engine.health().state, HealthState::Closed);
 }

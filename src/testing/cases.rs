@@ -40,19 +40,58 @@ fn always(_: &Capabilities) -> Option<&'static str> {
 }
 
 pub(crate) const ALL: &[Case] = &[
-    Case { name: "round_trip", needs: always },
-    Case { name: "many_concurrent_publishers", needs: always },
-    Case { name: "context_facts", needs: always },
-    Case { name: "resend_on_error", needs: always },
-    Case { name: "continue_after_errors", needs: always },
-    Case { name: "panic_then_redelivery", needs: always },
-    Case { name: "reject_is_not_retried", needs: always },
-    Case { name: "concurrency_limit", needs: always },
-    Case { name: "shutdown_drains_in_flight", needs: always },
-    Case { name: "shutdown_deadline_cancels_context", needs: always },
-    Case { name: "serve_twice_and_after_shutdown", needs: always },
-    Case { name: "closed_writer", needs: always },
-    Case { name: "topic_isolation", needs: always },
+    Case {
+        name: "round_trip",
+        needs: always,
+    },
+    Case {
+        name: "many_concurrent_publishers",
+        needs: always,
+    },
+    Case {
+        name: "context_facts",
+        needs: always,
+    },
+    Case {
+        name: "resend_on_error",
+        needs: always,
+    },
+    Case {
+        name: "continue_after_errors",
+        needs: always,
+    },
+    Case {
+        name: "panic_then_redelivery",
+        needs: always,
+    },
+    Case {
+        name: "reject_is_not_retried",
+        needs: always,
+    },
+    Case {
+        name: "concurrency_limit",
+        needs: always,
+    },
+    Case {
+        name: "shutdown_drains_in_flight",
+        needs: always,
+    },
+    Case {
+        name: "shutdown_deadline_cancels_context",
+        needs: always,
+    },
+    Case {
+        name: "serve_twice_and_after_shutdown",
+        needs: always,
+    },
+    Case {
+        name: "closed_writer",
+        needs: always,
+    },
+    Case {
+        name: "topic_isolation",
+        needs: always,
+    },
     Case {
         name: "ordering",
         needs: |c| (!c.ordering).then_some("needs ordering"),
@@ -88,7 +127,10 @@ pub(crate) async fn run_case<T: Transport>(
 }
 
 async fn dispatch<T: Transport>(name: &str, t: &T, caps: &Capabilities) -> Result<(), String> {
-    let dest = t.destination().await.map_err(|e| format!("destination: {e}"))?;
+    let dest = t
+        .destination()
+        .await
+        .map_err(|e| format!("destination: {e}"))?;
     let result = match name {
         "round_trip" => round_trip(t, &dest, caps).await,
         "many_concurrent_publishers" => many_concurrent_publishers(t, &dest).await,
@@ -133,7 +175,9 @@ async fn server<T: Transport>(
     dest: &T::Destination,
     config: ServerConfig,
 ) -> Result<T::Server, String> {
-    t.server(dest, config).await.map_err(|e| format!("server: {e}"))
+    t.server(dest, config)
+        .await
+        .map_err(|e| format!("server: {e}"))
 }
 
 /// The sequence numbers of `received`, each once.
@@ -179,7 +223,10 @@ async fn round_trip<T: Transport>(
         ("large", binary(caps.max_body)),
     ];
     let recorder = Recorder::new();
-    let running = start(server(t, dest, ServerConfig::new()).await?, recorder.clone());
+    let running = start(
+        server(t, dest, ServerConfig::new()).await?,
+        recorder.clone(),
+    );
     for (seq, (_, body)) in bodies.iter().enumerate() {
         publish_seq(&topic, seq as u64, body.clone(), &attrs).await?;
     }
@@ -219,7 +266,10 @@ async fn many_concurrent_publishers<T: Transport>(
     const EACH: u64 = 100;
     let topic = Arc::new(topic(t, dest).await?);
     let recorder = Recorder::new();
-    let running = start(server(t, dest, ServerConfig::new()).await?, recorder.clone());
+    let running = start(
+        server(t, dest, ServerConfig::new()).await?,
+        recorder.clone(),
+    );
     let mut publishers = Vec::new();
     for p in 0..PUBLISHERS {
         let topic = topic.clone();
@@ -232,7 +282,8 @@ async fn many_concurrent_publishers<T: Transport>(
         }));
     }
     for p in publishers {
-        p.await.map_err(|e| format!("publisher task failed: {e}"))??;
+        p.await
+            .map_err(|e| format!("publisher task failed: {e}"))??;
     }
     let total = (PUBLISHERS * EACH) as usize;
     let all = recorder
@@ -247,12 +298,19 @@ async fn many_concurrent_publishers<T: Transport>(
 async fn context_facts<T: Transport>(t: &T, dest: &T::Destination) -> Result<(), String> {
     let topic = topic(t, dest).await?;
     let recorder = Recorder::new();
-    let running = start(server(t, dest, ServerConfig::new()).await?, recorder.clone());
+    let running = start(
+        server(t, dest, ServerConfig::new()).await?,
+        recorder.clone(),
+    );
     publish_seq(&topic, 1, "facts", &Attributes::new()).await?;
     let got = recorder.wait_for(1, patience()).await;
     running.stop(GRACE).await?;
     let got = got?.remove(0);
-    ensure!(got.attempt == 1, "first delivery had attempt {}", got.attempt);
+    ensure!(
+        got.attempt == 1,
+        "first delivery had attempt {}",
+        got.attempt
+    );
     ensure!(got.message_id.is_some(), "the context had no message id");
     ensure!(
         got.source.as_deref().is_some_and(|s| !s.is_empty()),
@@ -267,14 +325,20 @@ async fn resend_on_error<T: Transport>(t: &T, dest: &T::Destination) -> Result<(
         1 => Err(Error::other("first attempt fails")),
         _ => Ok(()),
     });
-    let running = start(server(t, dest, ServerConfig::new()).await?, recorder.clone());
+    let running = start(
+        server(t, dest, ServerConfig::new()).await?,
+        recorder.clone(),
+    );
     publish_seq(&topic, 1, "fails once", &Attributes::new()).await?;
     let got = recorder.wait_for(2, patience()).await;
     tokio::time::sleep(QUIET).await;
     running.stop(GRACE).await?;
     let got = got?;
     let attempts: Vec<u32> = recorder.received().iter().map(|r| r.attempt).collect();
-    ensure!(attempts == [1, 2], "attempts seen: {attempts:?}, expected [1, 2]");
+    ensure!(
+        attempts == [1, 2],
+        "attempts seen: {attempts:?}, expected [1, 2]"
+    );
     ensure!(got[1].body == "fails once", "the redelivered body changed");
     Ok(())
 }
@@ -335,15 +399,25 @@ async fn reject_is_not_retried<T: Transport>(t: &T, dest: &T::Destination) -> Re
         Some(1) => Err(Error::reject("malformed on purpose")),
         _ => Ok(()),
     });
-    let running = start(server(t, dest, ServerConfig::new()).await?, recorder.clone());
+    let running = start(
+        server(t, dest, ServerConfig::new()).await?,
+        recorder.clone(),
+    );
     publish_seq(&topic, 1, "poison", &Attributes::new()).await?;
     publish_seq(&topic, 2, "fine", &Attributes::new()).await?;
     let got = recorder.wait_for(2, patience()).await;
     tokio::time::sleep(QUIET).await;
     running.stop(GRACE).await?;
     got?;
-    let rejected = recorder.received().iter().filter(|r| r.seq() == Some(1)).count();
-    ensure!(rejected == 1, "the rejected message was delivered {rejected} times");
+    let rejected = recorder
+        .received()
+        .iter()
+        .filter(|r| r.seq() == Some(1))
+        .count();
+    ensure!(
+        rejected == 1,
+        "the rejected message was delivered {rejected} times"
+    );
     Ok(())
 }
 
@@ -373,12 +447,17 @@ async fn concurrency_limit<T: Transport>(t: &T, dest: &T::Destination) -> Result
         publish_seq(&topic, seq, "x", &Attributes::new()).await?;
     }
     let all = done
-        .wait_until("every message", patience(), |r| seqs(r).len() == MESSAGES as usize)
+        .wait_until("every message", patience(), |r| {
+            seqs(r).len() == MESSAGES as usize
+        })
         .await;
     running.stop(GRACE).await?;
     all?;
     let peak = peak.load(Ordering::SeqCst);
-    ensure!(peak <= LIMIT, "{peak} receivers ran at once with concurrency {LIMIT}");
+    ensure!(
+        peak <= LIMIT,
+        "{peak} receivers ran at once with concurrency {LIMIT}"
+    );
     Ok(())
 }
 
@@ -412,7 +491,11 @@ async fn shutdown_drains_in_flight<T: Transport>(
 ) -> Result<(), String> {
     let topic = topic(t, dest).await?;
     let (started, gate, finished) = Default::default();
-    let receiver = gated(Arc::clone(&started), Arc::clone(&gate), Arc::clone(&finished));
+    let receiver = gated(
+        Arc::clone(&started),
+        Arc::clone(&gate),
+        Arc::clone(&finished),
+    );
     let running = start(server(t, dest, ServerConfig::new()).await?, receiver);
     publish_seq(&topic, 1, "slow", &Attributes::new()).await?;
     until("the receiver started", &started).await?;
@@ -429,7 +512,10 @@ async fn shutdown_drains_in_flight<T: Transport>(
         .map_err(|_| "shutdown did not return after the receiver finished".to_owned())?
         .map_err(|e| format!("shutdown task failed: {e}"))?;
     ensure!(shutdown.is_ok(), "shutdown returned {shutdown:?}");
-    ensure!(finished.load(Ordering::SeqCst), "the in-flight receiver did not finish");
+    ensure!(
+        finished.load(Ordering::SeqCst),
+        "the in-flight receiver did not finish"
+    );
     running.join().await?
 }
 
@@ -492,14 +578,24 @@ async fn serve_twice_and_after_shutdown<T: Transport>(
 async fn closed_writer<T: Transport>(t: &T, dest: &T::Destination) -> Result<(), String> {
     let topic = topic(t, dest).await?;
     let recorder = Recorder::new();
-    let running = start(server(t, dest, ServerConfig::new()).await?, recorder.clone());
+    let running = start(
+        server(t, dest, ServerConfig::new()).await?,
+        recorder.clone(),
+    );
     let mut writer = topic
         .new_writer(&Context::background())
         .map_err(|e| format!("new_writer: {e}"))?;
     writer.attributes_mut().set(SEQ, "1");
-    writer.write_all(b"once").await.map_err(|e| format!("write: {e}"))?;
+    writer
+        .write_all(b"once")
+        .await
+        .map_err(|e| format!("write: {e}"))?;
     writer.close().await.map_err(|e| format!("close: {e}"))?;
-    let write = writer.write_all(b"again").await.map(|_| ()).map_err(Error::from);
+    let write = writer
+        .write_all(b"again")
+        .await
+        .map(|_| ())
+        .map_err(Error::from);
     ensure!(
         matches!(write, Err(Error::ClosedMessageWriter)),
         "writing after close gave {write:?}, not ClosedMessageWriter"
@@ -514,19 +610,39 @@ async fn closed_writer<T: Transport>(t: &T, dest: &T::Destination) -> Result<(),
     running.stop(GRACE).await?;
     got?;
     let received = recorder.received();
-    ensure!(received.len() == 1, "the message was delivered {} times", received.len());
-    ensure!(received[0].body == "once", "the body was {:?}", received[0].body);
+    ensure!(
+        received.len() == 1,
+        "the message was delivered {} times",
+        received.len()
+    );
+    ensure!(
+        received[0].body == "once",
+        "the body was {:?}",
+        received[0].body
+    );
     Ok(())
 }
 
 async fn topic_isolation<T: Transport>(t: &T, dest: &T::Destination) -> Result<(), String> {
-    let other = t.destination().await.map_err(|e| format!("destination: {e}"))?;
+    let other = t
+        .destination()
+        .await
+        .map_err(|e| format!("destination: {e}"))?;
     let result = async {
         let first = Recorder::new();
         let second = Recorder::new();
         let running_first = start(server(t, dest, ServerConfig::new()).await?, first.clone());
-        let running_second = start(server(t, &other, ServerConfig::new()).await?, second.clone());
-        publish_seq(&topic(t, dest).await?, 1, "for the first", &Attributes::new()).await?;
+        let running_second = start(
+            server(t, &other, ServerConfig::new()).await?,
+            second.clone(),
+        );
+        publish_seq(
+            &topic(t, dest).await?,
+            1,
+            "for the first",
+            &Attributes::new(),
+        )
+        .await?;
         let got = first.wait_for(1, patience()).await;
         tokio::time::sleep(QUIET).await;
         running_first.stop(GRACE).await?;
@@ -557,7 +673,10 @@ async fn ordering<T: Transport>(t: &T, dest: &T::Destination) -> Result<(), Stri
     running.stop(GRACE).await?;
     let order: Vec<u64> = got?.iter().filter_map(|r| r.seq()).collect();
     let expected: Vec<u64> = (0..MESSAGES).collect();
-    ensure!(order == expected, "messages arrived out of order: {order:?}");
+    ensure!(
+        order == expected,
+        "messages arrived out of order: {order:?}"
+    );
     Ok(())
 }
 
@@ -565,14 +684,20 @@ async fn delay<T: Transport>(t: &T, dest: &T::Destination) -> Result<(), String>
     const DELAY: Duration = Duration::from_millis(500);
     let topic = topic(t, dest).await?;
     let recorder = Recorder::new();
-    let running = start(server(t, dest, ServerConfig::new()).await?, recorder.clone());
+    let running = start(
+        server(t, dest, ServerConfig::new()).await?,
+        recorder.clone(),
+    );
     let published = tokio::time::Instant::now();
     let mut writer = topic
         .new_writer(&Context::background())
         .map_err(|e| format!("new_writer: {e}"))?;
     writer.attributes_mut().set(SEQ, "1");
     writer.set_delay(DELAY);
-    writer.write_all(b"delayed").await.map_err(|e| format!("write: {e}"))?;
+    writer
+        .write_all(b"delayed")
+        .await
+        .map_err(|e| format!("write: {e}"))?;
     writer.close().await.map_err(|e| format!("close: {e}"))?;
     publish_seq(&topic, 2, "not delayed", &Attributes::new()).await?;
     let got = recorder.wait_for(2, patience()).await;
@@ -596,7 +721,10 @@ async fn dead_letter_after_max_attempts<T: Transport>(
     t: &T,
     dest: &T::Destination,
 ) -> Result<(), String> {
-    let dlq = t.destination().await.map_err(|e| format!("destination: {e}"))?;
+    let dlq = t
+        .destination()
+        .await
+        .map_err(|e| format!("destination: {e}"))?;
     let result = async {
         let topic = topic(t, dest).await?;
         let mut attrs = Attributes::new();
@@ -626,9 +754,19 @@ async fn dead_letter_after_max_attempts<T: Transport>(
             .filter(|r| r.seq() == Some(1))
             .map(|r| r.attempt)
             .collect();
-        ensure!(attempts == [1, 2, 3], "attempts before dead-lettering: {attempts:?}");
-        let rejected = failing.received().iter().filter(|r| r.seq() == Some(2)).count();
-        ensure!(rejected == 1, "a rejected message was tried {rejected} times");
+        ensure!(
+            attempts == [1, 2, 3],
+            "attempts before dead-lettering: {attempts:?}"
+        );
+        let rejected = failing
+            .received()
+            .iter()
+            .filter(|r| r.seq() == Some(2))
+            .count();
+        ensure!(
+            rejected == 1,
+            "a rejected message was tried {rejected} times"
+        );
         ensure!(got.len() == 2, "{} dead letters for 2 messages", got.len());
         let letter = got
             .iter()
@@ -636,21 +774,36 @@ async fn dead_letter_after_max_attempts<T: Transport>(
             .ok_or("the exhausted message was not dead-lettered")?;
         ensure!(letter.body == body, "the dead-lettered body changed");
         let multi: Vec<_> = letter.attributes.get_all("X-Multi").collect();
-        ensure!(multi == ["a", "b"], "dead-lettered attributes changed: {multi:?}");
+        ensure!(
+            multi == ["a", "b"],
+            "dead-lettered attributes changed: {multi:?}"
+        );
         ensure!(
             letter.attributes.get(keys::ATTEMPTS) == Some("3"),
             "{} is {:?}",
             keys::ATTEMPTS,
             letter.attributes.get(keys::ATTEMPTS)
         );
-        let reason = letter.attributes.get(keys::DEAD_LETTER_REASON).unwrap_or("");
-        ensure!(reason.contains("always fails"), "dead-letter reason: {reason:?}");
+        let reason = letter
+            .attributes
+            .get(keys::DEAD_LETTER_REASON)
+            .unwrap_or("");
+        ensure!(
+            reason.contains("always fails"),
+            "dead-letter reason: {reason:?}"
+        );
         let rejected = got
             .iter()
             .find(|r| r.seq() == Some(2))
             .ok_or("the rejected message was not dead-lettered")?;
-        let reason = rejected.attributes.get(keys::DEAD_LETTER_REASON).unwrap_or("");
-        ensure!(reason.contains("rejected on purpose"), "reject reason: {reason:?}");
+        let reason = rejected
+            .attributes
+            .get(keys::DEAD_LETTER_REASON)
+            .unwrap_or("");
+        ensure!(
+            reason.contains("rejected on purpose"),
+            "reject reason: {reason:?}"
+        );
         Ok(())
     }
     .await;
@@ -724,8 +877,15 @@ async fn consumer_group<T: Transport>(t: &T, dest: &T::Destination) -> Result<()
     for r in both() {
         *counts.entry(r.seq()).or_insert(0) += 1;
     }
-    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).map(|(s, _)| s).collect();
-    ensure!(twice.is_empty(), "delivered to more than one member: {twice:?}");
+    let twice: Vec<_> = counts
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(s, _)| s)
+        .collect();
+    ensure!(
+        twice.is_empty(),
+        "delivered to more than one member: {twice:?}"
+    );
     Ok(())
 }
 
@@ -738,12 +898,17 @@ async fn broker_restart<T: Transport>(
     let restart = caps.restart.clone().ok_or("no restart command")?;
     let topic = topic(t, dest).await?;
     let recorder = Recorder::new();
-    let running = start(server(t, dest, ServerConfig::new()).await?, recorder.clone());
+    let running = start(
+        server(t, dest, ServerConfig::new()).await?,
+        recorder.clone(),
+    );
     for seq in 0..MESSAGES / 2 {
         publish_seq(&topic, seq, "before the restart", &Attributes::new()).await?;
     }
     recorder.wait_for(1, patience()).await?;
-    restart().await.map_err(|e| format!("restarting the broker failed: {e}"))?;
+    restart()
+        .await
+        .map_err(|e| format!("restarting the broker failed: {e}"))?;
     // Publishing may fail while the broker comes back; a publisher retries.
     for seq in MESSAGES / 2..MESSAGES {
         let deadline = tokio::time::Instant::now() + patience();
