@@ -68,11 +68,8 @@ async fn publish(topic: &msgio::mem::MemTopic, ctx: &Context, seq: usize, body: 
 }
 
 async fn msgio_throughput(n: usize) -> f64 {
-    let (topic, server) = msgio::mem::channel_with(
-        CAPACITY,
-        ServerConfig::new().concurrency(CONCURRENCY),
-    )
-    .unwrap();
+    let (topic, server) =
+        msgio::mem::channel_with(CAPACITY, ServerConfig::new().concurrency(CONCURRENCY)).unwrap();
     let done = Done::new(n);
     let d = done.clone();
     let receiver = ReceiverFunc::new(move |_: Context, mut msg: Message| {
@@ -194,11 +191,8 @@ fn percentiles(mut nanos: Vec<u64>) -> (Duration, Duration) {
 }
 
 async fn msgio_latency(n: usize, rate: f64) -> (Duration, Duration) {
-    let (topic, server) = msgio::mem::channel_with(
-        CAPACITY,
-        ServerConfig::new().concurrency(CONCURRENCY),
-    )
-    .unwrap();
+    let (topic, server) =
+        msgio::mem::channel_with(CAPACITY, ServerConfig::new().concurrency(CONCURRENCY)).unwrap();
     let epoch = Instant::now();
     let samples = Arc::new(Mutex::new(Vec::with_capacity(n)));
     let done = Done::new(n);

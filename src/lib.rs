@@ -100,6 +100,11 @@ pub mod mem;
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub use attributes::{Attributes, GetAll, Iter, Keys, canonical_key};
 pub use backoff::{Backoff, Delays};
 pub use context::{Context, MessageId};

@@ -76,6 +76,9 @@ pub trait Topic: Send + Sync {
 
     /// Publishes a whole message: its attributes, then its body, then closes the writer.
     ///
+    /// Attributes a decorator set on the new writer are kept, except for keys the message
+    /// has too: those take the message's values.
+    ///
     /// # Errors
     ///
     /// Those of [`new_writer`](Topic::new_writer), of reading the body and of publishing.
@@ -93,7 +96,18 @@ pub trait Topic: Send + Sync {
                 mut body,
             } = message;
             let mut writer = self.new_writer(ctx)?;
-            *writer.attributes_mut() = attributes;
+            // Keep what a decorator set on the writer; the message's own keys win.
+            let target = writer.attributes_mut();
+            if target.is_empty() {
+                *target = attributes;
+            } else {
+                for key in attributes.keys() {
+                    target.remove(key);
+                    for value in attributes.get_all(key) {
+                        target.add(key, value);
+                    }
+                }
+            }
             match body.as_bytes() {
                 Some(bytes) => writer.write_all(bytes).await?,
                 None => {
@@ -356,5 +370,94 @@ impl<P: Publish> MessageWriter for BufferedWriter<P> {
     }
     fn set_delay(&mut self, delay: Duration) {
         self.delay = Some(delay);
+    }
+}
+
+#[cfg(all(test, feature = "mem"))]
+mod tests {
+    use super::*;
+    use crate::Server;
+
+    #[tokio::test]
+    async fn publish_keeps_decorator_attributes_and_lets_the_message_win() {
+        let queue = crate::mem::MemQueue::new(4).unwrap();
+        let inner = queue.topic();
+        let decorated = TopicFunc::new(move |ctx: &Context| {
+            let mut w = inner.new_writer(ctx)?;
+            w.attributes_mut().set("Stamp", "decorator");
+            w.attributes_mut().set("Shared", "decorator");
+            Ok(w)
+        });
+        let mut msg = Message::new("body");
+        msg.attributes.add("Shared", "message-1");
+        msg.attributes.add("Shared", "message-2");
+        decorated
+            .publish(&Context::background(), msg)
+            .await
+            .unwrap();
+
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let server = queue.server(crate::ServerConfig::new()).unwrap();
+        let serving = server.clone();
+        let task = tokio::spawn(async move {
+            serving
+                .serve(crate::ReceiverFunc::new(move |_: Context, m: Message| {
+                    let tx = tx.clone();
+                    async move {
+                        tx.send(m.attributes).ok();
+                        Ok(())
+                    }
+                }))
+                .await
+        });
+        let attrs = rx.recv().await.unwrap();
+        assert_eq!(attrs.get("Stamp"), Some("decorator"));
+        assert_eq!(
+            attrs.get_all("Shared").collect::<Vec<_>>(),
+            ["message-1", "message-2"]
+        );
+        server.shutdown(Duration::from_secs(5)).await.unwrap();
+        task.await.unwrap().unwrap_err();
+    }
+
+    #[tokio::test]
+    async fn buffered_writer_refuses_writes_and_closes_after_close() {
+        let queue = crate::mem::MemQueue::new(4).unwrap();
+        let mut w = queue.topic().new_writer(&Context::background()).unwrap();
+        w.write_all(b"abc").await.unwrap();
+        w.flush().await.unwrap();
+        w.close().await.unwrap();
+        assert_eq!(queue.len(), 1);
+        let e = Error::from(w.write_all(b"x").await.unwrap_err());
+        assert!(matches!(e, Error::ClosedMessageWriter));
+        let e = Error::from(w.flush().await.unwrap_err());
+        assert!(matches!(e, Error::ClosedMessageWriter));
+        let e = Error::from(w.close().await.unwrap_err());
+        assert!(matches!(e, Error::ClosedMessageWriter));
+        assert_eq!(queue.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_waits_and_a_cancelled_context_gives_up() {
+        let queue = crate::mem::MemQueue::new(1).unwrap();
+        let topic = queue.topic();
+        topic
+            .publish(&Context::background(), Message::new("1"))
+            .await
+            .unwrap();
+        let ctx = Context::background();
+        let waiting = {
+            let (topic, ctx) = (topic.clone(), ctx.clone());
+            tokio::spawn(async move { topic.publish(&ctx, Message::new("2")).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !waiting.is_finished(),
+            "publishing to a full queue did not wait"
+        );
+        ctx.cancel();
+        let result = waiting.await.unwrap();
+        assert!(matches!(result, Err(Error::Cancelled)), "{result:?}");
+        assert_eq!(queue.len(), 1, "the cancelled message was queued anyway");
     }
 }

@@ -34,3 +34,46 @@ async fn mem_passes_the_conformance_kit() {
         .consumer_groups();
     msgio::testing::run(Mem, caps).await.assert_passed();
 }
+
+/// A queue with room for one message: publishers wait, nothing is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_makes_publishers_wait_and_drops_nothing() {
+    use msgio::testing::Recorder;
+    use msgio::{Context, Message, Server, Topic};
+    use std::time::Duration;
+
+    let queue = MemQueue::new(1).unwrap();
+    let recorder = Recorder::new();
+    let server = queue.server(ServerConfig::new().concurrency(2)).unwrap();
+    let serving = server.clone();
+    let r = recorder.clone();
+    let task = tokio::spawn(async move { serving.serve(r).await });
+    let mut publishers = Vec::new();
+    for p in 0..4 {
+        let topic = queue.topic();
+        publishers.push(tokio::spawn(async move {
+            for i in 0..50 {
+                let mut msg = Message::new(format!("{p}-{i}"));
+                msg.attributes.set("X-Kit-Seq", (p * 50 + i).to_string());
+                topic.publish(&Context::background(), msg).await.unwrap();
+            }
+        }));
+    }
+    for p in publishers {
+        p.await.unwrap();
+    }
+    let got = recorder
+        .wait_until("all 200", Duration::from_secs(30), |r| r.len() >= 200)
+        .await
+        .unwrap();
+    let distinct: std::collections::BTreeSet<_> = got.iter().filter_map(|r| r.seq()).collect();
+    assert_eq!(distinct.len(), 200);
+    server.shutdown(Duration::from_secs(5)).await.unwrap();
+    assert!(matches!(task.await.unwrap(), Err(Error::ServerClosed)));
+}
+
+#[test]
+fn a_zero_capacity_is_refused_by_name() {
+    let err = MemQueue::new(0).unwrap_err();
+    assert!(err.to_string().contains("capacity"), "{err}");
+}

@@ -402,8 +402,8 @@ impl Source for MemSource {
                         room += usize::from(std::mem::take(&mut item.holds_room));
                         Delivery {
                             message_id: Some(item.id.into()),
-                        attempt: item.attempt,
-                        attributes: item.attributes.clone(),
+                            attempt: item.attempt,
+                            attributes: item.attributes.clone(),
                             body: item.body.clone(),
                             token: item,
                         }
