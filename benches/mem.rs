@@ -53,8 +53,48 @@ impl Done {
 
     fn one(&self) {
         if self.count.fetch_add(1, Ordering::Relaxed) + 1 == self.target {
+            // Stores a permit if the driver is not waiting yet: no wake-up is lost.
             self.notify.notify_one();
         }
+    }
+
+    async fn wait(&self) {
+        self.notify.notified().await;
+    }
+}
+
+/// A mem topic and a server with concurrency 64 serving `on_body` in the background.
+struct MsgioRun {
+    topic: msgio::mem::MemTopic,
+    server: msgio::mem::MemServer,
+    task: tokio::task::JoinHandle<Result<(), msgio::Error>>,
+}
+
+impl MsgioRun {
+    fn start(on_body: impl Fn(Bytes) + Send + Sync + 'static) -> Self {
+        let (topic, server) =
+            msgio::mem::channel_with(CAPACITY, ServerConfig::new().concurrency(CONCURRENCY))
+                .unwrap();
+        let on_body = Arc::new(on_body);
+        let receiver = ReceiverFunc::new(move |_: Context, mut msg: Message| {
+            let on_body = on_body.clone();
+            async move {
+                on_body(msg.body.read_to_bytes(1024).await?);
+                Ok(())
+            }
+        });
+        let serving = server.clone();
+        let task = tokio::spawn(async move { serving.serve(receiver).await });
+        MsgioRun {
+            topic,
+            server,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        self.server.shutdown(Duration::from_secs(10)).await.unwrap();
+        let _ = self.task.await;
     }
 }
 
@@ -68,33 +108,20 @@ async fn publish(topic: &msgio::mem::MemTopic, ctx: &Context, seq: usize, body: 
 }
 
 async fn msgio_throughput(n: usize) -> f64 {
-    let (topic, server) =
-        msgio::mem::channel_with(CAPACITY, ServerConfig::new().concurrency(CONCURRENCY)).unwrap();
     let done = Done::new(n);
     let d = done.clone();
-    let receiver = ReceiverFunc::new(move |_: Context, mut msg: Message| {
-        let d = d.clone();
-        async move {
-            let body = msg.body.read_to_bytes(1024).await?;
-            std::hint::black_box(&body);
-            d.one();
-            Ok(())
-        }
+    let run = MsgioRun::start(move |body| {
+        std::hint::black_box(&body);
+        d.one();
     });
-    let serving = server.clone();
-    let task = tokio::spawn(async move { serving.serve(receiver).await });
-    let finished = done.notify.notified();
-    tokio::pin!(finished);
-    finished.as_mut().enable();
     let start = Instant::now();
     let ctx = Context::background();
     for seq in 0..n {
-        publish(&topic, &ctx, seq, &BODY).await;
+        publish(&run.topic, &ctx, seq, &BODY).await;
     }
-    finished.await;
+    done.wait().await;
     let rate = n as f64 / start.elapsed().as_secs_f64();
-    server.shutdown(Duration::from_secs(10)).await.unwrap();
-    let _ = task.await;
+    run.stop().await;
     rate
 }
 
@@ -140,14 +167,11 @@ async fn raw_throughput(n: usize) -> f64 {
         std::hint::black_box((&msg.attributes, &msg.body));
         d.one();
     });
-    let finished = done.notify.notified();
-    tokio::pin!(finished);
-    finished.as_mut().enable();
     let start = Instant::now();
     for seq in 0..n {
         tx.send(raw_message(seq, &BODY)).await.unwrap();
     }
-    finished.await;
+    done.wait().await;
     let rate = n as f64 / start.elapsed().as_secs_f64();
     drop(tx);
     consumer.await.unwrap();
@@ -191,35 +215,22 @@ fn percentiles(mut nanos: Vec<u64>) -> (Duration, Duration) {
 }
 
 async fn msgio_latency(n: usize, rate: f64) -> (Duration, Duration) {
-    let (topic, server) =
-        msgio::mem::channel_with(CAPACITY, ServerConfig::new().concurrency(CONCURRENCY)).unwrap();
     let epoch = Instant::now();
     let samples = Arc::new(Mutex::new(Vec::with_capacity(n)));
     let done = Done::new(n);
     let (s, d) = (samples.clone(), done.clone());
-    let receiver = ReceiverFunc::new(move |_: Context, mut msg: Message| {
-        let (s, d) = (s.clone(), d.clone());
-        async move {
-            let body = msg.body.read_to_bytes(1024).await?;
-            s.lock().unwrap().push(latency_of(&body, epoch));
-            d.one();
-            Ok(())
-        }
+    let run = MsgioRun::start(move |body| {
+        s.lock().unwrap().push(latency_of(&body, epoch));
+        d.one();
     });
-    let serving = server.clone();
-    let task = tokio::spawn(async move { serving.serve(receiver).await });
-    let finished = done.notify.notified();
-    tokio::pin!(finished);
-    finished.as_mut().enable();
     let ctx = Context::background();
     paced(n, rate, epoch, |seq, body| {
-        let (topic, ctx) = (&topic, &ctx);
+        let (topic, ctx) = (&run.topic, &ctx);
         async move { publish(topic, ctx, seq, &body).await }
     })
     .await;
-    finished.await;
-    server.shutdown(Duration::from_secs(10)).await.unwrap();
-    let _ = task.await;
+    done.wait().await;
+    run.stop().await;
     let samples = std::mem::take(&mut *samples.lock().unwrap());
     percentiles(samples)
 }
@@ -234,15 +245,12 @@ async fn raw_latency(n: usize, rate: f64) -> (Duration, Duration) {
         s.lock().unwrap().push(latency_of(&msg.body, epoch));
         d.one();
     });
-    let finished = done.notify.notified();
-    tokio::pin!(finished);
-    finished.as_mut().enable();
     paced(n, rate, epoch, |seq, body| {
         let tx = &tx;
         async move { tx.send(raw_message(seq, &body)).await.unwrap() }
     })
     .await;
-    finished.await;
+    done.wait().await;
     drop(tx);
     consumer.await.unwrap();
     let samples = std::mem::take(&mut *samples.lock().unwrap());

@@ -346,6 +346,30 @@ mod tests {
         assert!(block_on(trickle(b"x", false).read_to_bytes(0)).is_err());
     }
 
+    #[tokio::test]
+    async fn bodies_interoperate_with_tokio_io() {
+        use tokio::io::AsyncReadExt as _;
+        use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+
+        // A tokio reader as a body.
+        let (mut client, server) = tokio::io::duplex(64);
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt as _;
+            client.write_all(b"over a tokio pipe").await.unwrap();
+        });
+        let mut body = Body::from_reader(server.compat());
+        assert_eq!(body.read_to_bytes(100).await.unwrap(), "over a tokio pipe");
+
+        // A body read with tokio's AsyncReadExt.
+        let mut text = String::new();
+        Body::from("read by tokio")
+            .compat()
+            .read_to_string(&mut text)
+            .await
+            .unwrap();
+        assert_eq!(text, "read by tokio");
+    }
+
     #[test]
     fn message_is_send_and_sync() {
         fn check<T: Send + Sync>() {}

@@ -258,6 +258,9 @@ impl State {
 
     /// Moves delayed messages that are due to the ready queue; returns when the next is due.
     fn promote_due(&mut self) -> Option<Instant> {
+        if self.delayed.is_empty() {
+            return None;
+        }
         let now = Instant::now();
         while let Some(next) = self.delayed.peek() {
             if next.due > now {

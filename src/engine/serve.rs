@@ -5,11 +5,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::health::HealthCell;
-use super::settle::Settler;
+use super::settle::{SettleSender, Settler, settle_channel};
 use super::{Delivery, Health, HealthState, ServerConfig, Settle, Settlement, Source};
 use crate::backoff::Delays;
 use crate::receiver::catch_panic;
@@ -181,7 +181,7 @@ impl<S: Source> Server for Engine<S> {
 struct Dispatch<S: Source, R> {
     receiver: R,
     name: Arc<str>,
-    settle_tx: mpsc::UnboundedSender<Settlement<S::Token>>,
+    settle_tx: SettleSender<S::Token>,
     cancel: CancellationToken,
     abort: CancellationToken,
     max_attempts: Option<u32>,
@@ -191,7 +191,7 @@ struct Dispatch<S: Source, R> {
 
 impl<S: Source> Inner<S> {
     async fn run<R: Receiver + 'static>(&self, receiver: R) {
-        let (settle_tx, settle_rx) = mpsc::unbounded_channel();
+        let (settle_tx, settle_rx) = settle_channel(self.config.ack_batch_size);
         let finish_settling = CancellationToken::new();
         let settler = tokio::spawn(
             Settler {
@@ -389,9 +389,7 @@ fn spawn_message<S: Source, R: Receiver + 'static>(
 
 impl<S: Source, R: Receiver> Dispatch<S, R> {
     fn settle(&self, token: S::Token, action: Settle) {
-        // The settler outlives every task unless it was told to finish after abandoning
-        // receivers; then the delivery is left to the broker's redelivery.
-        let _ = self.settle_tx.send(Settlement { token, action });
+        self.settle_tx.send(Settlement { token, action });
     }
 
     /// Runs the receiver and decides the message's fate.
@@ -437,7 +435,20 @@ impl<S: Source, R: Receiver> Dispatch<S, R> {
             );
             return Settle::Reject;
         };
-        let mut attributes = attributes;
+        // Boxed: the rare dead-letter path should not grow every message's task.
+        Box::pin(self.dead_letter(topic, reason, message_id, attempt, attributes, body)).await
+    }
+
+    /// Publishes the message to the dead-letter topic; a failure retries it later.
+    async fn dead_letter(
+        &self,
+        topic: &BoxTopic,
+        reason: String,
+        message_id: Option<MessageId>,
+        attempt: u32,
+        mut attributes: Attributes,
+        body: Bytes,
+    ) -> Settle {
         attributes.set(keys::DEAD_LETTER_REASON, header_safe(&reason));
         attributes.set(keys::ATTEMPTS, attempt.to_string());
         attributes.set(keys::SOURCE, &*self.name);

@@ -1,15 +1,63 @@
 //! The settler: applies settlements in batches, flushed by count and by interval.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-use tokio::time::Instant;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::health::HealthCell;
 use super::{Settlement, Source};
 use crate::log;
+
+/// The sending side of the settlement queue: one per serve, shared by every message task.
+pub(crate) struct SettleSender<T> {
+    tx: mpsc::UnboundedSender<Settlement<T>>,
+    shared: Arc<Shared>,
+}
+
+/// What both sides of the queue share: how many settlements wait, and a signal when a
+/// whole batch does, so the settler wakes once per batch rather than once per message.
+struct Shared {
+    waiting: AtomicUsize,
+    batch_full: Notify,
+    batch_size: usize,
+}
+
+/// The receiving side of the settlement queue, for the [`Settler`].
+pub(crate) struct SettleReceiver<T> {
+    rx: mpsc::UnboundedReceiver<Settlement<T>>,
+    shared: Arc<Shared>,
+}
+
+pub(crate) fn settle_channel<T>(batch_size: usize) -> (SettleSender<T>, SettleReceiver<T>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        waiting: AtomicUsize::new(0),
+        batch_full: Notify::new(),
+        batch_size,
+    });
+    (
+        SettleSender {
+            tx,
+            shared: shared.clone(),
+        },
+        SettleReceiver { rx, shared },
+    )
+}
+
+impl<T> SettleSender<T> {
+    /// Queues a settlement. Fails only once the settler has finished (after receivers were
+    /// abandoned at shutdown); the delivery is then left to the broker's redelivery.
+    pub(crate) fn send(&self, settlement: Settlement<T>) {
+        if self.tx.send(settlement).is_ok()
+            && self.shared.waiting.fetch_add(1, Ordering::AcqRel) + 1 == self.shared.batch_size
+        {
+            self.shared.batch_full.notify_one();
+        }
+    }
+}
 
 pub(crate) struct Settler<S: Source> {
     pub(crate) source: Arc<S>,
@@ -21,15 +69,11 @@ pub(crate) struct Settler<S: Source> {
 }
 
 impl<S: Source> Settler<S> {
-    /// Applies every settlement received until all senders are gone and the channel is
-    /// empty.
-    /// When `finish` is cancelled, applies what is queued and returns without waiting for
-    /// the senders.
-    pub(crate) async fn run(
-        self,
-        mut rx: mpsc::UnboundedReceiver<Settlement<S::Token>>,
-        finish: CancellationToken,
-    ) {
+    /// Applies every settlement received until all senders are gone and the queue is
+    /// empty. When `finish` is cancelled, applies what is queued and returns without
+    /// waiting for the senders.
+    pub(crate) async fn run(self, queue: SettleReceiver<S::Token>, finish: CancellationToken) {
+        let SettleReceiver { mut rx, shared } = queue;
         let mut batch = Vec::with_capacity(self.batch_size);
         loop {
             let received = tokio::select! {
@@ -47,15 +91,20 @@ impl<S: Source> Settler<S> {
                 return; // closed and drained
             }
             if batch.len() < self.batch_size && !self.interval.is_zero() {
-                let flush_at = Instant::now() + self.interval;
+                // Wait for the batch to fill (signalled by the senders) or the interval to
+                // pass, whichever is first, then take what is there.
+                tokio::select! {
+                    _ = shared.batch_full.notified() => {}
+                    _ = tokio::time::sleep(self.interval) => {}
+                }
                 while batch.len() < self.batch_size {
-                    let room = self.batch_size - batch.len();
-                    match tokio::time::timeout_at(flush_at, rx.recv_many(&mut batch, room)).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {}
+                    match rx.try_recv() {
+                        Ok(settlement) => batch.push(settlement),
+                        Err(_) => break,
                     }
                 }
             }
+            shared.waiting.fetch_sub(batch.len(), Ordering::AcqRel);
             self.flush(&mut batch).await;
         }
     }
