@@ -557,9 +557,11 @@ async fn serve_twice_and_after_shutdown<T: Transport>(
     t: &T,
     dest: &T::Destination,
 ) -> Result<(), String> {
-    let running = start(server(t, dest, ServerConfig::new()).await?, Recorder::new());
-    // Serving starts in the background; a second serve must fail either way.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let recorder = Recorder::new();
+    let running = start(server(t, dest, ServerConfig::new()).await?, recorder.clone());
+    // Once a message came through, the first serve is surely running.
+    publish_seq(&topic(t, dest).await?, 1, "serving?", &Attributes::new()).await?;
+    recorder.wait_for(1, patience()).await?;
     let second = running.server.serve(Recorder::new()).await;
     ensure!(
         matches!(second, Err(Error::AlreadyServing)),
