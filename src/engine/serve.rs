@@ -249,7 +249,13 @@ impl<S: Source> Inner<S> {
             let max = self.permits.available_permits() + prefetch;
             let fetched = tokio::select! {
                 biased;
-                _ = self.stop.cancelled() => return,
+                _ = self.stop.cancelled() => {
+                    // A source may have appended some before it was stopped.
+                    for d in buf.drain(..) {
+                        dispatch.settle(d.token, Settle::Release);
+                    }
+                    return;
+                }
                 result = self.source.fetch(max, &mut buf) => result,
             };
             match &fetched {

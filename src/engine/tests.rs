@@ -15,6 +15,8 @@ use crate::{Backoff, Context, Message, ReceiverFunc, Server, TopicFunc};
 /// What one call to `fetch` does.
 enum Step {
     Deliver(Vec<u64>),
+    /// Appends these, then never returns (until the fetch is dropped).
+    DeliverThenHang(Vec<u64>),
     DeliverThenFail(Vec<u64>, Error),
     Fail(Error),
 }
@@ -94,6 +96,10 @@ impl Source for Scripted {
                 Err(e)
             }
             Some(Step::Fail(e)) => Err(e),
+            Some(Step::DeliverThenHang(ids)) => {
+                deliver(ids, out);
+                futures::future::pending().await
+            }
             None => futures::future::pending().await,
         }
     }
@@ -707,4 +713,24 @@ async fn dropping_the_serve_future_closes_the_server() {
         .await
         .unwrap();
     assert_eq!(engine.health().state, HealthState::Closed);
+}
+
+#[tokio::test]
+async fn deliveries_appended_by_an_interrupted_fetch_are_released() {
+    let source = Scripted::with(vec![Step::DeliverThenHang(vec![1, 2])]);
+    let engine = Engine::new(source.clone(), fast()).unwrap();
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
+    );
+    eventually("fetching", || {
+        !source.0.fetch_max.lock().unwrap().is_empty()
+    })
+    .await;
+    engine.shutdown(Duration::from_secs(5)).await.unwrap();
+    bounded(task).await.unwrap().unwrap_err();
+    assert_eq!(
+        source.settled(),
+        [(1, Settle::Release), (2, Settle::Release)]
+    );
 }

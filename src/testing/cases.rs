@@ -558,7 +558,10 @@ async fn serve_twice_and_after_shutdown<T: Transport>(
     dest: &T::Destination,
 ) -> Result<(), String> {
     let recorder = Recorder::new();
-    let running = start(server(t, dest, ServerConfig::new()).await?, recorder.clone());
+    let running = start(
+        server(t, dest, ServerConfig::new()).await?,
+        recorder.clone(),
+    );
     // Once a message came through, the first serve is surely running.
     publish_seq(&topic(t, dest).await?, 1, "serving?", &Attributes::new()).await?;
     recorder.wait_for(1, patience()).await?;
