@@ -88,6 +88,7 @@ mod receiver;
 mod server;
 mod topic;
 
+pub mod decorators;
 pub mod engine;
 pub mod keys;
 

@@ -139,7 +139,8 @@ impl Body {
     /// # Errors
     ///
     /// [`Error::BodyTooLarge`] when more than `limit` bytes remain, [`Error::Io`] when the
-    /// reader fails. Either way the bytes read so far are put back in front of the rest, so
+    /// reader fails (or the msgio error the reader carried in its `io::Error`, such as a
+    /// decoder's reject). Either way the bytes read so far are put back in front of the rest, so
     /// nothing of the body is lost.
     ///
     /// # Cancellation safety
@@ -169,7 +170,8 @@ impl Body {
                 Ok(_) if buf.len() > limit => break Err(Error::BodyTooLarge { limit }),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(Error::Io(e)),
+                // An error a decoder tagged (a reject, say) keeps its kind.
+                Err(e) => break Err(Error::from(e)),
             }
         };
         match outcome {
