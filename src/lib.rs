@@ -78,6 +78,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings))))]
 
+#[macro_use]
+mod macros;
+
 mod attributes;
 mod backoff;
 mod context;

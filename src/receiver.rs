@@ -193,22 +193,9 @@ impl<R> SafeReceiver<R> {
     pub fn new(inner: R) -> Self {
         SafeReceiver { inner }
     }
-
-    /// The wrapped receiver.
-    pub fn get_ref(&self) -> &R {
-        &self.inner
-    }
-
-    /// The wrapped receiver, mutably.
-    pub fn get_mut(&mut self) -> &mut R {
-        &mut self.inner
-    }
-
-    /// Unwraps the receiver.
-    pub fn into_inner(self) -> R {
-        self.inner
-    }
 }
+
+inner_accessors!([R] SafeReceiver<R>, R, "receiver");
 
 impl<R: Receiver> Receiver for SafeReceiver<R> {
     async fn receive(&self, ctx: Context, msg: Message) -> Result<(), Error> {

@@ -94,22 +94,9 @@ impl<T, C> EncodeTopic<T, C> {
     pub fn new(inner: T, codec: C) -> Self {
         EncodeTopic { inner, codec }
     }
-
-    /// The wrapped topic.
-    pub fn get_ref(&self) -> &T {
-        &self.inner
-    }
-
-    /// The wrapped topic, mutably.
-    pub fn get_mut(&mut self) -> &mut T {
-        &mut self.inner
-    }
-
-    /// Unwraps the topic.
-    pub fn into_inner(self) -> T {
-        self.inner
-    }
 }
+
+inner_accessors!([T, C] EncodeTopic<T, C>, T, "topic");
 
 impl<T: Topic, C: Codec> Topic for EncodeTopic<T, C> {
     type Writer = EncodeWriter<T::Writer, C>;
@@ -205,22 +192,9 @@ impl<R, C> DecodeReceiver<R, C> {
         self.max_decoded = bytes;
         self
     }
-
-    /// The wrapped receiver.
-    pub fn get_ref(&self) -> &R {
-        &self.inner
-    }
-
-    /// The wrapped receiver, mutably.
-    pub fn get_mut(&mut self) -> &mut R {
-        &mut self.inner
-    }
-
-    /// Unwraps the receiver.
-    pub fn into_inner(self) -> R {
-        self.inner
-    }
 }
+
+inner_accessors!([R, C] DecodeReceiver<R, C>, R, "receiver");
 
 impl<R: Receiver, C: Codec> Receiver for DecodeReceiver<R, C> {
     async fn receive(&self, ctx: Context, mut msg: Message) -> Result<(), Error> {

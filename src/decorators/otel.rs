@@ -31,7 +31,6 @@ use std::io;
 use std::pin::Pin;
 use std::str::FromStr;
 use std::task::{Context as TaskContext, Poll, ready};
-use std::time::Duration;
 
 use futures::io::AsyncWrite;
 use opentelemetry::context::FutureExt as _;
@@ -164,22 +163,9 @@ impl<T> OtelTopic<T> {
         self.system = system.into();
         self
     }
-
-    /// The wrapped topic.
-    pub fn get_ref(&self) -> &T {
-        &self.inner
-    }
-
-    /// The wrapped topic, mutably.
-    pub fn get_mut(&mut self) -> &mut T {
-        &mut self.inner
-    }
-
-    /// Unwraps the topic.
-    pub fn into_inner(self) -> T {
-        self.inner
-    }
 }
+
+inner_accessors!([T] OtelTopic<T>, T, "topic");
 
 impl<T: Topic> Topic for OtelTopic<T> {
     type Writer = OtelWriter<T::Writer>;
@@ -241,19 +227,7 @@ impl<W: MessageWriter> AsyncWrite for OtelWriter<W> {
     }
 }
 
-impl<W: MessageWriter> MessageWriter for OtelWriter<W> {
-    fn attributes(&self) -> &Attributes {
-        self.inner.attributes()
-    }
-
-    fn attributes_mut(&mut self) -> &mut Attributes {
-        self.inner.attributes_mut()
-    }
-
-    fn set_delay(&mut self, delay: Duration) {
-        self.inner.set_delay(delay)
-    }
-}
+delegate_message_writer!([W: MessageWriter] OtelWriter<W>);
 
 /// The receiver half: a consumer span per message, the child of the producer's span.
 pub struct OtelReceiver<R> {
@@ -293,22 +267,9 @@ impl<R> OtelReceiver<R> {
         self.system = system.into();
         self
     }
-
-    /// The wrapped receiver.
-    pub fn get_ref(&self) -> &R {
-        &self.inner
-    }
-
-    /// The wrapped receiver, mutably.
-    pub fn get_mut(&mut self) -> &mut R {
-        &mut self.inner
-    }
-
-    /// Unwraps the receiver.
-    pub fn into_inner(self) -> R {
-        self.inner
-    }
 }
+
+inner_accessors!([R] OtelReceiver<R>, R, "receiver");
 
 impl<R: Receiver> Receiver for OtelReceiver<R> {
     async fn receive(&self, ctx: Context, msg: Message) -> Result<(), Error> {

@@ -29,12 +29,11 @@ use std::fmt;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll, ready};
-use std::time::Duration;
 
 use futures::io::AsyncWrite;
 use tracing::{Instrument, Span, field};
 
-use crate::{Attributes, Context, Error, Message, MessageWriter, Receiver, Topic};
+use crate::{Context, Error, Message, MessageWriter, Receiver, Topic};
 
 /// The topic half: a `msgio.publish` span per message.
 #[derive(Debug, Clone)]
@@ -59,22 +58,9 @@ impl<T> TracedTopic<T> {
         self.system = system.into();
         self
     }
-
-    /// The wrapped topic.
-    pub fn get_ref(&self) -> &T {
-        &self.inner
-    }
-
-    /// The wrapped topic, mutably.
-    pub fn get_mut(&mut self) -> &mut T {
-        &mut self.inner
-    }
-
-    /// Unwraps the topic.
-    pub fn into_inner(self) -> T {
-        self.inner
-    }
 }
+
+inner_accessors!([T] TracedTopic<T>, T, "topic");
 
 impl<T: Topic> Topic for TracedTopic<T> {
     type Writer = TracedWriter<T::Writer>;
@@ -145,19 +131,7 @@ impl<W: MessageWriter> AsyncWrite for TracedWriter<W> {
     }
 }
 
-impl<W: MessageWriter> MessageWriter for TracedWriter<W> {
-    fn attributes(&self) -> &Attributes {
-        self.inner.attributes()
-    }
-
-    fn attributes_mut(&mut self) -> &mut Attributes {
-        self.inner.attributes_mut()
-    }
-
-    fn set_delay(&mut self, delay: Duration) {
-        self.inner.set_delay(delay)
-    }
-}
+delegate_message_writer!([W: MessageWriter] TracedWriter<W>);
 
 /// The receiver half: runs the inner receiver inside a `msgio.receive` span.
 #[derive(Debug, Clone)]
@@ -180,22 +154,9 @@ impl<R> TracedReceiver<R> {
         self.system = system.into();
         self
     }
-
-    /// The wrapped receiver.
-    pub fn get_ref(&self) -> &R {
-        &self.inner
-    }
-
-    /// The wrapped receiver, mutably.
-    pub fn get_mut(&mut self) -> &mut R {
-        &mut self.inner
-    }
-
-    /// Unwraps the receiver.
-    pub fn into_inner(self) -> R {
-        self.inner
-    }
 }
+
+inner_accessors!([R] TracedReceiver<R>, R, "receiver");
 
 impl<R: Receiver> Receiver for TracedReceiver<R> {
     async fn receive(&self, ctx: Context, msg: Message) -> Result<(), Error> {
