@@ -74,6 +74,31 @@ impl Backoff {
         self.max
     }
 
+    /// The delay before attempt `attempt + 1` after `attempt` failed (attempt 1 gets the
+    /// initial step), with jitter: what the `attempt`-th call of a fresh
+    /// [`delays`](Backoff::delays) sequence would give, without keeping a sequence.
+    ///
+    /// ```
+    /// use msgio::Backoff;
+    /// use std::time::Duration;
+    ///
+    /// let b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1), 2.0)?;
+    /// let third = b.delay_for(3); // step 400 ms, jittered into [200 ms, 400 ms]
+    /// assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
+    /// assert!(b.delay_for(50) <= Duration::from_secs(1));
+    /// # Ok::<(), msgio::Error>(())
+    /// ```
+    pub fn delay_for(&self, attempt: u32) -> Duration {
+        let exponent = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
+        let step = Duration::try_from_secs_f64(
+            self.initial.as_secs_f64() * self.multiplier.powi(exponent),
+        )
+        .map_or(self.max, |d| d.min(self.max));
+        let mut delays = self.delays();
+        delays.next = step;
+        delays.next_delay()
+    }
+
     /// A fresh sequence of delays.
     pub fn delays(&self) -> Delays {
         Delays {

@@ -84,10 +84,13 @@ mod macros;
 mod attributes;
 mod backoff;
 mod context;
+mod dead_letter;
 mod error;
 mod log;
 mod message;
+mod multiserver;
 mod receiver;
+mod redact;
 mod server;
 mod topic;
 
@@ -115,8 +118,9 @@ pub use context::{Context, MessageId};
 pub use engine::ServerConfig;
 pub use error::{BoxError, Error};
 pub use message::{Body, Message};
+pub use multiserver::MultiServer;
 pub use receiver::{BoxFuture, BoxReceiver, Receiver, ReceiverFunc, SafeReceiver};
-pub use server::Server;
+pub use server::{BoxServer, Server};
 pub use topic::{
     BoxMessageWriter, BoxTopic, BufferedWriter, MessageWriter, Outgoing, Publish, Topic, TopicFunc,
 };

@@ -75,3 +75,54 @@ impl<S: Server + ?Sized> Server for Arc<S> {
         (**self).shutdown(grace)
     }
 }
+
+/// The object-safe form of [`Server`], implemented for every server.
+trait DynServer: Send + Sync {
+    fn serve_boxed(&self, receiver: crate::BoxReceiver) -> crate::BoxFuture<'_, Result<(), Error>>;
+    fn shutdown_boxed(&self, grace: Duration) -> crate::BoxFuture<'_, Result<(), Error>>;
+}
+
+impl<S: Server> DynServer for S {
+    fn serve_boxed(&self, receiver: crate::BoxReceiver) -> crate::BoxFuture<'_, Result<(), Error>> {
+        Box::pin(self.serve(receiver))
+    }
+
+    fn shutdown_boxed(&self, grace: Duration) -> crate::BoxFuture<'_, Result<(), Error>> {
+        Box::pin(self.shutdown(grace))
+    }
+}
+
+/// A type-erased, cheaply cloneable [`Server`], for servers chosen at run time or kept
+/// together (as [`MultiServer`](crate::MultiServer) does).
+#[derive(Clone)]
+pub struct BoxServer {
+    inner: Arc<dyn DynServer>,
+}
+
+impl BoxServer {
+    /// Erases the type of `server`.
+    pub fn new<S: Server + 'static>(server: S) -> Self {
+        BoxServer {
+            inner: Arc::new(server),
+        }
+    }
+}
+
+impl std::fmt::Debug for BoxServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BoxServer")
+    }
+}
+
+impl Server for BoxServer {
+    fn serve<R: Receiver + 'static>(
+        &self,
+        receiver: R,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        self.inner.serve_boxed(crate::BoxReceiver::new(receiver))
+    }
+
+    fn shutdown(&self, grace: Duration) -> impl Future<Output = Result<(), Error>> + Send {
+        self.inner.shutdown_boxed(grace)
+    }
+}

@@ -2,8 +2,28 @@
 //! behaviour, as go-msg's decorators do.
 //!
 //! Every decorator is a wrapping constructor, the wrapped value always called `inner`
-//! (with `get_ref`, `get_mut`, `into_inner`):
+//! (with `get_ref`, `get_mut`, `into_inner`), so a stack reads inside out:
 //!
+//! ```
+//! use msgio::decorators::{Dedupe, MemoryDedupeStore, Retry, Router};
+//! use msgio::{Backoff, Context, Message, ReceiverFunc, SafeReceiver};
+//!
+//! let orders = ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) });
+//! let receiver = SafeReceiver::new(Retry::new(
+//!     Dedupe::new(Router::new("Type").route("order.*", orders), MemoryDedupeStore::new(100_000)),
+//!     Backoff::default(),
+//!     5,
+//! ));
+//! # let _ = receiver;
+//! ```
+//!
+//!
+//! - delivery policies on the receiver side: [`Retry`] (exponential backoff with jitter,
+//!   bounded attempts), [`DeadLetter`], [`Dedupe`] (with [`MemoryDedupeStore`] or, behind
+//!   the `redis` feature, `RedisDedupeStore`), [`Timeout`], [`ConcurrencyLimit`],
+//!   [`RateLimit`];
+//! - dispatch: [`Router`] on an attribute's value, [`ConsumerGroup`] over member receivers
+//!   that survives a crashing member;
 //! - body codecs meet through an attribute, a topic half and a receiver half in one module:
 //!   [`base64`] (`Content-Transfer-Encoding`), and behind features [`gzip`], [`zstd`],
 //!   [`lz4`] (`Content-Encoding`); the shared machinery is in [`codec`];
@@ -21,9 +41,18 @@
 pub mod base64;
 pub mod codec;
 mod compress;
+mod dead_letter;
+mod dedupe;
+#[cfg(feature = "redis")]
+mod dedupe_redis;
+mod group;
+mod limit;
 #[cfg(feature = "otel")]
 #[cfg_attr(docsrs, doc(cfg(feature = "otel")))]
 pub mod otel;
+mod retry;
+mod router;
+mod timeout;
 #[cfg(feature = "tracing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
 pub mod trace;
@@ -35,3 +64,13 @@ pub use compress::gzip;
 pub use compress::lz4;
 #[cfg(feature = "zstd")]
 pub use compress::zstd;
+pub use dead_letter::DeadLetter;
+pub use dedupe::{Claim, Dedupe, DedupeStore, MemoryDedupeStore};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use dedupe_redis::RedisDedupeStore;
+pub use group::{ConsumerGroup, Routing};
+pub use limit::{ConcurrencyLimit, RateLimit};
+pub use retry::Retry;
+pub use router::Router;
+pub use timeout::Timeout;

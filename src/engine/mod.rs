@@ -108,6 +108,14 @@ pub trait Source: Send + Sync + 'static {
         batch: &mut Vec<Settlement<Self::Token>>,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
+    /// Whether [`settle`](Source::settle) honours [`Settle::Nack`]'s delay. When it does not,
+    /// the engine holds a delayed nack until the delay has passed and then settles it
+    /// without one; the message stays unacknowledged meanwhile, and its concurrency slot is
+    /// free. At shutdown held nacks are settled at once.
+    fn nack_delay(&self) -> bool {
+        true
+    }
+
     /// Re-establishes a lost connection. Called with backoff until it succeeds or the
     /// server shuts down.
     ///

@@ -14,7 +14,7 @@ use super::{Delivery, Health, HealthState, ServerConfig, Settle, Settlement, Sou
 use crate::backoff::Delays;
 use crate::receiver::catch_panic;
 use crate::{
-    Attributes, BoxTopic, Context, Error, Message, MessageId, Receiver, Server, Topic, keys, log,
+    Attributes, BoxTopic, Context, Error, Message, MessageId, Receiver, Server, Topic, log,
 };
 
 /// A [`Server`] built from a [`Source`]: the delivery engine.
@@ -452,20 +452,19 @@ impl<S: Source, R: Receiver> Dispatch<S, R> {
         reason: String,
         message_id: Option<MessageId>,
         attempt: u32,
-        mut attributes: Attributes,
+        attributes: Attributes,
         body: Bytes,
     ) -> Settle {
-        attributes.set(keys::DEAD_LETTER_REASON, header_safe(&reason));
-        attributes.set(keys::ATTEMPTS, attempt.to_string());
-        attributes.set(keys::SOURCE, &*self.name);
-        if let Some(id) = &message_id {
-            attributes.set(keys::MESSAGE_ID, id.to_string());
-        }
+        let letter = crate::dead_letter::message(
+            attributes,
+            body,
+            &reason,
+            attempt,
+            Some(&self.name),
+            message_id.as_ref(),
+        );
         let ctx = Context::with_cancellation_token(self.abort.clone());
-        match topic
-            .publish(&ctx, Message::from_parts(attributes, body))
-            .await
-        {
+        match topic.publish(&ctx, letter).await {
             Ok(()) => Settle::Ack,
             Err(e) => {
                 log::warning!(
@@ -483,13 +482,4 @@ impl<S: Source, R: Receiver> Dispatch<S, R> {
 
 fn display_id(id: Option<&MessageId>) -> String {
     id.map_or_else(|| "(no id)".to_owned(), ToString::to_string)
-}
-
-/// A reason fit for any transport's headers: one line, at most 1024 characters.
-fn header_safe(reason: &str) -> String {
-    let line: String = reason
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    crate::error::truncate(&line, 1024)
 }

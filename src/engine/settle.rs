@@ -1,14 +1,16 @@
 //! The settler: applies settlements in batches, flushed by count and by interval.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::health::HealthCell;
-use super::{Settlement, Source};
+use super::{Settle, Settlement, Source};
 use crate::log;
 
 /// The sending side of the settlement queue: one per serve, shared by every message task.
@@ -75,37 +77,56 @@ impl<S: Source> Settler<S> {
     pub(crate) async fn run(self, queue: SettleReceiver<S::Token>, finish: CancellationToken) {
         let SettleReceiver { mut rx, shared } = queue;
         let mut batch = Vec::with_capacity(self.batch_size);
+        // Delayed nacks held here for a source that cannot hold a delay itself.
+        let mut held = Held::default();
         loop {
+            let next_due = held.next_due();
             let received = tokio::select! {
                 biased;
-                n = rx.recv_many(&mut batch, self.batch_size) => n,
+                n = rx.recv_many(&mut batch, self.batch_size) => Some(n),
                 _ = finish.cancelled() => {
                     while let Ok(settlement) = rx.try_recv() {
                         batch.push(settlement);
                     }
+                    held.release_all(&mut batch);
                     self.flush(&mut batch).await;
                     return;
                 }
+                _ = sleep_until_some(next_due) => None,
             };
-            if received == 0 {
-                return; // closed and drained
-            }
-            if batch.len() < self.batch_size && !self.interval.is_zero() {
-                // Wait for the batch to fill (signalled by the senders) or the interval to
-                // pass, whichever is first, then take what is there.
-                tokio::select! {
-                    _ = shared.batch_full.notified() => {}
-                    _ = tokio::time::sleep(self.interval) => {}
+            match received {
+                Some(0) => {
+                    // Closed and drained: what is held goes back now rather than be lost.
+                    held.release_all(&mut batch);
+                    self.flush(&mut batch).await;
+                    return;
                 }
-                while batch.len() < self.batch_size {
-                    match rx.try_recv() {
-                        Ok(settlement) => batch.push(settlement),
-                        Err(_) => break,
+                Some(_) => {
+                    if batch.len() < self.batch_size && !self.interval.is_zero() {
+                        // Wait for the batch to fill (signalled by the senders) or the
+                        // interval to pass, whichever is first, then take what is there.
+                        tokio::select! {
+                            _ = shared.batch_full.notified() => {}
+                            _ = tokio::time::sleep(self.interval) => {}
+                        }
+                        while batch.len() < self.batch_size {
+                            match rx.try_recv() {
+                                Ok(settlement) => batch.push(settlement),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    shared.waiting.fetch_sub(batch.len(), Ordering::AcqRel);
+                    if !self.source.nack_delay() {
+                        held.hold_delayed(&mut batch);
                     }
                 }
+                None => {}
             }
-            shared.waiting.fetch_sub(batch.len(), Ordering::AcqRel);
-            self.flush(&mut batch).await;
+            held.release_due(&mut batch);
+            if !batch.is_empty() {
+                self.flush(&mut batch).await;
+            }
         }
     }
 
@@ -137,5 +158,68 @@ impl<S: Source> Settler<S> {
                 }
             }
         }
+    }
+}
+
+async fn sleep_until_some(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Nacks with a delay, held until due for a source that cannot hold the delay itself:
+/// the message stays unacknowledged meanwhile, without keeping a concurrency slot.
+struct Held<T> {
+    due: BTreeMap<(Instant, u64), Settlement<T>>,
+    seq: u64,
+}
+
+impl<T> Default for Held<T> {
+    fn default() -> Self {
+        Held {
+            due: BTreeMap::new(),
+            seq: 0,
+        }
+    }
+}
+
+impl<T> Held<T> {
+    fn next_due(&self) -> Option<Instant> {
+        self.due.keys().next().map(|(at, _)| *at)
+    }
+
+    /// Moves the delayed nacks out of `batch`, to be settled without delay once due.
+    fn hold_delayed(&mut self, batch: &mut Vec<Settlement<T>>) {
+        let now = Instant::now();
+        let mut i = 0;
+        while i < batch.len() {
+            match batch[i].action {
+                Settle::Nack { delay: Some(delay) } if !delay.is_zero() => {
+                    let mut settlement = batch.swap_remove(i);
+                    settlement.action = Settle::Nack { delay: None };
+                    let at = now
+                        .checked_add(delay)
+                        .unwrap_or_else(crate::context::far_future);
+                    self.seq += 1;
+                    self.due.insert((at, self.seq), settlement);
+                }
+                _ => i += 1,
+            }
+        }
+    }
+
+    fn release_due(&mut self, batch: &mut Vec<Settlement<T>>) {
+        let now = Instant::now();
+        while let Some(entry) = self.due.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            batch.push(entry.remove());
+        }
+    }
+
+    fn release_all(&mut self, batch: &mut Vec<Settlement<T>>) {
+        batch.extend(std::mem::take(&mut self.due).into_values());
     }
 }

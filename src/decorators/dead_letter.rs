@@ -1,0 +1,108 @@
+//! Dead-lettering as a decorator, for any server.
+
+use std::time::Duration;
+
+use crate::{BoxTopic, Context, Error, Message, Receiver, Topic};
+
+/// Publishes a message the inner receiver rejected (or failed on its last attempt) to a
+/// dead-letter topic, body and attributes byte for byte plus the reason, attempts, source
+/// and original id ([`keys`](crate::keys)), and acknowledges it. Servers built on the
+/// engine do the same with [`ServerConfig::dead_letter`](crate::ServerConfig::dead_letter);
+/// this form works with any server.
+///
+/// The body is read into memory first (up to [`max_body`](DeadLetter::max_body), default
+/// 64 MiB), so that it can be dead-lettered after the receiver read it; a larger body is
+/// handed on without that protection. A failed dead-letter publish is retried later.
+///
+/// ```
+/// use msgio::decorators::DeadLetter;
+/// use msgio::{Context, Error, Message, ReceiverFunc};
+///
+/// # fn main() -> Result<(), Error> {
+/// let (dead_letters, _server) = msgio::mem::channel(16)?;
+/// let receiver = DeadLetter::new(
+///     ReceiverFunc::new(|_: Context, _: Message| async { Err(Error::reject("poison")) }),
+///     dead_letters,
+/// )
+/// .max_attempts(5);
+/// # let _ = receiver;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct DeadLetter<R> {
+    inner: R,
+    topic: BoxTopic,
+    max_attempts: Option<u32>,
+    max_body: usize,
+}
+
+impl<R> DeadLetter<R> {
+    /// Dead-letters `inner`'s rejects to `topic`.
+    pub fn new<T>(inner: R, topic: T) -> Self
+    where
+        T: Topic + 'static,
+        T::Writer: 'static,
+    {
+        DeadLetter {
+            inner,
+            topic: BoxTopic::new(topic),
+            max_attempts: None,
+            max_body: 64 << 20,
+        }
+    }
+
+    /// Also dead-letters a failure at attempt `n` or later.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = Some(n.max(1));
+        self
+    }
+
+    /// The largest body kept for dead-lettering.
+    pub fn max_body(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
+    }
+}
+
+inner_accessors!([R] DeadLetter<R>, R, "receiver");
+
+impl<R: Receiver> Receiver for DeadLetter<R> {
+    async fn receive(&self, ctx: Context, mut msg: Message) -> Result<(), Error> {
+        let body = match msg.dump_body(self.max_body).await {
+            Ok(body) => body,
+            Err(Error::BodyTooLarge { .. }) => return self.inner.receive(ctx, msg).await,
+            Err(e) => return Err(e),
+        };
+        let attributes = msg.attributes.clone();
+        let (attempt, source, id) = (
+            ctx.attempt(),
+            ctx.source().map(str::to_owned),
+            ctx.message_id().cloned(),
+        );
+        let error = match self.inner.receive(ctx, msg).await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let last = self.max_attempts.is_some_and(|max| attempt >= max);
+        if !error.is_reject() && !last {
+            return Err(error);
+        }
+        let letter = crate::dead_letter::message(
+            attributes,
+            body,
+            &error.to_string(),
+            attempt,
+            source.as_deref(),
+            id.as_ref(),
+        );
+        self.topic
+            .publish(&Context::background(), letter)
+            .await
+            .map_err(|e| {
+                Error::retry_after(
+                    Duration::from_secs(1),
+                    format!("could not dead-letter ({e}) after: {error}"),
+                )
+            })
+    }
+}

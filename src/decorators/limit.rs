@@ -1,0 +1,156 @@
+//! Concurrency and rate limits.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::{Context, Error, Message, Receiver};
+
+/// Lets at most `max` messages into the inner receiver at once; the others wait their
+/// turn. Clones share the limit.
+///
+/// ```
+/// use msgio::decorators::ConcurrencyLimit;
+/// use msgio::{Context, Message, ReceiverFunc};
+///
+/// let limited = ConcurrencyLimit::new(
+///     ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
+///     4,
+/// )?;
+/// # let _ = limited;
+/// # Ok::<(), msgio::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ConcurrencyLimit<R> {
+    inner: R,
+    permits: Arc<Semaphore>,
+}
+
+impl<R> ConcurrencyLimit<R> {
+    /// At most `max` of `inner`'s messages at once.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] when `max` is zero or above `Semaphore::MAX_PERMITS`.
+    pub fn new(inner: R, max: usize) -> Result<Self, Error> {
+        if max == 0 || max > Semaphore::MAX_PERMITS {
+            return Err(Error::invalid_config(
+                "concurrency limit",
+                format!("{max} is not between 1 and {}", Semaphore::MAX_PERMITS),
+            ));
+        }
+        Ok(ConcurrencyLimit {
+            inner,
+            permits: Arc::new(Semaphore::new(max)),
+        })
+    }
+}
+
+inner_accessors!([R] ConcurrencyLimit<R>, R, "receiver");
+
+impl<R: Receiver> Receiver for ConcurrencyLimit<R> {
+    async fn receive(&self, ctx: Context, msg: Message) -> Result<(), Error> {
+        let _permit = tokio::select! {
+            permit = self.permits.acquire() => permit.expect("never closed"),
+            _ = ctx.cancelled() => return Err(Error::Cancelled),
+        };
+        self.inner.receive(ctx, msg).await
+    }
+}
+
+/// Lets messages into the inner receiver at most `per_second` on average, with bursts of
+/// up to `burst` (a token bucket). Waiting messages are served in arrival order. Clones
+/// share the bucket.
+///
+/// ```
+/// use msgio::decorators::RateLimit;
+/// use msgio::{Context, Message, ReceiverFunc};
+///
+/// let limited = RateLimit::new(
+///     ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
+///     100.0,
+///     10,
+/// )?;
+/// # let _ = limited;
+/// # Ok::<(), msgio::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct RateLimit<R> {
+    inner: R,
+    bucket: Arc<Bucket>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    per_second: f64,
+    burst: f64,
+    /// Tokens available (negative: reserved by waiting messages), as of `at`.
+    state: Mutex<(f64, Instant)>,
+}
+
+impl Bucket {
+    /// Takes a token; returns how long to wait before using it.
+    fn reserve(&self) -> Duration {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let (tokens, at) = *state;
+        let refilled =
+            (tokens + now.duration_since(at).as_secs_f64() * self.per_second).min(self.burst);
+        let left = refilled - 1.0;
+        *state = (left, now);
+        if left >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-left / self.per_second)
+        }
+    }
+}
+
+impl<R> RateLimit<R> {
+    /// At most `per_second` of `inner`'s messages a second, bursts of `burst`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] when `per_second` is not a positive finite number or
+    /// `burst` is zero.
+    pub fn new(inner: R, per_second: f64, burst: u32) -> Result<Self, Error> {
+        if !per_second.is_finite() || per_second <= 0.0 {
+            return Err(Error::invalid_config(
+                "rate limit",
+                format!("{per_second} messages a second is not a positive rate"),
+            ));
+        }
+        if burst == 0 {
+            return Err(Error::invalid_config(
+                "rate limit burst",
+                "must be at least 1",
+            ));
+        }
+        let burst = f64::from(burst);
+        Ok(RateLimit {
+            inner,
+            bucket: Arc::new(Bucket {
+                per_second,
+                burst,
+                state: Mutex::new((burst, Instant::now())),
+            }),
+        })
+    }
+}
+
+inner_accessors!([R] RateLimit<R>, R, "receiver");
+
+impl<R: Receiver> Receiver for RateLimit<R> {
+    async fn receive(&self, ctx: Context, msg: Message) -> Result<(), Error> {
+        let wait = self.bucket.reserve();
+        if !wait.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = ctx.cancelled() => return Err(Error::Cancelled),
+            }
+        }
+        self.inner.receive(ctx, msg).await
+    }
+}

@@ -1,0 +1,73 @@
+//! Bounded retries with exponential backoff and jitter.
+
+use crate::{Backoff, Context, Error, Message, Receiver};
+
+/// Retries failed messages with exponential backoff and jitter, up to a maximum number of
+/// attempts, then rejects them (so a dead-letter topic gets them).
+///
+/// The delay travels with the error ([`Error::retry_after`]) for the server to apply: as a
+/// nack delay where the transport holds one, otherwise by the engine holding the
+/// settlement, in both cases without keeping a concurrency slot busy. A delay the inner
+/// receiver asked for itself wins; rejects pass through untouched.
+///
+/// ```
+/// use msgio::decorators::Retry;
+/// use msgio::{Backoff, Context, Error, Message, Receiver, ReceiverFunc};
+/// use std::time::Duration;
+///
+/// # futures::executor::block_on(async {
+/// let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10), 2.0)?;
+/// let retry = Retry::new(
+///     ReceiverFunc::new(|_: Context, _: Message| async { Err(Error::other("flaky")) }),
+///     backoff,
+///     3,
+/// );
+/// let second = Context::background().with_attempt(2);
+/// let err = retry.receive(second, Message::default()).await.unwrap_err();
+/// assert!(err.retry_delay().unwrap() <= Duration::from_millis(200));
+///
+/// let last = Context::background().with_attempt(3);
+/// assert!(retry.receive(last, Message::default()).await.unwrap_err().is_reject());
+/// # Ok::<(), Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug, Clone)]
+pub struct Retry<R> {
+    inner: R,
+    backoff: Backoff,
+    max_attempts: u32,
+}
+
+impl<R> Retry<R> {
+    /// Retries `inner`'s failures after `backoff`'s delays, rejecting at attempt
+    /// `max_attempts` (0 is taken as 1).
+    pub fn new(inner: R, backoff: Backoff, max_attempts: u32) -> Self {
+        Retry {
+            inner,
+            backoff,
+            max_attempts: max_attempts.max(1),
+        }
+    }
+}
+
+inner_accessors!([R] Retry<R>, R, "receiver");
+
+impl<R: Receiver> Receiver for Retry<R> {
+    async fn receive(&self, ctx: Context, msg: Message) -> Result<(), Error> {
+        let attempt = ctx.attempt();
+        match self.inner.receive(ctx, msg).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_reject() => Err(e),
+            Err(e) if attempt >= self.max_attempts => Err(Error::reject(format!(
+                "attempt {attempt} of {} failed: {e}",
+                self.max_attempts
+            ))),
+            Err(e) => {
+                let delay = e
+                    .retry_delay()
+                    .unwrap_or_else(|| self.backoff.delay_for(attempt));
+                Err(Error::retry_after(delay, e))
+            }
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Routing on an attribute's value.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::{BoxReceiver, Context, Error, Message, Receiver, canonical_key};
+
+/// Dispatches each message to a receiver chosen by one attribute's value: an exact value or
+/// a glob (`*` any run of characters, `?` one character), tried in the order added, then a
+/// fallback. A message no route takes is rejected with a reason naming the value. Clones
+/// share the routes.
+///
+/// ```
+/// use msgio::decorators::Router;
+/// use msgio::{Context, Message, Receiver, ReceiverFunc};
+///
+/// # futures::executor::block_on(async {
+/// let router = Router::new("Type")
+///     .route("order.created", ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }))
+///     .route("order.*", ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }));
+///
+/// let mut msg = Message::new("{}");
+/// msg.attributes.set("Type", "invoice.paid");
+/// let err = router.receive(Context::background(), msg).await.unwrap_err();
+/// assert!(err.is_reject());
+/// assert!(err.to_string().contains("\"invoice.paid\""));
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct Router {
+    inner: Arc<Routes>,
+}
+
+#[derive(Clone)]
+struct Routes {
+    key: String,
+    routes: Vec<(String, BoxReceiver)>,
+    fallback: Option<BoxReceiver>,
+}
+
+impl fmt::Debug for Router {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Router")
+            .field("key", &self.inner.key)
+            .field(
+                "routes",
+                &self.inner.routes.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+            )
+            .field("fallback", &self.inner.fallback.is_some())
+            .finish()
+    }
+}
+
+impl Router {
+    /// A router on the attribute `key`, with no routes yet.
+    pub fn new(key: impl AsRef<str>) -> Self {
+        Router {
+            inner: Arc::new(Routes {
+                key: canonical_key(key.as_ref()).into_owned(),
+                routes: Vec::new(),
+                fallback: None,
+            }),
+        }
+    }
+
+    fn routes_mut(&mut self) -> &mut Routes {
+        // A clone keeps the routes it had; this router gets its own copy.
+        Arc::make_mut(&mut self.inner)
+    }
+
+    /// Sends messages whose attribute matches `pattern` to `receiver`.
+    pub fn route<R: Receiver + 'static>(mut self, pattern: impl Into<String>, receiver: R) -> Self {
+        self.routes_mut()
+            .routes
+            .push((pattern.into(), BoxReceiver::new(receiver)));
+        self
+    }
+
+    /// Sends messages no route takes (including those without the attribute) to
+    /// `receiver`.
+    pub fn fallback<R: Receiver + 'static>(mut self, receiver: R) -> Self {
+        self.routes_mut().fallback = Some(BoxReceiver::new(receiver));
+        self
+    }
+
+    fn pick(&self, value: Option<&str>) -> Option<&BoxReceiver> {
+        let routes = &*self.inner;
+        value
+            .and_then(|v| {
+                routes
+                    .routes
+                    .iter()
+                    .find(|(pattern, _)| glob_match(pattern, v))
+                    .map(|(_, r)| r)
+            })
+            .or(routes.fallback.as_ref())
+    }
+}
+
+impl Receiver for Router {
+    async fn receive(&self, ctx: Context, msg: Message) -> Result<(), Error> {
+        let value = msg.attributes.get(&self.inner.key);
+        match self.pick(value) {
+            Some(receiver) => receiver.receive(ctx, msg).await,
+            None => Err(Error::reject(match value {
+                Some(v) => format!("no route for {} {v:?}", self.inner.key),
+                None => format!("no route: the message has no {} attribute", self.inner.key),
+            })),
+        }
+    }
+}
+
+/// Whether `text` matches `pattern`, where `*` matches any run of characters (also none)
+/// and `?` exactly one.
+pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    // Where the last `*` was, and where in the text it started matching.
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            // Let the last `*` take one more character.
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs() {
+        for (p, t) in [
+            ("order.*", "order.created"),
+            ("order.*", "order."),
+            ("*", ""),
+            ("*.created", "order.created"),
+            ("o?der.*", "order.x"),
+            ("a*b*c", "a-b-b-c"),
+            ("exact", "exact"),
+            ("**", "x"),
+        ] {
+            assert!(glob_match(p, t), "{p} should match {t}");
+        }
+        for (p, t) in [
+            ("order.*", "orders.created"),
+            ("order.*", "order"),
+            ("exact", "exactly"),
+            ("?", ""),
+            ("a*b*c", "a-b-b-d"),
+        ] {
+            assert!(!glob_match(p, t), "{p} should not match {t}");
+        }
+    }
+}
