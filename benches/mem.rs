@@ -14,54 +14,21 @@
 //! ```
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::io::AsyncWriteExt;
 use msgio::{Context, Message, MessageWriter, ReceiverFunc, Server, ServerConfig, Topic};
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc};
+
+mod common;
+use common::{Done, median};
 
 const CONCURRENCY: usize = 64;
 const CAPACITY: usize = 1024;
 const BODY: [u8; 100] = [b'x'; 100];
 const ROUNDS: usize = 7;
-
-fn messages() -> usize {
-    std::env::var("MSGIO_BENCH_MESSAGES")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(300_000)
-}
-
-/// Counts received messages and wakes the driver at the last one.
-struct Done {
-    count: AtomicUsize,
-    target: usize,
-    notify: Notify,
-}
-
-impl Done {
-    fn new(target: usize) -> Arc<Self> {
-        Arc::new(Done {
-            count: AtomicUsize::new(0),
-            target,
-            notify: Notify::new(),
-        })
-    }
-
-    fn one(&self) {
-        if self.count.fetch_add(1, Ordering::Relaxed) + 1 == self.target {
-            // Stores a permit if the driver is not waiting yet: no wake-up is lost.
-            self.notify.notify_one();
-        }
-    }
-
-    async fn wait(&self) {
-        self.notify.notified().await;
-    }
-}
 
 /// A mem topic and a server with concurrency 64 serving `on_body` in the background.
 struct MsgioRun {
@@ -257,18 +224,9 @@ async fn raw_latency(n: usize, rate: f64) -> (Duration, Duration) {
     percentiles(samples)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let n = messages();
+    let runtime = common::runtime();
+    let n = common::messages(300_000);
     runtime.block_on(async {
         // Warm up both paths once.
         msgio_throughput(n / 10).await;

@@ -26,6 +26,15 @@ pub(crate) fn message(
     Message::from_parts(attributes, body)
 }
 
+/// Why `error` failed the message, without the wrapping of a reject: the reason given to
+/// [`Error::reject`](crate::Error::reject) itself.
+pub(crate) fn reason(error: &crate::Error) -> String {
+    match error {
+        crate::Error::Rejected(reason) => reason.to_string(),
+        other => other.to_string(),
+    }
+}
+
 /// A reason fit for any transport's headers: one line, at most 1024 characters.
 fn header_safe(reason: &str) -> String {
     let line: String = reason

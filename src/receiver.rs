@@ -7,8 +7,6 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::FutureExt;
-
 use crate::{Context, Error, Message};
 
 /// Handles messages served by a [`Server`](crate::Server) (go-msg's `Receiver`).
@@ -198,23 +196,63 @@ impl<R> SafeReceiver<R> {
 inner_accessors!([R] SafeReceiver<R>, R, "receiver");
 
 impl<R: Receiver> Receiver for SafeReceiver<R> {
-    async fn receive(&self, ctx: Context, msg: Message) -> Result<(), Error> {
-        catch_panic(|| self.inner.receive(ctx, msg)).await
+    fn receive(
+        &self,
+        ctx: Context,
+        msg: Message,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        catch_panic(|| self.inner.receive(ctx, msg))
     }
 }
 
 /// Calls `call` and runs the future it returns, turning a panic in either into
-/// [`Error::Panicked`].
-pub(crate) async fn catch_panic<F, Fut>(call: F) -> Result<(), Error>
+/// [`Error::Panicked`]. The closure runs at once; the returned future is no larger than
+/// the one `call` made (a hand-written future rather than an `async fn`, since decorators
+/// stack these and every level's size is copied when its parent moves it).
+pub(crate) fn catch_panic<F, Fut>(call: F) -> CatchPanic<Fut>
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<(), Error>>,
 {
-    let fut = std::panic::catch_unwind(AssertUnwindSafe(call)).map_err(panicked)?;
-    AssertUnwindSafe(fut)
-        .catch_unwind()
-        .await
-        .unwrap_or_else(|p| Err(panicked(p)))
+    match std::panic::catch_unwind(AssertUnwindSafe(call)) {
+        Ok(fut) => CatchPanic::Running { fut },
+        Err(payload) => CatchPanic::Panicked {
+            error: Some(panicked(payload)),
+        },
+    }
+}
+
+/// The future of [`catch_panic`].
+#[pin_project::pin_project(project = CatchPanicProj)]
+pub(crate) enum CatchPanic<Fut> {
+    Running {
+        #[pin]
+        fut: Fut,
+    },
+    Panicked {
+        error: Option<Error>,
+    },
+}
+
+impl<Fut: Future<Output = Result<(), Error>>> Future for CatchPanic<Fut> {
+    type Output = Result<(), Error>;
+
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.project() {
+            CatchPanicProj::Running { fut } => {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+                    Ok(poll) => poll,
+                    Err(payload) => std::task::Poll::Ready(Err(panicked(payload))),
+                }
+            }
+            CatchPanicProj::Panicked { error } => std::task::Poll::Ready(Err(error
+                .take()
+                .unwrap_or_else(|| Error::other("CatchPanic polled after it completed")))),
+        }
+    }
 }
 
 fn panicked(payload: Box<dyn Any + Send>) -> Error {

@@ -2,11 +2,13 @@
 
 use std::time::Duration;
 
+use crate::receiver::catch_panic;
 use crate::{BoxTopic, Context, Error, Message, Receiver, Topic};
 
 /// Publishes a message the inner receiver rejected (or failed on its last attempt) to a
 /// dead-letter topic, body and attributes byte for byte plus the reason, attempts, source
-/// and original id ([`keys`](crate::keys)), and acknowledges it. Servers built on the
+/// and original id ([`keys`](crate::keys)), and acknowledges it. A panic in the inner
+/// receiver counts as a failure, as under [`SafeReceiver`](crate::SafeReceiver). Servers built on the
 /// engine do the same with [`ServerConfig::dead_letter`](crate::ServerConfig::dead_letter);
 /// this form works with any server.
 ///
@@ -79,7 +81,8 @@ impl<R: Receiver> Receiver for DeadLetter<R> {
             ctx.source().map(str::to_owned),
             ctx.message_id().cloned(),
         );
-        let error = match self.inner.receive(ctx, msg).await {
+        // A panic is a failure like any other here, wherever SafeReceiver sits.
+        let error = match catch_panic(|| self.inner.receive(ctx, msg)).await {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
@@ -90,7 +93,7 @@ impl<R: Receiver> Receiver for DeadLetter<R> {
         let letter = crate::dead_letter::message(
             attributes,
             body,
-            &error.to_string(),
+            &crate::dead_letter::reason(&error),
             attempt,
             source.as_deref(),
             id.as_ref(),

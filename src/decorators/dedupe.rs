@@ -1,13 +1,15 @@
 //! Dedupe on an idempotency-key attribute.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::receiver::catch_panic;
 use crate::{Context, Error, Message, Receiver, canonical_key};
 
 /// What a [`DedupeStore`] says about a key it was asked to claim.
@@ -130,10 +132,13 @@ inner_accessors!([R, S] Dedupe<R, S>, R, "receiver");
 
 impl<R: Receiver, S: DedupeStore> Receiver for Dedupe<R, S> {
     async fn receive(&self, ctx: Context, msg: Message) -> Result<(), Error> {
-        let Some(key) = msg.attributes.get(&self.key).map(str::to_owned) else {
+        // A shared copy of the attributes keeps the key readable after the message moves
+        // on, without copying it.
+        let attributes = msg.attributes.clone();
+        let Some(key) = attributes.get(&self.key) else {
             return self.inner.receive(ctx, msg).await;
         };
-        match self.store.claim(&key, self.claim_ttl).await? {
+        match self.store.claim(key, self.claim_ttl).await? {
             Claim::Done => return Ok(()),
             Claim::InProgress => {
                 return Err(Error::retry_after(
@@ -143,10 +148,11 @@ impl<R: Receiver, S: DedupeStore> Receiver for Dedupe<R, S> {
             }
             Claim::Acquired => {}
         }
-        match self.inner.receive(ctx, msg).await {
-            Ok(()) => self.store.complete(&key, self.done_ttl).await,
+        // A panic must release the claim too, or the key would look busy until it expires.
+        match catch_panic(|| self.inner.receive(ctx, msg)).await {
+            Ok(()) => self.store.complete(key, self.done_ttl).await,
             Err(e) => {
-                if let Err(release) = self.store.release(&key).await {
+                if let Err(release) = self.store.release(key).await {
                     crate::log::warning!(
                         "msgio: could not release dedupe claim on {key:?} ({release}); it expires by itself"
                     );
@@ -157,51 +163,104 @@ impl<R: Receiver, S: DedupeStore> Receiver for Dedupe<R, S> {
     }
 }
 
-/// An in-memory [`DedupeStore`], bounded: expired keys are dropped when met, and past
-/// `capacity` keys the oldest are forgotten. Clones share the store.
+/// An in-memory [`DedupeStore`], bounded: expired keys are dropped when met, and the store
+/// keeps at most about `capacity` keys, forgetting the oldest half at a time when full.
+///
+/// Keys are kept as 128-bit fingerprints made with two randomly keyed SipHashes, so a key
+/// costs no allocation and a few dozen bytes; two different keys would have to collide in
+/// all 128 bits to be confused (about one chance in 2^64 even after 2^32 keys, and the
+/// random keys keep crafted collisions out of reach). Keys are spread over shards with a
+/// lock each, so concurrent deliveries rarely wait on one another. Clones share the store.
 #[derive(Clone)]
 pub struct MemoryDedupeStore {
-    inner: Arc<Mutex<Keys>>,
+    shards: Arc<[Mutex<Keys>]>,
+    hashers: (RandomState, RandomState),
 }
 
+/// Shards of a store; a power of two.
+const SHARDS: usize = 16;
+
+type Fingerprints = HashMap<u128, (Claim, Instant), BuildHasherDefault<Passthrough>>;
+
+/// One shard: two generations of keys. New keys go into `current`; when it holds `half`
+/// keys it becomes `previous` and the old `previous` is forgotten. A key met in `previous`
+/// moves back into `current`. Bounded, O(1), and no per-key bookkeeping beyond the maps.
 struct Keys {
-    capacity: usize,
-    map: HashMap<Arc<str>, (Claim, Instant, u64)>,
-    /// Insertion order, for forgetting the oldest; stale entries are skipped.
-    order: VecDeque<(Arc<str>, u64)>,
-    seq: u64,
+    half: usize,
+    current: Fingerprints,
+    previous: Fingerprints,
+}
+
+/// Hashes a fingerprint by taking its bits: they are already uniformly random.
+#[derive(Default)]
+struct Passthrough(u64);
+
+impl Hasher for Passthrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only fingerprints are hashed here; fold anything else in all the same.
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        self.0 = n as u64;
+    }
 }
 
 impl fmt::Debug for MemoryDedupeStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let keys = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         f.debug_struct("MemoryDedupeStore")
-            .field("capacity", &keys.capacity)
-            .field("keys", &keys.map.len())
+            .field("capacity", &(self.shards.len() * 2 * self.lock(0).half))
+            .field("keys", &self.len())
             .finish()
     }
 }
 
 impl MemoryDedupeStore {
-    /// A store remembering at most `capacity` keys (at least 1).
+    /// A store remembering at most about `capacity` keys (at least two per shard).
     pub fn new(capacity: usize) -> Self {
+        let half = capacity.div_ceil(2 * SHARDS).max(1);
         MemoryDedupeStore {
-            inner: Arc::new(Mutex::new(Keys {
-                capacity: capacity.max(1),
-                map: HashMap::new(),
-                order: VecDeque::new(),
-                seq: 0,
-            })),
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Keys {
+                        half,
+                        current: Fingerprints::default(),
+                        previous: Fingerprints::default(),
+                    })
+                })
+                .collect(),
+            hashers: (RandomState::new(), RandomState::new()),
         }
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Keys) -> T) -> T {
-        f(&mut self.inner.lock().unwrap_or_else(|p| p.into_inner()))
+    fn lock(&self, shard: usize) -> std::sync::MutexGuard<'_, Keys> {
+        self.shards[shard].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn with<T>(&self, key: &str, f: impl FnOnce(&mut Keys, u128) -> T) -> T {
+        let high = self.hashers.0.hash_one(key);
+        let low = self.hashers.1.hash_one(key);
+        let fingerprint = (u128::from(high) << 64) | u128::from(low);
+        f(
+            &mut self.lock((high >> 60) as usize & (SHARDS - 1)),
+            fingerprint,
+        )
     }
 
     /// How many keys are remembered (some may have expired).
     pub fn len(&self) -> usize {
-        self.with(|k| k.map.len())
+        (0..self.shards.len())
+            .map(|i| {
+                let keys = self.lock(i);
+                keys.current.len() + keys.previous.len()
+            })
+            .sum()
     }
 
     /// Whether no key is remembered.
@@ -210,70 +269,68 @@ impl MemoryDedupeStore {
     }
 }
 
+fn expiry(now: Instant, ttl: Duration) -> Instant {
+    now.checked_add(ttl)
+        .unwrap_or_else(crate::context::far_future)
+}
+
 impl Keys {
-    fn set(&mut self, key: &str, state: Claim, ttl: Duration) {
-        let expires = Instant::now()
-            .checked_add(ttl)
-            .unwrap_or_else(crate::context::far_future);
-        if let Some(entry) = self.map.get_mut(key) {
-            entry.0 = state;
-            entry.1 = expires;
-            return;
+    /// The live state of `key`, moving it into the current generation if it was in the
+    /// previous one.
+    fn get(&mut self, key: u128, now: Instant) -> Option<&mut (Claim, Instant)> {
+        if !self.current.contains_key(&key) {
+            let entry = self.previous.remove(&key)?;
+            self.put(key, entry);
         }
-        while self.map.len() >= self.capacity {
-            let Some((old, seq)) = self.order.pop_front() else {
-                break;
-            };
-            if self.map.get(&old).is_some_and(|e| e.2 == seq) {
-                self.map.remove(&old);
-            }
+        self.current.get_mut(&key).filter(|entry| entry.1 > now)
+    }
+
+    fn put(&mut self, key: u128, entry: (Claim, Instant)) {
+        if self.current.len() >= self.half {
+            self.previous = std::mem::take(&mut self.current);
         }
-        // Released keys leave stale entries behind; keep the order list bounded too.
-        while self.order.len() >= 2 * self.capacity {
-            let Some((old, seq)) = self.order.pop_front() else {
-                break;
-            };
-            if self.map.get(&old).is_some_and(|e| e.2 == seq) {
-                self.map.remove(&old);
-            }
-        }
-        self.seq += 1;
-        let key: Arc<str> = key.into();
-        self.order.push_back((key.clone(), self.seq));
-        self.map.insert(key, (state, expires, self.seq));
+        self.current.insert(key, entry);
     }
 }
 
 impl DedupeStore for MemoryDedupeStore {
     async fn claim(&self, key: &str, ttl: Duration) -> Result<Claim, Error> {
-        Ok(self.with(|keys| {
-            let live = keys
-                .map
-                .get(key)
-                .filter(|(_, expires, _)| *expires > Instant::now())
-                .map(|(state, _, _)| *state);
-            match live {
-                Some(state) => match state {
-                    Claim::Done => Claim::Done,
-                    _ => Claim::InProgress,
-                },
-                None => {
-                    keys.set(key, Claim::InProgress, ttl);
-                    Claim::Acquired
-                }
+        let now = Instant::now();
+        Ok(self.with(key, |keys, key| match keys.get(key, now) {
+            Some((Claim::Done, _)) => Claim::Done,
+            Some(_) => Claim::InProgress,
+            None => {
+                keys.put(key, (Claim::InProgress, expiry(now, ttl)));
+                Claim::Acquired
             }
         }))
     }
 
     async fn complete(&self, key: &str, ttl: Duration) -> Result<(), Error> {
-        self.with(|keys| keys.set(key, Claim::Done, ttl));
+        let now = Instant::now();
+        let entry = (Claim::Done, expiry(now, ttl));
+        self.with(key, |keys, key| match keys.get(key, now) {
+            Some(state) => *state = entry,
+            None => keys.put(key, entry),
+        });
         Ok(())
     }
 
     async fn release(&self, key: &str) -> Result<(), Error> {
-        self.with(|keys| {
-            if keys.map.get(key).is_some_and(|e| e.0 == Claim::InProgress) {
-                keys.map.remove(key);
+        self.with(key, |keys, key| {
+            if keys
+                .current
+                .get(&key)
+                .is_some_and(|e| e.0 == Claim::InProgress)
+            {
+                keys.current.remove(&key);
+            }
+            if keys
+                .previous
+                .get(&key)
+                .is_some_and(|e| e.0 == Claim::InProgress)
+            {
+                keys.previous.remove(&key);
             }
         });
         Ok(())

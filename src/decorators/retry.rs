@@ -1,5 +1,10 @@
 //! Bounded retries with exponential backoff and jitter.
 
+use std::future::Future;
+
+use futures::FutureExt;
+
+use crate::receiver::catch_panic;
 use crate::{Backoff, Context, Error, Message, Receiver};
 
 /// Retries failed messages with exponential backoff and jitter, up to a maximum number of
@@ -8,7 +13,8 @@ use crate::{Backoff, Context, Error, Message, Receiver};
 /// The delay travels with the error ([`Error::retry_after`]) for the server to apply: as a
 /// nack delay where the transport holds one, otherwise by the engine holding the
 /// settlement, in both cases without keeping a concurrency slot busy. A delay the inner
-/// receiver asked for itself wins; rejects pass through untouched.
+/// receiver asked for itself wins; rejects pass through untouched. A panic in the inner
+/// receiver counts as a failure, as under [`SafeReceiver`](crate::SafeReceiver).
 ///
 /// ```
 /// use msgio::decorators::Retry;
@@ -53,21 +59,27 @@ impl<R> Retry<R> {
 inner_accessors!([R] Retry<R>, R, "receiver");
 
 impl<R: Receiver> Receiver for Retry<R> {
-    async fn receive(&self, ctx: Context, msg: Message) -> Result<(), Error> {
+    fn receive(
+        &self,
+        ctx: Context,
+        msg: Message,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
         let attempt = ctx.attempt();
-        match self.inner.receive(ctx, msg).await {
+        let (backoff, max_attempts) = (self.backoff, self.max_attempts);
+        // A panic is a failure like any other here, wherever SafeReceiver sits. A plain
+        // map, not an async fn: this future is no larger than the inner one.
+        catch_panic(|| self.inner.receive(ctx, msg)).map(move |result| match result {
             Ok(()) => Ok(()),
             Err(e) if e.is_reject() => Err(e),
-            Err(e) if attempt >= self.max_attempts => Err(Error::reject(format!(
-                "attempt {attempt} of {} failed: {e}",
-                self.max_attempts
+            Err(e) if attempt >= max_attempts => Err(Error::reject(format!(
+                "attempt {attempt} of {max_attempts} failed: {e}"
             ))),
             Err(e) => {
                 let delay = e
                     .retry_delay()
-                    .unwrap_or_else(|| self.backoff.delay_for(attempt));
+                    .unwrap_or_else(|| backoff.delay_for(attempt));
                 Err(Error::retry_after(delay, e))
             }
-        }
+        })
     }
 }

@@ -113,28 +113,40 @@ impl Receiver for Router {
 /// Whether `text` matches `pattern`, where `*` matches any run of characters (also none)
 /// and `?` exactly one.
 pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
+    if !pattern.contains(['*', '?']) {
+        return pattern == text;
+    }
+    if pattern.contains('?') && !text.is_ascii() {
+        // `?` is one character: compare characters, not bytes.
+        let p: Vec<char> = pattern.chars().collect();
+        let t: Vec<char> = text.chars().collect();
+        return glob(&p, &t, '*', '?');
+    }
+    glob(pattern.as_bytes(), text.as_bytes(), b'*', b'?')
+}
+
+/// Wildcard matching with one backtrack point (the last `*`), linear in practice.
+fn glob<T: PartialEq + Copy>(p: &[T], t: &[T], star: T, one: T) -> bool {
     let (mut pi, mut ti) = (0, 0);
     // Where the last `*` was, and where in the text it started matching.
-    let mut star: Option<(usize, usize)> = None;
+    let mut last_star: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+        if pi < p.len() && (p[pi] == one || p[pi] == t[ti]) {
             pi += 1;
             ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ti));
+        } else if pi < p.len() && p[pi] == star {
+            last_star = Some((pi, ti));
             pi += 1;
-        } else if let Some((sp, st)) = star {
-            // Let the last `*` take one more character.
+        } else if let Some((sp, st)) = last_star {
+            // Let the last `*` take one more item.
             pi = sp + 1;
             ti = st + 1;
-            star = Some((sp, st + 1));
+            last_star = Some((sp, st + 1));
         } else {
             return false;
         }
     }
-    p[pi..].iter().all(|&c| c == '*')
+    p[pi..].iter().all(|&c| c == star)
 }
 
 #[cfg(test)]
@@ -152,6 +164,8 @@ mod tests {
             ("a*b*c", "a-b-b-c"),
             ("exact", "exact"),
             ("**", "x"),
+            ("caf?.*", "café.menu"),
+            ("*é", "café"),
         ] {
             assert!(glob_match(p, t), "{p} should match {t}");
         }

@@ -425,7 +425,7 @@ impl<S: Source, R: Receiver> Dispatch<S, R> {
             Err(e) => e,
         };
         let reason = if error.is_reject() {
-            error.to_string()
+            crate::dead_letter::reason(&error)
         } else if let Some(max) = self.max_attempts.filter(|max| attempt >= *max) {
             format!("attempt {attempt} of {max} failed: {error}")
         } else {

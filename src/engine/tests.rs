@@ -35,6 +35,8 @@ struct Script {
     reconnect_failures: AtomicU32,
     reconnects: AtomicU32,
     closed: AtomicBool,
+    /// The source cannot hold nack delays.
+    no_nack_delay: AtomicBool,
 }
 
 #[derive(Clone, Default)]
@@ -116,6 +118,10 @@ impl Source for Scripted {
         let mut settled = self.0.settled.lock().unwrap();
         settled.extend(batch.drain(..).map(|s| (s.token, s.action)));
         Ok(())
+    }
+
+    fn nack_delay(&self) -> bool {
+        !self.0.no_nack_delay.load(Ordering::SeqCst)
     }
 
     async fn reconnect(&self) -> Result<(), Error> {
@@ -733,4 +739,64 @@ async fn deliveries_appended_by_an_interrupted_fetch_are_released() {
         source.settled(),
         [(1, Settle::Release), (2, Settle::Release)]
     );
+}
+
+#[tokio::test]
+async fn delayed_nacks_are_held_by_the_engine_for_sources_without_delays() {
+    let source = Scripted::with(vec![Step::Deliver(vec![1]), Step::Deliver(vec![2])]);
+    source.0.no_nack_delay.store(true, Ordering::SeqCst);
+    let engine = Engine::new(source.clone(), fast().concurrency(1).prefetch(0)).unwrap();
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(|_: Context, msg: Message| async move {
+            match msg.attributes.get("X-Id") {
+                Some("1") => Err(Error::retry_after(Duration::from_millis(150), "later")),
+                _ => Ok(()),
+            }
+        }),
+    );
+    let start = tokio::time::Instant::now();
+    // The slot is free at once: message 2 is handled while 1 waits out its delay.
+    eventually("2 acked", || source.settled().contains(&(2, Settle::Ack))).await;
+    assert!(
+        !source.settled().iter().any(|(id, _)| *id == 1),
+        "1 settled before its delay"
+    );
+    eventually("1 nacked", || source.settled().len() == 2).await;
+    assert!(
+        start.elapsed() >= Duration::from_millis(150),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        source
+            .settled()
+            .contains(&(1, Settle::Nack { delay: None }))
+    );
+    engine.shutdown(Duration::from_secs(5)).await.unwrap();
+    bounded(task).await.unwrap().unwrap_err();
+}
+
+#[tokio::test]
+async fn held_nacks_are_settled_when_serving_stops() {
+    let source = Scripted::with(vec![Step::Deliver(vec![1])]);
+    source.0.no_nack_delay.store(true, Ordering::SeqCst);
+    let engine = Engine::new(source.clone(), fast()).unwrap();
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(|_: Context, _: Message| async {
+            Err(Error::retry_after(Duration::from_secs(3600), "much later"))
+        }),
+    );
+    eventually("the receiver ran", || {
+        engine.health().in_flight == 0 && !source.0.fetch_max.lock().unwrap().is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(source.settled().is_empty(), "the delayed nack was not held");
+    bounded(engine.shutdown(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    bounded(task).await.unwrap().unwrap_err();
+    assert_eq!(source.settled(), [(1, Settle::Nack { delay: None })]);
 }

@@ -264,6 +264,35 @@ impl fmt::Display for Report {
     }
 }
 
+/// For a test whose broker did not answer: with `MSGIO_REQUIRE_BROKERS=1` (as CI sets it)
+/// this panics, naming the broker, its URL (password hidden) and the error; otherwise it
+/// prints that the test is skipped, and the test should return.
+///
+/// # Panics
+///
+/// When `MSGIO_REQUIRE_BROKERS` is `1`.
+#[track_caller]
+pub fn skip_or_fail(broker: &str, url: &str, error: &dyn fmt::Display) {
+    let url = crate::redact::url(url);
+    if std::env::var("MSGIO_REQUIRE_BROKERS").is_ok_and(|v| v == "1") {
+        panic!(
+            "{broker} at {url} is required (MSGIO_REQUIRE_BROKERS=1) but did not answer: {error}"
+        );
+    }
+    eprintln!(
+        "SKIPPED: {broker} at {url} did not answer ({error}); set MSGIO_REQUIRE_BROKERS=1 to fail instead"
+    );
+}
+
+/// A random lower-case hex suffix, for names tests must not share.
+pub fn unique_suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let n = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    format!("{n:016x}")
+}
+
 /// How long one case may take before it fails as hung.
 const CASE_TIMEOUT: Duration = Duration::from_secs(120);
 

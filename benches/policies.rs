@@ -1,0 +1,108 @@
+//! The full receiver stack against the bare receiver, on the in-memory transport, in the
+//! same run: `SafeReceiver(Retry(Dedupe(Router(handler))))` with the in-memory dedupe
+//! store, against `handler` alone. Every message carries a unique idempotency key and a
+//! routed type, so each decorator does its whole job.
+//!
+//! ```sh
+//! cargo bench --bench policies
+//! ONLY=dedupe cargo bench --bench policies   # one decorator alone: router, dedupe, retry, safe
+//! ```
+
+use std::time::{Duration, Instant};
+
+use futures::io::AsyncWriteExt;
+use msgio::decorators::{Dedupe, MemoryDedupeStore, Retry, Router};
+use msgio::{
+    Backoff, Context, Message, MessageWriter, Receiver, ReceiverFunc, SafeReceiver, Server,
+    ServerConfig, Topic,
+};
+
+mod common;
+use common::{Done, median};
+
+const ROUNDS: usize = 7;
+const BODY: [u8; 100] = [b'x'; 100];
+
+/// Publishes `n` messages and serves them to `receiver`; returns messages a second.
+async fn run<R: Receiver + 'static>(n: usize, done: std::sync::Arc<Done>, receiver: R) -> f64 {
+    let (topic, server) =
+        msgio::mem::channel_with(1024, ServerConfig::new().concurrency(64)).unwrap();
+    let serving = server.clone();
+    let task = tokio::spawn(async move { serving.serve(receiver).await });
+    let ctx = Context::background();
+    let start = Instant::now();
+    for seq in 0..n {
+        let mut w = topic.new_writer(&ctx).unwrap();
+        w.attributes_mut().set("Type", "order.created");
+        w.attributes_mut()
+            .set("Idempotency-Key", format!("order-{seq}"));
+        w.write_all(&BODY).await.unwrap();
+        w.close().await.unwrap();
+    }
+    done.wait().await;
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    server.shutdown(Duration::from_secs(10)).await.unwrap();
+    let _ = task.await;
+    rate
+}
+
+fn handler(done: std::sync::Arc<Done>) -> impl Receiver + Clone {
+    std::sync::Arc::new(ReceiverFunc::new(move |_: Context, mut msg: Message| {
+        let done = done.clone();
+        async move {
+            let body = msg.body.read_to_bytes(1024).await?;
+            std::hint::black_box(&body);
+            done.one();
+            Ok(())
+        }
+    }))
+}
+
+async fn bare(n: usize) -> f64 {
+    let done = Done::new(n);
+    run(n, done.clone(), handler(done)).await
+}
+
+async fn stacked(n: usize) -> f64 {
+    let done = Done::new(n);
+    if let Ok(only) = std::env::var("ONLY") {
+        let h = handler(done.clone());
+        return match only.as_str() {
+            "router" => run(n, done, Router::new("Type").route("order.*", h)).await,
+            "dedupe" => run(n, done, Dedupe::new(h, MemoryDedupeStore::new(1 << 20))).await,
+            "retry" => run(n, done, Retry::new(h, Backoff::default(), 5)).await,
+            _ => run(n, done, SafeReceiver::new(h)).await,
+        };
+    }
+    let stack = SafeReceiver::new(Retry::new(
+        Dedupe::new(
+            Router::new("Type").route("order.*", handler(done.clone())),
+            MemoryDedupeStore::new(100_000),
+        ),
+        Backoff::default(),
+        5,
+    ));
+    run(n, done, stack).await
+}
+
+fn main() {
+    let n = common::messages(200_000);
+    common::runtime().block_on(async {
+        bare(n / 10).await;
+        stacked(n / 10).await;
+        let (mut b, mut s) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            b.push(bare(n).await);
+            s.push(stacked(n).await);
+        }
+        let (b, s) = (median(b), median(s));
+        println!("mem end to end, {n} messages x {ROUNDS} rounds, concurrency 64");
+        println!("  bare receiver                                   {b:>10.0} msgs/s (median)");
+        println!("  SafeReceiver+Retry+Dedupe(memory)+Router        {s:>10.0} msgs/s (median)");
+        println!(
+            "  stacked / bare                                  {:>10.2}  ({:.1}% slower)",
+            s / b,
+            (1.0 - s / b) * 100.0
+        );
+    });
+}
