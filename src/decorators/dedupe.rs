@@ -166,15 +166,15 @@ impl<R: Receiver, S: DedupeStore> Receiver for Dedupe<R, S> {
 /// An in-memory [`DedupeStore`], bounded: expired keys are dropped when met, and the store
 /// keeps at most about `capacity` keys, forgetting the oldest half at a time when full.
 ///
-/// Keys are kept as 128-bit fingerprints made with two randomly keyed SipHashes, so a key
-/// costs no allocation and a few dozen bytes; two different keys would have to collide in
-/// all 128 bits to be confused (about one chance in 2^64 even after 2^32 keys, and the
-/// random keys keep crafted collisions out of reach). Keys are spread over shards with a
+/// Keys are kept as 128-bit fingerprints, a randomly keyed SipHash beside an FNV-1a hash,
+/// so a key costs no allocation and a few dozen bytes. Two different keys would have to
+/// collide in both to be confused: by chance about one in 2^64 even after 2^32 keys, and
+/// the random SipHash key keeps crafted collisions out of reach. Keys are spread over shards with a
 /// lock each, so concurrent deliveries rarely wait on one another. Clones share the store.
 #[derive(Clone)]
 pub struct MemoryDedupeStore {
     shards: Arc<[Mutex<Keys>]>,
-    hashers: (RandomState, RandomState),
+    hasher: RandomState,
 }
 
 /// Shards of a store; a power of two.
@@ -235,7 +235,7 @@ impl MemoryDedupeStore {
                     })
                 })
                 .collect(),
-            hashers: (RandomState::new(), RandomState::new()),
+            hasher: RandomState::new(),
         }
     }
 
@@ -244,11 +244,13 @@ impl MemoryDedupeStore {
     }
 
     fn with<T>(&self, key: &str, f: impl FnOnce(&mut Keys, u128) -> T) -> T {
-        let high = self.hashers.0.hash_one(key);
-        let low = self.hashers.1.hash_one(key);
-        let fingerprint = (u128::from(high) << 64) | u128::from(low);
+        let keyed = self.hasher.hash_one(key);
+        let fnv = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        let fingerprint = (u128::from(keyed) << 64) | u128::from(fnv);
         f(
-            &mut self.lock((high >> 60) as usize & (SHARDS - 1)),
+            &mut self.lock((keyed >> 60) as usize & (SHARDS - 1)),
             fingerprint,
         )
     }
@@ -287,7 +289,10 @@ impl Keys {
 
     fn put(&mut self, key: u128, entry: (Claim, Instant)) {
         if self.current.len() >= self.half {
-            self.previous = std::mem::take(&mut self.current);
+            // The oldest generation goes; its table is reused, so no rehashing as the new
+            // generation fills.
+            std::mem::swap(&mut self.previous, &mut self.current);
+            self.current.clear();
         }
         self.current.insert(key, entry);
     }
