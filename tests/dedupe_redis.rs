@@ -23,27 +23,28 @@ async fn store() -> Option<RedisDedupeStore> {
 async fn claims_complete_release_and_expire() {
     let Some(store) = store().await else { return };
     let ttl = Duration::from_secs(5);
-    assert_eq!(store.claim("k", ttl).await.unwrap(), Claim::Acquired);
+    let acquired = |claim: Claim<String>| match claim {
+        Claim::Acquired(claimed) => claimed,
+        other => panic!("expected the key to be acquired, got {other:?}"),
+    };
+    let claimed = acquired(store.claim("k", ttl).await.unwrap());
     assert_eq!(store.claim("k", ttl).await.unwrap(), Claim::InProgress);
-    store.release("k").await.unwrap();
-    assert_eq!(store.claim("k", ttl).await.unwrap(), Claim::Acquired);
+    store.release(claimed).await.unwrap();
+    let claimed = acquired(store.claim("k", ttl).await.unwrap());
     store
-        .complete("k", Duration::from_millis(300))
+        .complete(claimed.clone(), Duration::from_millis(300))
         .await
         .unwrap();
     assert_eq!(store.claim("k", ttl).await.unwrap(), Claim::Done);
     // Releasing a done key leaves it done.
-    store.release("k").await.unwrap();
+    store.release(claimed).await.unwrap();
     assert_eq!(store.claim("k", ttl).await.unwrap(), Claim::Done);
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(
-        store.claim("k", Duration::from_millis(200)).await.unwrap(),
-        Claim::Acquired
-    );
+    acquired(store.claim("k", Duration::from_millis(200)).await.unwrap());
     // A claim whose delivery never finished expires by itself.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(store.claim("k", ttl).await.unwrap(), Claim::Acquired);
-    store.release("k").await.unwrap();
+    let claimed = acquired(store.claim("k", ttl).await.unwrap());
+    store.release(claimed).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

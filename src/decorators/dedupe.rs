@@ -14,9 +14,9 @@ use crate::{Context, Error, Message, Receiver, canonical_key};
 
 /// What a [`DedupeStore`] says about a key it was asked to claim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Claim {
-    /// The caller holds the key now: run the receiver.
-    Acquired,
+pub enum Claim<T> {
+    /// The caller holds the key now: run the receiver, then complete or release `T`.
+    Acquired(T),
     /// Another delivery holds it and has not finished.
     InProgress,
     /// A delivery with this key already succeeded.
@@ -26,26 +26,38 @@ pub enum Claim {
 /// Where [`Dedupe`] keeps keys: claimed while a delivery runs, done once it succeeded, each
 /// for a time to live.
 pub trait DedupeStore: Send + Sync {
+    /// What an acquired claim hands back to complete or release it: the key, or whatever
+    /// lets the store find it again without working it out twice.
+    type Claimed: Send + Sync;
+
     /// Claims `key` for `ttl` unless it is claimed or done.
     ///
     /// # Errors
     ///
     /// The store's failure; the message is then retried.
-    fn claim(&self, key: &str, ttl: Duration) -> impl Future<Output = Result<Claim, Error>> + Send;
+    fn claim(
+        &self,
+        key: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Claim<Self::Claimed>, Error>> + Send;
 
-    /// Marks `key` done for `ttl`.
+    /// Marks a claimed key done for `ttl`.
     ///
     /// # Errors
     ///
     /// The store's failure.
-    fn complete(&self, key: &str, ttl: Duration) -> impl Future<Output = Result<(), Error>> + Send;
+    fn complete(
+        &self,
+        claimed: Self::Claimed,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// Gives up a claim, so a retry can claim the key again.
     ///
     /// # Errors
     ///
     /// The store's failure.
-    fn release(&self, key: &str) -> impl Future<Output = Result<(), Error>> + Send;
+    fn release(&self, claimed: Self::Claimed) -> impl Future<Output = Result<(), Error>> + Send;
 }
 
 /// Runs the inner receiver at most once per idempotency key: a key is marked done only
@@ -138,7 +150,7 @@ impl<R: Receiver, S: DedupeStore> Receiver for Dedupe<R, S> {
         let Some(key) = attributes.get(&self.key) else {
             return self.inner.receive(ctx, msg).await;
         };
-        match self.store.claim(key, self.claim_ttl).await? {
+        let claimed = match self.store.claim(key, self.claim_ttl).await? {
             Claim::Done => return Ok(()),
             Claim::InProgress => {
                 return Err(Error::retry_after(
@@ -146,13 +158,13 @@ impl<R: Receiver, S: DedupeStore> Receiver for Dedupe<R, S> {
                     format!("another delivery of {} {key:?} is in progress", self.key),
                 ));
             }
-            Claim::Acquired => {}
-        }
+            Claim::Acquired(claimed) => claimed,
+        };
         // A panic must release the claim too, or the key would look busy until it expires.
         match catch_panic(|| self.inner.receive(ctx, msg)).await {
-            Ok(()) => self.store.complete(key, self.done_ttl).await,
+            Ok(()) => self.store.complete(claimed, self.done_ttl).await,
             Err(e) => {
-                if let Err(release) = self.store.release(key).await {
+                if let Err(release) = self.store.release(claimed).await {
                     crate::log::warning!(
                         "msgio: could not release dedupe claim on {key:?} ({release}); it expires by itself"
                     );
@@ -175,20 +187,65 @@ impl<R: Receiver, S: DedupeStore> Receiver for Dedupe<R, S> {
 pub struct MemoryDedupeStore {
     shards: Arc<[Mutex<Keys>]>,
     hasher: RandomState,
+    epoch: Instant,
 }
 
 /// Shards of a store; a power of two.
 const SHARDS: usize = 16;
 
-type Fingerprints = HashMap<u128, (Claim, Instant), BuildHasherDefault<Passthrough>>;
+/// A key's state (done, or claimed) and when it expires, in milliseconds since the store
+/// was made (compact, so that more of a shard stays in cache).
+type Entry = (bool, u64);
 
 /// One shard: two generations of keys. New keys go into `current`; when it holds `half`
 /// keys it becomes `previous` and the old `previous` is forgotten. A key met in `previous`
 /// moves back into `current`. Bounded, O(1), and no per-key bookkeeping beyond the maps.
 struct Keys {
     half: usize,
-    current: Fingerprints,
-    previous: Fingerprints,
+    current: Generation,
+    previous: Generation,
+}
+
+/// A generation's fingerprints, and a small Bloom filter over them so that a new key
+/// (the common case) rarely needs a second table probe.
+#[derive(Default)]
+struct Generation {
+    map: HashMap<u128, Entry, BuildHasherDefault<Passthrough>>,
+    bloom: Vec<u64>,
+}
+
+impl Generation {
+    /// 16 bits per key, two probes: about 1.4% false positives when full.
+    fn with_capacity(half: usize) -> Self {
+        Generation {
+            map: HashMap::default(),
+            bloom: vec![0; (half * 16).div_ceil(64).max(1)],
+        }
+    }
+
+    fn bits(&self, key: u128) -> [(usize, u64); 2] {
+        let len = self.bloom.len() * 64;
+        [key as u64, (key >> 32) as u64].map(|h| {
+            let bit = (h % len as u64) as usize;
+            (bit / 64, 1u64 << (bit % 64))
+        })
+    }
+
+    fn may_contain(&self, key: u128) -> bool {
+        self.bits(key).iter().all(|&(w, b)| self.bloom[w] & b != 0)
+    }
+
+    fn insert(&mut self, key: u128, entry: Entry) {
+        for (w, b) in self.bits(key) {
+            self.bloom[w] |= b;
+        }
+        self.map.insert(key, entry);
+    }
+
+    fn clear(&mut self) {
+        self.map.clear();
+        self.bloom.fill(0);
+    }
 }
 
 /// Hashes a fingerprint by taking its bits: they are already uniformly random.
@@ -230,12 +287,13 @@ impl MemoryDedupeStore {
                 .map(|_| {
                     Mutex::new(Keys {
                         half,
-                        current: Fingerprints::default(),
-                        previous: Fingerprints::default(),
+                        current: Generation::with_capacity(half),
+                        previous: Generation::with_capacity(half),
                     })
                 })
                 .collect(),
             hasher: RandomState::new(),
+            epoch: Instant::now(),
         }
     }
 
@@ -243,16 +301,14 @@ impl MemoryDedupeStore {
         self.shards[shard].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn with<T>(&self, key: &str, f: impl FnOnce(&mut Keys, u128) -> T) -> T {
+    /// The shard and fingerprint of `key`.
+    fn locate(&self, key: &str) -> (usize, u128) {
         let keyed = self.hasher.hash_one(key);
         let fnv = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         });
         let fingerprint = (u128::from(keyed) << 64) | u128::from(fnv);
-        f(
-            &mut self.lock((keyed >> 60) as usize & (SHARDS - 1)),
-            fingerprint,
-        )
+        ((keyed >> 60) as usize & (SHARDS - 1), fingerprint)
     }
 
     /// How many keys are remembered (some may have expired).
@@ -260,7 +316,7 @@ impl MemoryDedupeStore {
         (0..self.shards.len())
             .map(|i| {
                 let keys = self.lock(i);
-                keys.current.len() + keys.previous.len()
+                keys.current.map.len() + keys.previous.map.len()
             })
             .sum()
     }
@@ -271,24 +327,33 @@ impl MemoryDedupeStore {
     }
 }
 
-fn expiry(now: Instant, ttl: Duration) -> Instant {
-    now.checked_add(ttl)
-        .unwrap_or_else(crate::context::far_future)
+impl MemoryDedupeStore {
+    /// Milliseconds since the store was made.
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+fn expiry(now: u64, ttl: Duration) -> u64 {
+    now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Keys {
     /// The live state of `key`, moving it into the current generation if it was in the
     /// previous one.
-    fn get(&mut self, key: u128, now: Instant) -> Option<&mut (Claim, Instant)> {
-        if !self.current.contains_key(&key) {
-            let entry = self.previous.remove(&key)?;
+    fn get(&mut self, key: u128, now: u64) -> Option<&mut Entry> {
+        if !self.current.map.contains_key(&key) {
+            if !self.previous.may_contain(key) {
+                return None;
+            }
+            let entry = self.previous.map.remove(&key)?;
             self.put(key, entry);
         }
-        self.current.get_mut(&key).filter(|entry| entry.1 > now)
+        self.current.map.get_mut(&key).filter(|entry| entry.1 > now)
     }
 
-    fn put(&mut self, key: u128, entry: (Claim, Instant)) {
-        if self.current.len() >= self.half {
+    fn put(&mut self, key: u128, entry: Entry) {
+        if self.current.map.len() >= self.half {
             // The oldest generation goes; its table is reused, so no rehashing as the new
             // generation fills.
             std::mem::swap(&mut self.previous, &mut self.current);
@@ -298,46 +363,59 @@ impl Keys {
     }
 }
 
+/// A claim on a [`MemoryDedupeStore`] key: where it is and when it was made.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryClaim {
+    shard: usize,
+    fingerprint: u128,
+    at: u64,
+}
+
 impl DedupeStore for MemoryDedupeStore {
-    async fn claim(&self, key: &str, ttl: Duration) -> Result<Claim, Error> {
-        let now = Instant::now();
-        Ok(self.with(key, |keys, key| match keys.get(key, now) {
-            Some((Claim::Done, _)) => Claim::Done,
+    type Claimed = MemoryClaim;
+
+    async fn claim(&self, key: &str, ttl: Duration) -> Result<Claim<MemoryClaim>, Error> {
+        let (shard, fingerprint) = self.locate(key);
+        let now = self.now();
+        let mut keys = self.lock(shard);
+        Ok(match keys.get(fingerprint, now) {
+            Some((true, _)) => Claim::Done,
             Some(_) => Claim::InProgress,
             None => {
-                keys.put(key, (Claim::InProgress, expiry(now, ttl)));
-                Claim::Acquired
+                keys.put(fingerprint, (false, expiry(now, ttl)));
+                Claim::Acquired(MemoryClaim {
+                    shard,
+                    fingerprint,
+                    at: now,
+                })
             }
-        }))
+        })
     }
 
-    async fn complete(&self, key: &str, ttl: Duration) -> Result<(), Error> {
-        let now = Instant::now();
-        let entry = (Claim::Done, expiry(now, ttl));
-        self.with(key, |keys, key| match keys.get(key, now) {
+    /// Done keys are remembered for `ttl` from when they were claimed (a delivery is short
+    /// next to a dedupe window; this saves reading the clock twice a message).
+    async fn complete(&self, claimed: MemoryClaim, ttl: Duration) -> Result<(), Error> {
+        let entry = (true, expiry(claimed.at, ttl));
+        let mut keys = self.lock(claimed.shard);
+        match keys.current.map.get_mut(&claimed.fingerprint) {
             Some(state) => *state = entry,
-            None => keys.put(key, entry),
-        });
+            None => keys.put(claimed.fingerprint, entry),
+        }
         Ok(())
     }
 
-    async fn release(&self, key: &str) -> Result<(), Error> {
-        self.with(key, |keys, key| {
-            if keys
-                .current
-                .get(&key)
-                .is_some_and(|e| e.0 == Claim::InProgress)
+    async fn release(&self, claimed: MemoryClaim) -> Result<(), Error> {
+        let mut guard = self.lock(claimed.shard);
+        let keys = &mut *guard;
+        for generation in [&mut keys.current, &mut keys.previous] {
+            if generation
+                .map
+                .get(&claimed.fingerprint)
+                .is_some_and(|e| !e.0)
             {
-                keys.current.remove(&key);
+                generation.map.remove(&claimed.fingerprint);
             }
-            if keys
-                .previous
-                .get(&key)
-                .is_some_and(|e| e.0 == Claim::InProgress)
-            {
-                keys.previous.remove(&key);
-            }
-        });
+        }
         Ok(())
     }
 }

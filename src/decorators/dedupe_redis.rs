@@ -102,7 +102,10 @@ fn millis(ttl: Duration) -> u64 {
 }
 
 impl DedupeStore for RedisDedupeStore {
-    async fn claim(&self, key: &str, ttl: Duration) -> Result<Claim, Error> {
+    /// The full Redis key.
+    type Claimed = String;
+
+    async fn claim(&self, key: &str, ttl: Duration) -> Result<Claim<String>, Error> {
         let key = self.key(key);
         let mut conn = self.conn.clone();
         // Twice at most: a key that expires between SET NX and GET is claimed again.
@@ -117,7 +120,7 @@ impl DedupeStore for RedisDedupeStore {
                 .await
                 .map_err(redis_error)?;
             if set.is_some() {
-                return Ok(Claim::Acquired);
+                return Ok(Claim::Acquired(key));
             }
             let state: Option<String> = redis::cmd("GET")
                 .arg(&key)
@@ -133,10 +136,10 @@ impl DedupeStore for RedisDedupeStore {
         Ok(Claim::InProgress)
     }
 
-    async fn complete(&self, key: &str, ttl: Duration) -> Result<(), Error> {
+    async fn complete(&self, key: String, ttl: Duration) -> Result<(), Error> {
         let mut conn = self.conn.clone();
         redis::cmd("SET")
-            .arg(self.key(key))
+            .arg(key)
             .arg(DONE)
             .arg("PX")
             .arg(millis(ttl))
@@ -145,13 +148,13 @@ impl DedupeStore for RedisDedupeStore {
             .map_err(redis_error)
     }
 
-    async fn release(&self, key: &str) -> Result<(), Error> {
+    async fn release(&self, key: String) -> Result<(), Error> {
         let script = redis::Script::new(
             "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
         );
         let mut conn = self.conn.clone();
         script
-            .key(self.key(key))
+            .key(key)
             .arg(CLAIMED)
             .invoke_async::<i64>(&mut conn)
             .await

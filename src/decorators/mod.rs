@@ -65,7 +65,7 @@ pub use compress::lz4;
 #[cfg(feature = "zstd")]
 pub use compress::zstd;
 pub use dead_letter::DeadLetter;
-pub use dedupe::{Claim, Dedupe, DedupeStore, MemoryDedupeStore};
+pub use dedupe::{Claim, Dedupe, DedupeStore, MemoryClaim, MemoryDedupeStore};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use dedupe_redis::RedisDedupeStore;
