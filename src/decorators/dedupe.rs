@@ -248,7 +248,9 @@ impl Generation {
     }
 }
 
-/// Hashes a fingerprint by taking its bits: they are already uniformly random.
+/// Hashes a fingerprint by taking bits of its keyed (SipHash) half, rotated so that the
+/// bits that chose the shard are not the ones the table indexes by. Taking the FNV half
+/// instead would let crafted keys pile into one bucket.
 #[derive(Default)]
 struct Passthrough(u64);
 
@@ -265,7 +267,7 @@ impl Hasher for Passthrough {
     }
 
     fn write_u128(&mut self, n: u128) {
-        self.0 = n as u64;
+        self.0 = ((n >> 64) as u64).rotate_left(8);
     }
 }
 
