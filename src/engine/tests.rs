@@ -800,3 +800,59 @@ async fn held_nacks_are_settled_when_serving_stops() {
     bounded(task).await.unwrap().unwrap_err();
     assert_eq!(source.settled(), [(1, Settle::Nack { delay: None })]);
 }
+
+/// Collects the messages of WARN events.
+#[cfg(feature = "tracing")]
+#[derive(Clone, Default)]
+struct Warnings(Arc<Mutex<Vec<String>>>);
+
+#[cfg(feature = "tracing")]
+impl tracing::Subscriber for Warnings {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        *metadata.level() <= tracing::Level::WARN
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Message<'a>(&'a mut String);
+        impl tracing::field::Visit for Message<'_> {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    *self.0 = format!("{value:?}");
+                }
+            }
+        }
+        let mut text = String::new();
+        event.record(&mut Message(&mut text));
+        self.0.lock().unwrap().push(text);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[cfg(feature = "tracing")]
+#[tokio::test(flavor = "current_thread")]
+async fn a_reject_without_a_dead_letter_topic_is_dropped_with_a_warning() {
+    let warnings = Warnings::default();
+    let _guard = tracing::subscriber::set_default(warnings.clone());
+    let source = Scripted::with(vec![Step::Deliver(vec![7])]);
+    let engine = Engine::new(source.clone(), fast()).unwrap();
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(|_: Context, _: Message| async { Err(Error::reject("not json")) }),
+    );
+    eventually("settled", || source.settled().len() == 1).await;
+    assert_eq!(source.settled(), [(7, Settle::Reject)]);
+    engine.shutdown(Duration::from_secs(5)).await.unwrap();
+    bounded(task).await.unwrap().unwrap_err();
+    let warnings = warnings.0.lock().unwrap().clone();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("dropping message 7") && w.contains("not json")),
+        "{warnings:?}"
+    );
+}
