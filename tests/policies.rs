@@ -193,13 +193,15 @@ async fn dedupe_marks_a_key_done_only_after_success() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_deliveries_of_one_key_run_once() {
     let runs = Arc::new(AtomicUsize::new(0));
-    let r = runs.clone();
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let (r, g) = (runs.clone(), gate.clone());
     let dedupe = Arc::new(
         Dedupe::new(
             ReceiverFunc::new(move |_: Context, _: Message| {
                 r.fetch_add(1, Ordering::SeqCst);
-                async {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                let g = g.clone();
+                async move {
+                    g.notified().await;
                     Ok(())
                 }
             }),
@@ -207,21 +209,22 @@ async fn concurrent_deliveries_of_one_key_run_once() {
         )
         .busy_retry(Duration::from_millis(50)),
     );
-    let (a, b) = (dedupe.clone(), dedupe.clone());
-    let (ra, rb) = tokio::join!(
-        tokio::spawn(async move { a.receive(at(1), keyed("same", "x")).await }),
-        tokio::spawn(async move { b.receive(at(1), keyed("same", "x")).await }),
-    );
-    let results = [ra.unwrap(), rb.unwrap()];
-    assert_eq!(runs.load(Ordering::SeqCst), 1);
-    let busy = results
-        .iter()
-        .find(|r| r.is_err())
-        .expect("one was told to wait");
+    // The first delivery is inside the receiver, holding the key...
+    let first = dedupe.clone();
+    let first = tokio::spawn(async move { first.receive(at(1), keyed("same", "x")).await });
+    eventually("the first delivery runs", || {
+        runs.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // ...when the second arrives: it is told to come back later, not run.
+    let busy = dedupe.receive(at(1), keyed("same", "x")).await.unwrap_err();
     assert_eq!(
-        busy.as_ref().unwrap_err().retry_delay(),
-        Some(Duration::from_millis(50))
+        busy.retry_delay(),
+        Some(Duration::from_millis(50)),
+        "{busy}"
     );
+    gate.notify_one();
+    first.await.unwrap().unwrap();
     // Retried after the first finished: deduped.
     dedupe.receive(at(2), keyed("same", "x")).await.unwrap();
     assert_eq!(runs.load(Ordering::SeqCst), 1);
