@@ -595,6 +595,61 @@ mod tests {
         assert!(msg.contains("x-bin") && msg.contains("UTF-8"), "{msg}");
     }
 
+    /// Random operations against a simple model (an ordered list of keys, each with its
+    /// values), many seeds: the multimap behaves as the model says.
+    #[test]
+    fn behaves_like_a_model_multimap() {
+        let keys = ["x-a", "X-A", "x-b", "X-B-c", "a B", "ü", ""];
+        let values = ["1", "2", "", "ünï", "a b"];
+        for seed in 1..200u64 {
+            let mut rng = seed;
+            let mut next = |n: usize| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                (rng % n as u64) as usize
+            };
+            let mut attrs = Attributes::new();
+            let mut model: Vec<(String, Vec<String>)> = Vec::new();
+            for _ in 0..40 {
+                let key = keys[next(keys.len())];
+                let canon = canonical_key(key).into_owned();
+                let value = values[next(values.len())];
+                let pos = model.iter().position(|(k, _)| *k == canon);
+                match next(4) {
+                    0 => {
+                        attrs.set(key, value);
+                        match pos {
+                            Some(i) => model[i].1 = vec![value.to_owned()],
+                            None => model.push((canon.clone(), vec![value.to_owned()])),
+                        }
+                    }
+                    1 => {
+                        attrs.add(key, value);
+                        match pos {
+                            Some(i) => model[i].1.push(value.to_owned()),
+                            None => model.push((canon.clone(), vec![value.to_owned()])),
+                        }
+                    }
+                    2 => {
+                        let removed = attrs.remove(key);
+                        let expected = pos.map(|i| model.remove(i).1[0].clone());
+                        assert_eq!(removed, expected, "seed {seed}");
+                    }
+                    _ => {}
+                }
+                assert_eq!(attrs.len(), model.len(), "seed {seed}");
+                for (k, vs) in &model {
+                    assert_eq!(attrs.get(k), Some(vs[0].as_str()), "seed {seed}");
+                    assert_eq!(attrs.get_all(k).collect::<Vec<_>>(), *vs, "seed {seed}");
+                }
+                let order: Vec<_> = attrs.keys().collect();
+                let expected: Vec<_> = model.iter().map(|(k, _)| k.as_str()).collect();
+                assert_eq!(order, expected, "seed {seed}");
+            }
+        }
+    }
+
     #[test]
     fn debug_lists_keys_with_their_values() {
         let a: Attributes = [("b", "1"), ("a", "2"), ("b", "3")].into_iter().collect();
