@@ -144,12 +144,11 @@ inner_accessors!([R, S] Dedupe<R, S>, R, "receiver");
 
 impl<R: Receiver, S: DedupeStore> Receiver for Dedupe<R, S> {
     async fn receive(&self, ctx: Context, msg: Message) -> Result<(), Error> {
-        // A shared copy of the attributes keeps the key readable after the message moves
-        // on, without copying it.
-        let attributes = msg.attributes.clone();
-        let Some(key) = attributes.get(&self.key) else {
+        let Some(key) = msg.attributes.get(&self.key) else {
             return self.inner.receive(ctx, msg).await;
         };
+        // The key is borrowed from the message only while claiming: the store's token
+        // carries what completing or releasing needs.
         let claimed = match self.store.claim(key, self.claim_ttl).await? {
             Claim::Done => return Ok(()),
             Claim::InProgress => {
@@ -166,7 +165,8 @@ impl<R: Receiver, S: DedupeStore> Receiver for Dedupe<R, S> {
             Err(e) => {
                 if let Err(release) = self.store.release(claimed).await {
                     crate::log::warning!(
-                        "msgio: could not release dedupe claim on {key:?} ({release}); it expires by itself"
+                        "msgio: could not release a dedupe claim on {} ({release}); it expires by itself",
+                        self.key
                     );
                 }
                 Err(e)
