@@ -64,14 +64,21 @@
 //!   adapters, boxed forms and [`SafeReceiver`].
 //! - [`engine`]: the delivery engine transports build on ([`engine::Source`],
 //!   [`engine::Engine`], [`ServerConfig`]).
+//! - [`decorators`]: what wraps a topic or a receiver: body codecs, tracing, delivery
+//!   policies (retry, dead-letter, dedupe, timeout, limits), routing and supervised
+//!   dispatch; [`MultiServer`] feeds several servers into one receiver.
 //! - [`mem`]: the in-memory transport (feature `mem`, on by default).
 //! - `testing`: the conformance kit every transport passes (feature `testing`).
 //!
 //! # Features
 //!
 //! - `mem` (default): the in-memory transport.
-//! - `tracing` (default): log lines (dropped messages, reconnects) through `tracing`.
+//! - `tracing` (default): log lines (dropped messages, reconnects) through `tracing`, and
+//!   `decorators::trace`.
 //! - `testing`: the conformance kit, `msgio::testing`.
+//! - `base64`, `gzip`, `zstd`, `lz4`: body codecs in `decorators`.
+//! - `otel`: W3C trace context through OpenTelemetry, `decorators::otel`.
+//! - `redis`: the Redis dedupe store.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
