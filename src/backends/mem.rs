@@ -450,6 +450,11 @@ impl Source for MemSource {
                         requeued = true;
                     }
                     Settle::Release => released.push(item),
+                    // Not an attempt: back after the delay, attempt count unchanged.
+                    Settle::Defer { delay } => {
+                        state.enqueue(item, Some(delay));
+                        requeued = true;
+                    }
                 }
             }
             // Back to the front, in the order they were fetched.

@@ -116,6 +116,13 @@ pub trait Source: Send + Sync + 'static {
         true
     }
 
+    /// Whether deliveries may carry [`keys::NOT_BEFORE`](crate::keys::NOT_BEFORE): when
+    /// true, the engine settles one that arrives early with [`Settle::Defer`] instead of
+    /// handing it to the receiver. Off by default, so that other sources pay nothing.
+    fn not_before(&self) -> bool {
+        false
+    }
+
     /// Re-establishes a lost connection. Called with backoff until it succeeds or the
     /// server shuts down.
     ///
@@ -182,4 +189,35 @@ pub enum Settle {
     /// Never handed to a receiver (fetched while the server was shutting down): deliver it
     /// again, without counting an attempt where the transport can.
     Release,
+    /// Not due yet (its [`keys::NOT_BEFORE`](crate::keys::NOT_BEFORE) is in the future):
+    /// deliver it again after `delay`, without counting an attempt where the transport can.
+    Defer {
+        /// How long until it is due.
+        delay: Duration,
+    },
+}
+
+/// Records `delay` in `attributes` as [`keys::NOT_BEFORE`](crate::keys::NOT_BEFORE), for
+/// a topic whose transport cannot hold a delay: the engine then defers deliveries that
+/// arrive early. A zero delay records nothing.
+///
+/// ```
+/// use msgio::{Attributes, keys};
+/// use std::time::Duration;
+///
+/// let mut attrs = Attributes::new();
+/// msgio::engine::stamp_not_before(&mut attrs, Duration::from_secs(30));
+/// assert!(attrs.get(keys::NOT_BEFORE).is_some());
+/// ```
+pub fn stamp_not_before(attributes: &mut Attributes, delay: Duration) {
+    if delay.is_zero() {
+        return;
+    }
+    let due = std::time::SystemTime::now()
+        .checked_add(delay)
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(u64::MAX, |d| {
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+        });
+    attributes.set(crate::keys::NOT_BEFORE, due.to_string());
 }

@@ -14,7 +14,7 @@ use super::{Delivery, Health, HealthState, ServerConfig, Settle, Settlement, Sou
 use crate::backoff::Delays;
 use crate::receiver::catch_panic;
 use crate::{
-    Attributes, BoxTopic, Context, Error, Message, MessageId, Receiver, Server, Topic, log,
+    Attributes, BoxTopic, Context, Error, Message, MessageId, Receiver, Server, Topic, keys, log,
 };
 
 /// A [`Server`] built from a [`Source`]: the delivery engine.
@@ -187,6 +187,8 @@ struct Dispatch<S: Source, R> {
     max_attempts: Option<u32>,
     dead_letter: Option<BoxTopic>,
     dead_letter_retry: Duration,
+    /// The source's deliveries may carry a not-before time.
+    not_before: bool,
 }
 
 impl<S: Source> Inner<S> {
@@ -214,6 +216,7 @@ impl<S: Source> Inner<S> {
             max_attempts: self.config.max_attempts,
             dead_letter: self.config.dead_letter.clone(),
             dead_letter_retry: self.config.reconnect.initial(),
+            not_before: self.source.not_before(),
         });
 
         self.fetch_loop(&dispatch).await;
@@ -406,6 +409,11 @@ impl<S: Source, R: Receiver> Dispatch<S, R> {
         attributes: Attributes,
         body: Bytes,
     ) -> Settle {
+        if self.not_before {
+            if let Some(delay) = self.not_due(message_id.as_ref(), &attributes) {
+                return Settle::Defer { delay };
+            }
+        }
         let mut ctx = Context::with_cancellation_token(self.cancel.clone())
             .with_attempt(attempt)
             .with_source(self.name.clone());
@@ -443,6 +451,26 @@ impl<S: Source, R: Receiver> Dispatch<S, R> {
         };
         // Boxed: the rare dead-letter path should not grow every message's task.
         Box::pin(self.dead_letter(topic, reason, message_id, attempt, attributes, body)).await
+    }
+
+    /// How long until the message is due, when its not-before time is still ahead. A value
+    /// that is not a number of milliseconds is ignored with a warning: the message is
+    /// delivered rather than held for ever.
+    fn not_due(&self, message_id: Option<&MessageId>, attributes: &Attributes) -> Option<Duration> {
+        let value = attributes.get(keys::NOT_BEFORE)?;
+        let Ok(due) = value.trim().parse::<u64>() else {
+            log::warning!(
+                "msgio: message {} from {:?} has an unreadable {} {value:?}; delivering it now",
+                display_id(message_id),
+                self.name,
+                keys::NOT_BEFORE
+            );
+            return None;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        (due > now).then(|| Duration::from_millis(due - now))
     }
 
     /// Publishes the message to the dead-letter topic; a failure retries it later.

@@ -168,8 +168,9 @@ async fn sleep_until_some(due: Option<Instant>) {
     }
 }
 
-/// Nacks with a delay, held until due for a source that cannot hold the delay itself:
-/// the message stays unacknowledged meanwhile, without keeping a concurrency slot.
+/// Nacks and deferrals with a delay, held until due for a source that cannot hold the
+/// delay itself (then settled as a plain nack, or a release): the message stays
+/// unacknowledged meanwhile, without keeping a concurrency slot.
 struct Held<T> {
     due: BTreeMap<(Instant, u64), Settlement<T>>,
     seq: u64,
@@ -189,23 +190,30 @@ impl<T> Held<T> {
         self.due.keys().next().map(|(at, _)| *at)
     }
 
-    /// Moves the delayed nacks out of `batch`, to be settled without delay once due.
+    /// Moves the delayed nacks and deferrals out of `batch`, to be settled without delay
+    /// once due.
     fn hold_delayed(&mut self, batch: &mut Vec<Settlement<T>>) {
         let now = Instant::now();
         let mut i = 0;
         while i < batch.len() {
-            match batch[i].action {
+            let held = match batch[i].action {
                 Settle::Nack { delay: Some(delay) } if !delay.is_zero() => {
-                    let mut settlement = batch.swap_remove(i);
-                    settlement.action = Settle::Nack { delay: None };
-                    let at = now
-                        .checked_add(delay)
-                        .unwrap_or_else(crate::context::far_future);
-                    self.seq += 1;
-                    self.due.insert((at, self.seq), settlement);
+                    Some((delay, Settle::Nack { delay: None }))
                 }
-                _ => i += 1,
-            }
+                Settle::Defer { delay } if !delay.is_zero() => Some((delay, Settle::Release)),
+                _ => None,
+            };
+            let Some((delay, then)) = held else {
+                i += 1;
+                continue;
+            };
+            let mut settlement = batch.swap_remove(i);
+            settlement.action = then;
+            let at = now
+                .checked_add(delay)
+                .unwrap_or_else(crate::context::far_future);
+            self.seq += 1;
+            self.due.insert((at, self.seq), settlement);
         }
     }
 

@@ -37,6 +37,10 @@ struct Script {
     closed: AtomicBool,
     /// The source cannot hold nack delays.
     no_nack_delay: AtomicBool,
+    /// Deliveries may carry a not-before time.
+    not_before: AtomicBool,
+    /// Extra attributes per message id.
+    extra: Mutex<std::collections::HashMap<u64, (String, String)>>,
 }
 
 #[derive(Clone, Default)]
@@ -77,9 +81,13 @@ impl Source for Scripted {
                 ids.len()
             );
             let attempts = self.0.attempts.lock().unwrap();
+            let extra = self.0.extra.lock().unwrap();
             for id in ids {
                 let mut attributes = crate::Attributes::new();
                 attributes.set("X-Id", id.to_string());
+                if let Some((k, v)) = extra.get(&id) {
+                    attributes.set(k, v.clone());
+                }
                 out.push(
                     Delivery::new(id, format!("body {id}").into())
                         .with_attributes(attributes)
@@ -122,6 +130,10 @@ impl Source for Scripted {
 
     fn nack_delay(&self) -> bool {
         !self.0.no_nack_delay.load(Ordering::SeqCst)
+    }
+
+    fn not_before(&self) -> bool {
+        self.0.not_before.load(Ordering::SeqCst)
     }
 
     async fn reconnect(&self) -> Result<(), Error> {
@@ -855,4 +867,83 @@ async fn a_reject_without_a_dead_letter_topic_is_dropped_with_a_warning() {
             .any(|w| w.contains("dropping message 7") && w.contains("not json")),
         "{warnings:?}"
     );
+}
+
+#[tokio::test]
+async fn deliveries_not_yet_due_are_deferred_without_running_the_receiver() {
+    let source = Scripted::with(vec![Step::Deliver(vec![1, 2, 3])]);
+    source.0.not_before.store(true, Ordering::SeqCst);
+    let mut ahead = crate::Attributes::new();
+    crate::engine::stamp_not_before(&mut ahead, Duration::from_secs(60));
+    let due = ahead.get(crate::keys::NOT_BEFORE).unwrap().to_owned();
+    {
+        let mut extra = source.0.extra.lock().unwrap();
+        extra.insert(1, (crate::keys::NOT_BEFORE.to_owned(), due));
+        extra.insert(2, (crate::keys::NOT_BEFORE.to_owned(), "1000".to_owned())); // long past
+        extra.insert(3, (crate::keys::NOT_BEFORE.to_owned(), "soon".to_owned())); // unreadable
+    }
+    let engine = Engine::new(source.clone(), fast()).unwrap();
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let r = ran.clone();
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(move |_: Context, msg: Message| {
+            r.lock()
+                .unwrap()
+                .push(msg.attributes.get("X-Id").unwrap().to_owned());
+            async { Ok(()) }
+        }),
+    );
+    eventually("all settled", || source.settled().len() == 3).await;
+    let settled = source.settled();
+    match &settled[0] {
+        (1, Settle::Defer { delay }) => {
+            assert!(
+                *delay > Duration::from_secs(55) && *delay <= Duration::from_secs(60),
+                "{delay:?}"
+            );
+        }
+        other => panic!("message 1 was not deferred: {other:?}"),
+    }
+    assert_eq!(settled[1..], [(2, Settle::Ack), (3, Settle::Ack)]);
+    let mut ran = ran.lock().unwrap().clone();
+    ran.sort();
+    assert_eq!(
+        ran,
+        ["2", "3"],
+        "a message not yet due reached the receiver"
+    );
+    engine.shutdown(Duration::from_secs(5)).await.unwrap();
+    bounded(task).await.unwrap().unwrap_err();
+}
+
+#[tokio::test]
+async fn deferrals_are_held_for_sources_without_delays_then_released() {
+    let source = Scripted::with(vec![Step::Deliver(vec![1])]);
+    source.0.not_before.store(true, Ordering::SeqCst);
+    source.0.no_nack_delay.store(true, Ordering::SeqCst);
+    let mut ahead = crate::Attributes::new();
+    crate::engine::stamp_not_before(&mut ahead, Duration::from_millis(150));
+    let due = ahead.get(crate::keys::NOT_BEFORE).unwrap().to_owned();
+    source
+        .0
+        .extra
+        .lock()
+        .unwrap()
+        .insert(1, (crate::keys::NOT_BEFORE.to_owned(), due));
+    let engine = Engine::new(source.clone(), fast()).unwrap();
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
+    );
+    let start = tokio::time::Instant::now();
+    eventually("released when due", || source.settled().len() == 1).await;
+    assert!(
+        start.elapsed() >= Duration::from_millis(100),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(source.settled(), [(1, Settle::Release)]);
+    engine.shutdown(Duration::from_secs(5)).await.unwrap();
+    bounded(task).await.unwrap().unwrap_err();
 }
