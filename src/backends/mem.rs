@@ -408,6 +408,7 @@ impl Source for MemSource {
                             attempt: item.attempt,
                             attributes: item.attributes.clone(),
                             body: item.body.clone(),
+                            malformed: None,
                             token: item,
                         }
                     }));

@@ -14,6 +14,23 @@ impl<T> Delivery<T> {
             attempt: 1,
             attributes: Attributes::new(),
             body,
+            malformed: None,
+        }
+    }
+
+    /// A delivery the source could not decode (a missing body field, unreadable
+    /// attributes): the engine dead-letters it with `reason` and whatever `attributes` and
+    /// `body` could be saved, or rejects it when there is no dead-letter topic, and never
+    /// hands it to the receiver, so it cannot loop.
+    pub fn malformed(
+        token: T,
+        reason: impl Into<String>,
+        attributes: Attributes,
+        body: Bytes,
+    ) -> Self {
+        Delivery {
+            malformed: Some(reason.into()),
+            ..Delivery::new(token, body).with_attributes(attributes)
         }
     }
 

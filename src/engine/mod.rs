@@ -158,6 +158,9 @@ pub struct Delivery<T> {
     pub attributes: Attributes,
     /// The body.
     pub body: Bytes,
+    /// Why the source could not decode this delivery, if it could not: the engine then
+    /// dead-letters it (or rejects it) without handing it to the receiver.
+    pub malformed: Option<String>,
 }
 
 /// A settlement the engine hands back to its [`Source`].

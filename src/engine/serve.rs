@@ -388,9 +388,16 @@ fn spawn_message<S: Source, R: Receiver + 'static>(
             attempt,
             attributes,
             body,
+            malformed,
             ..
         } = delivery;
-        let action = dispatch.handle(message_id, attempt, attributes, body).await;
+        let action = match malformed {
+            None => dispatch.handle(message_id, attempt, attributes, body).await,
+            Some(why) => {
+                let reason = format!("malformed delivery: {why}");
+                Box::pin(dispatch.give_up(reason, message_id, attempt, attributes, body)).await
+            }
+        };
         dispatch.settle(token, action);
         drop(slot);
     });
@@ -441,6 +448,20 @@ impl<S: Source, R: Receiver> Dispatch<S, R> {
                 delay: error.retry_delay(),
             };
         };
+        self.give_up(reason, message_id, attempt, attributes, body)
+            .await
+    }
+
+    /// A message that will not be retried: dead-lettered, or rejected with a warning when
+    /// there is no dead-letter topic.
+    async fn give_up(
+        &self,
+        reason: String,
+        message_id: Option<MessageId>,
+        attempt: u32,
+        attributes: Attributes,
+        body: Bytes,
+    ) -> Settle {
         let Some(topic) = &self.dead_letter else {
             log::warning!(
                 "msgio: dropping message {} from {:?} after attempt {attempt}: {reason} (no dead-letter topic)",

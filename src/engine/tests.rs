@@ -17,6 +17,8 @@ enum Step {
     Deliver(Vec<u64>),
     /// Appends these, then never returns (until the fetch is dropped).
     DeliverThenHang(Vec<u64>),
+    /// One delivery the source could not decode.
+    Malformed(u64, &'static str),
     DeliverThenFail(Vec<u64>, Error),
     Fail(Error),
 }
@@ -106,6 +108,15 @@ impl Source for Scripted {
                 Err(e)
             }
             Some(Step::Fail(e)) => Err(e),
+            Some(Step::Malformed(id, why)) => {
+                out.push(Delivery::malformed(
+                    id,
+                    why,
+                    crate::Attributes::new(),
+                    bytes::Bytes::from_static(b"\xff\x00raw"),
+                ));
+                Ok(())
+            }
             Some(Step::DeliverThenHang(ids)) => {
                 deliver(ids, out);
                 futures::future::pending().await
@@ -192,6 +203,29 @@ fn serve_in_background<R: crate::Receiver + 'static>(
 ) -> tokio::task::JoinHandle<Result<(), Error>> {
     let engine = engine.clone();
     tokio::spawn(async move { engine.serve(receiver).await })
+}
+
+/// Serves `queue` until `n` messages were read; returns their attributes and bodies.
+#[cfg(feature = "mem")]
+async fn drain(queue: &crate::mem::MemQueue, n: usize) -> Vec<(crate::Attributes, bytes::Bytes)> {
+    let read = Arc::new(Mutex::new(Vec::new()));
+    let r = read.clone();
+    let server = queue.server(fast()).unwrap();
+    let serving = server.clone();
+    let task = tokio::spawn(async move {
+        serving
+            .serve(ReceiverFunc::new(move |_: Context, msg: Message| {
+                r.lock()
+                    .unwrap()
+                    .push((msg.attributes.clone(), msg.body.as_bytes().unwrap().clone()));
+                async { Ok(()) }
+            }))
+            .await
+    });
+    eventually("the messages were read", || read.lock().unwrap().len() >= n).await;
+    server.shutdown(Duration::from_secs(5)).await.unwrap();
+    bounded(task).await.unwrap().unwrap_err();
+    read.lock().unwrap().clone()
 }
 
 fn body_of(msg: &Message) -> String {
@@ -347,30 +381,8 @@ async fn dead_letters_rejects_and_the_last_attempt_with_the_reason() {
     bounded(task).await.unwrap().unwrap_err();
 
     // Read the dead letters back.
-    let letters = Arc::new(Mutex::new(Vec::new()));
-    let l = letters.clone();
-    let server = dlq.server(fast()).unwrap();
-    let serving = server.clone();
-    let task = tokio::spawn(async move {
-        serving
-            .serve(ReceiverFunc::new(move |_: Context, msg: Message| {
-                let l = l.clone();
-                async move {
-                    l.lock()
-                        .unwrap()
-                        .push((msg.attributes.clone(), body_of(&msg)));
-                    Ok(())
-                }
-            }))
-            .await
-    });
-    eventually("both dead letters read", || {
-        letters.lock().unwrap().len() == 2
-    })
-    .await;
-    server.shutdown(Duration::from_secs(5)).await.unwrap();
-    bounded(task).await.unwrap().unwrap_err();
-    let mut letters = letters.lock().unwrap().clone();
+    let letters = drain(&dlq, 2).await;
+    let mut letters = letters;
     letters.sort_by_key(|(a, _)| a.get("X-Id").unwrap().to_owned());
     let (attrs, body) = &letters[0];
     assert_eq!(body, "body 1");
@@ -944,6 +956,61 @@ async fn deferrals_are_held_for_sources_without_delays_then_released() {
         start.elapsed()
     );
     assert_eq!(source.settled(), [(1, Settle::Release)]);
+    engine.shutdown(Duration::from_secs(5)).await.unwrap();
+    bounded(task).await.unwrap().unwrap_err();
+}
+
+#[cfg(feature = "mem")]
+#[tokio::test]
+async fn malformed_deliveries_are_dead_lettered_without_reaching_the_receiver() {
+    let source = Scripted::with(vec![
+        Step::Malformed(1, "no body field"),
+        Step::Malformed(2, "bad attributes"),
+    ]);
+    let dlq = crate::mem::MemQueue::new(8).unwrap();
+    let engine = Engine::new(source.clone(), fast().dead_letter(dlq.topic())).unwrap();
+    let called = Arc::new(AtomicUsize::new(0));
+    let c = called.clone();
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(move |_: Context, _: Message| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async { Ok(()) }
+        }),
+    );
+    eventually("both settled", || source.settled().len() == 2).await;
+    assert_eq!(source.settled(), [(1, Settle::Ack), (2, Settle::Ack)]);
+    assert_eq!(called.load(Ordering::SeqCst), 0);
+    assert_eq!(dlq.len(), 2);
+    engine.shutdown(Duration::from_secs(5)).await.unwrap();
+    bounded(task).await.unwrap().unwrap_err();
+
+    let letters = drain(&dlq, 2).await;
+    let reasons: Vec<_> = letters
+        .iter()
+        .map(|(a, _)| a.get(crate::keys::DEAD_LETTER_REASON).unwrap().to_owned())
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r == "malformed delivery: no body field"),
+        "{reasons:?}"
+    );
+    assert!(
+        letters
+            .iter()
+            .all(|(_, body)| body.as_ref() == b"\xff\x00raw")
+    );
+
+    // Without a dead-letter topic: rejected, still never handed to the receiver.
+    let source = Scripted::with(vec![Step::Malformed(3, "truncated")]);
+    let engine = Engine::new(source.clone(), fast()).unwrap();
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(|_: Context, _: Message| async { panic!("must not be called") }),
+    );
+    eventually("settled", || source.settled().len() == 1).await;
+    assert_eq!(source.settled(), [(3, Settle::Reject)]);
     engine.shutdown(Duration::from_secs(5)).await.unwrap();
     bounded(task).await.unwrap().unwrap_err();
 }
