@@ -151,6 +151,16 @@ impl Attributes {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The first value of `key`, which the caller has already canonicalized (a decorator's
+    /// configured key): no canonicalization on the hot path.
+    pub(crate) fn get_canonical(&self, key: &str) -> Option<&str> {
+        debug_assert_eq!(canonical_key(key), key);
+        self.entries()
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// Every value of `key` (any case), in the order they were added.
     pub fn get_all(&self, key: &str) -> GetAll<'_> {
         let range = self.group(&canonical_key(key)).unwrap_or(0..0);

@@ -1,6 +1,7 @@
 //! Dedupe on an idempotency-key attribute.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry as Slot;
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
@@ -144,7 +145,7 @@ inner_accessors!([R, S] Dedupe<R, S>, R, "receiver");
 
 impl<R: Receiver, S: DedupeStore> Receiver for Dedupe<R, S> {
     async fn receive(&self, ctx: Context, msg: Message) -> Result<(), Error> {
-        let Some(key) = msg.attributes.get(&self.key) else {
+        let Some(key) = msg.attributes.get_canonical(&self.key) else {
             return self.inner.receive(ctx, msg).await;
         };
         // The key is borrowed from the message only while claiming: the store's token
@@ -214,6 +215,21 @@ struct Generation {
     bloom: Vec<u64>,
 }
 
+/// The two Bloom filter bits of `key` in a filter of `words` words.
+fn bits(words: usize, key: u128) -> [(usize, u64); 2] {
+    let len = (words * 64) as u64;
+    [key as u64, (key >> 32) as u64].map(|h| {
+        let bit = (h % len) as usize;
+        (bit / 64, 1u64 << (bit % 64))
+    })
+}
+
+fn set_bits(bloom: &mut [u64], key: u128) {
+    for (w, b) in bits(bloom.len(), key) {
+        bloom[w] |= b;
+    }
+}
+
 impl Generation {
     /// 16 bits per key, two probes: about 1.4% false positives when full.
     fn with_capacity(half: usize) -> Self {
@@ -223,23 +239,10 @@ impl Generation {
         }
     }
 
-    fn bits(&self, key: u128) -> [(usize, u64); 2] {
-        let len = self.bloom.len() * 64;
-        [key as u64, (key >> 32) as u64].map(|h| {
-            let bit = (h % len as u64) as usize;
-            (bit / 64, 1u64 << (bit % 64))
-        })
-    }
-
     fn may_contain(&self, key: u128) -> bool {
-        self.bits(key).iter().all(|&(w, b)| self.bloom[w] & b != 0)
-    }
-
-    fn insert(&mut self, key: u128, entry: Entry) {
-        for (w, b) in self.bits(key) {
-            self.bloom[w] |= b;
-        }
-        self.map.insert(key, entry);
+        bits(self.bloom.len(), key)
+            .iter()
+            .all(|&(w, b)| self.bloom[w] & b != 0)
     }
 
     fn clear(&mut self) {
@@ -341,27 +344,45 @@ fn expiry(now: u64, ttl: Duration) -> u64 {
 }
 
 impl Keys {
-    /// The live state of `key`, moving it into the current generation if it was in the
-    /// previous one.
-    fn get(&mut self, key: u128, now: u64) -> Option<&mut Entry> {
-        if !self.current.map.contains_key(&key) {
-            if !self.previous.may_contain(key) {
-                return None;
-            }
-            let entry = self.previous.map.remove(&key)?;
-            self.put(key, entry);
-        }
-        self.current.map.get_mut(&key).filter(|entry| entry.1 > now)
-    }
-
-    fn put(&mut self, key: u128, entry: Entry) {
+    /// Claims `key` unless it is live: returns its state (`true`: done) when it is, after
+    /// recording a claim expiring at `expires` when it is not. One table probe for a new
+    /// key, plus a Bloom check of the previous generation.
+    fn claim(&mut self, key: u128, now: u64, expires: u64) -> Option<bool> {
         if self.current.map.len() >= self.half {
             // The oldest generation goes; its table is reused, so no rehashing as the new
             // generation fills.
             std::mem::swap(&mut self.previous, &mut self.current);
             self.current.clear();
         }
-        self.current.insert(key, entry);
+        let current = &mut self.current;
+        match current.map.entry(key) {
+            Slot::Occupied(mut found) => {
+                if found.get().1 > now {
+                    return Some(found.get().0);
+                }
+                *found.get_mut() = (false, expires);
+                None
+            }
+            Slot::Vacant(slot) => {
+                let older = if self.previous.may_contain(key) {
+                    self.previous.map.remove(&key).filter(|e| e.1 > now)
+                } else {
+                    None
+                };
+                set_bits(&mut current.bloom, key);
+                match older {
+                    // Still live in the previous generation: it moves to the current one.
+                    Some(entry) => {
+                        slot.insert(entry);
+                        Some(entry.0)
+                    }
+                    None => {
+                        slot.insert((false, expires));
+                        None
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -380,17 +401,14 @@ impl DedupeStore for MemoryDedupeStore {
         let (shard, fingerprint) = self.locate(key);
         let now = self.now();
         let mut keys = self.lock(shard);
-        Ok(match keys.get(fingerprint, now) {
-            Some((true, _)) => Claim::Done,
-            Some(_) => Claim::InProgress,
-            None => {
-                keys.put(fingerprint, (false, expiry(now, ttl)));
-                Claim::Acquired(MemoryClaim {
-                    shard,
-                    fingerprint,
-                    at: now,
-                })
-            }
+        Ok(match keys.claim(fingerprint, now, expiry(now, ttl)) {
+            Some(true) => Claim::Done,
+            Some(false) => Claim::InProgress,
+            None => Claim::Acquired(MemoryClaim {
+                shard,
+                fingerprint,
+                at: now,
+            }),
         })
     }
 
@@ -398,10 +416,17 @@ impl DedupeStore for MemoryDedupeStore {
     /// next to a dedupe window; this saves reading the clock twice a message).
     async fn complete(&self, claimed: MemoryClaim, ttl: Duration) -> Result<(), Error> {
         let entry = (true, expiry(claimed.at, ttl));
-        let mut keys = self.lock(claimed.shard);
+        let mut guard = self.lock(claimed.shard);
+        let keys = &mut *guard;
         match keys.current.map.get_mut(&claimed.fingerprint) {
             Some(state) => *state = entry,
-            None => keys.put(claimed.fingerprint, entry),
+            // Rotated into the previous generation meanwhile (or forgotten): record it in
+            // the current one.
+            None => {
+                keys.previous.map.remove(&claimed.fingerprint);
+                set_bits(&mut keys.current.bloom, claimed.fingerprint);
+                keys.current.map.insert(claimed.fingerprint, entry);
+            }
         }
         Ok(())
     }
@@ -419,5 +444,61 @@ impl DedupeStore for MemoryDedupeStore {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(half: usize) -> Keys {
+        Keys {
+            half,
+            current: Generation::with_capacity(half),
+            previous: Generation::with_capacity(half),
+        }
+    }
+
+    #[test]
+    fn generations_keep_live_keys_and_forget_the_oldest() {
+        const A: u128 = 1000;
+        let far = u64::MAX;
+        let mut k = keys(4);
+        assert_eq!(k.claim(A, 0, far), None, "claimed");
+        assert_eq!(k.claim(A, 0, far), Some(false), "in progress");
+        k.current.map.insert(A, (true, far)); // completed
+        // Four new keys: the fourth rotates the generations; A is in the previous one.
+        for key in 1..=4 {
+            assert_eq!(k.claim(key, 0, far), None);
+        }
+        assert!(k.previous.map.contains_key(&A));
+        assert_eq!(
+            k.claim(A, 0, far),
+            Some(true),
+            "found in the previous generation"
+        );
+        assert!(
+            k.current.map.contains_key(&A),
+            "and moved back into the current one"
+        );
+        // Two rotations later, A is forgotten: the store stays bounded.
+        for key in 5..=11 {
+            assert_eq!(k.claim(key, 0, far), None);
+        }
+        assert_eq!(
+            k.claim(A, 0, far),
+            None,
+            "a forgotten key is claimed afresh"
+        );
+        assert!(k.current.map.len() + k.previous.map.len() <= 8);
+    }
+
+    #[test]
+    fn expired_keys_are_claimed_again() {
+        let mut k = keys(8);
+        assert_eq!(k.claim(9, 10, 20), None);
+        assert_eq!(k.claim(9, 15, 40), Some(false));
+        assert_eq!(k.claim(9, 25, 40), None, "the claim expired at 20");
+        assert_eq!(k.claim(9, 30, 50), Some(false));
     }
 }

@@ -99,7 +99,7 @@ impl Router {
 
 impl Receiver for Router {
     async fn receive(&self, ctx: Context, msg: Message) -> Result<(), Error> {
-        let value = msg.attributes.get(&self.inner.key);
+        let value = msg.attributes.get_canonical(&self.inner.key);
         match self.pick(value) {
             Some(receiver) => receiver.receive(ctx, msg).await,
             None => Err(Error::reject(match value {
