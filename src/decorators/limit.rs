@@ -108,6 +108,14 @@ impl Bucket {
     }
 }
 
+impl Bucket {
+    /// Gives back a reserved token (its message was cancelled while waiting).
+    fn unreserve(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.0 = (state.0 + 1.0).min(self.burst);
+    }
+}
+
 impl<R> RateLimit<R> {
     /// At most `per_second` of `inner`'s messages a second, bursts of `burst`.
     ///
@@ -148,7 +156,10 @@ impl<R: Receiver> Receiver for RateLimit<R> {
         if !wait.is_zero() {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = ctx.cancelled() => return Err(Error::Cancelled),
+                _ = ctx.cancelled() => {
+                    self.bucket.unreserve();
+                    return Err(Error::Cancelled);
+                }
             }
         }
         self.inner.receive(ctx, msg).await
