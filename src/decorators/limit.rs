@@ -165,3 +165,38 @@ impl<R: Receiver> Receiver for RateLimit<R> {
         self.inner.receive(ctx, msg).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ReceiverFunc;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_wait_gives_its_token_back() {
+        let limited = RateLimit::new(
+            ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
+            10.0,
+            1,
+        )
+        .unwrap();
+        let start = Instant::now();
+        limited
+            .receive(Context::background(), Message::default())
+            .await
+            .unwrap();
+        assert_eq!(start.elapsed(), Duration::ZERO, "the burst token");
+        let cancelled = Context::background();
+        cancelled.cancel();
+        let err = limited
+            .receive(cancelled, Message::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Cancelled));
+        // One token every 100 ms: the next message waits for one token, not two.
+        limited
+            .receive(Context::background(), Message::default())
+            .await
+            .unwrap();
+        assert_eq!(start.elapsed(), Duration::from_millis(100));
+    }
+}
