@@ -395,7 +395,8 @@ fn spawn_message<S: Source, R: Receiver + 'static>(
             None => dispatch.handle(message_id, attempt, attributes, body).await,
             Some(why) => {
                 let reason = format!("malformed delivery: {why}");
-                Box::pin(dispatch.give_up(reason, message_id, attempt, attributes, body)).await
+                let kept = Some((attributes, body));
+                Box::pin(dispatch.give_up(reason, message_id, attempt, kept)).await
             }
         };
         dispatch.settle(token, action);
@@ -427,8 +428,14 @@ impl<S: Source, R: Receiver> Dispatch<S, R> {
         if let Some(id) = &message_id {
             ctx = ctx.with_message_id(id.clone());
         }
-        // Attributes and body are shared, not copied: the originals stay for dead-lettering.
-        let message = Message::from_parts(attributes.clone(), body.clone());
+        // With a dead-letter topic the originals stay for it (shared, not copied); without
+        // one the message simply moves on.
+        let (message, kept) = if self.dead_letter.is_some() {
+            let message = Message::from_parts(attributes.clone(), body.clone());
+            (message, Some((attributes, body)))
+        } else {
+            (Message::from_parts(attributes, body), None)
+        };
         let result = tokio::select! {
             biased;
             result = catch_panic(|| self.receiver.receive(ctx, message)) => result,
@@ -448,8 +455,7 @@ impl<S: Source, R: Receiver> Dispatch<S, R> {
                 delay: error.retry_delay(),
             };
         };
-        self.give_up(reason, message_id, attempt, attributes, body)
-            .await
+        self.give_up(reason, message_id, attempt, kept).await
     }
 
     /// A message that will not be retried: dead-lettered, or rejected with a warning when
@@ -459,10 +465,9 @@ impl<S: Source, R: Receiver> Dispatch<S, R> {
         reason: String,
         message_id: Option<MessageId>,
         attempt: u32,
-        attributes: Attributes,
-        body: Bytes,
+        kept: Option<(Attributes, Bytes)>,
     ) -> Settle {
-        let Some(topic) = &self.dead_letter else {
+        let (Some(topic), Some((attributes, body))) = (&self.dead_letter, kept) else {
             log::warning!(
                 "msgio: dropping message {} from {:?} after attempt {attempt}: {reason} (no dead-letter topic)",
                 display_id(message_id.as_ref()),
