@@ -190,6 +190,15 @@ async fn eventually(what: &str, cond: impl Fn() -> bool) {
     }
 }
 
+/// Shuts `engine` down in good time and checks that `serve` returned `ServerClosed`.
+async fn stop(engine: &Engine<Scripted>, task: tokio::task::JoinHandle<Result<(), Error>>) {
+    bounded(engine.shutdown(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let served = bounded(task).await.unwrap();
+    assert!(matches!(served, Err(Error::ServerClosed)), "{served:?}");
+}
+
 /// Bounds any future so a broken engine fails the test instead of hanging it.
 async fn bounded<T>(fut: impl Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(10), fut)
@@ -263,11 +272,7 @@ async fn acks_only_after_the_receiver_returned_ok() {
         source.settled() == [(1, Settle::Ack)]
     })
     .await;
-    engine.shutdown(Duration::from_secs(5)).await.unwrap();
-    assert!(matches!(
-        bounded(task).await.unwrap(),
-        Err(Error::ServerClosed)
-    ));
+    stop(&engine, task).await;
     assert!(source.0.closed.load(Ordering::SeqCst));
 }
 
@@ -303,11 +308,7 @@ async fn the_receivers_result_decides_each_fate() {
             (5, Settle::Nack { delay: None }),
         ]
     );
-    engine.shutdown(Duration::from_secs(5)).await.unwrap();
-    assert!(matches!(
-        bounded(task).await.unwrap(),
-        Err(Error::ServerClosed)
-    ));
+    stop(&engine, task).await;
 }
 
 #[tokio::test]
@@ -342,8 +343,7 @@ async fn receivers_see_the_delivery_facts() {
             "body 9".to_owned()
         )
     );
-    engine.shutdown(Duration::from_secs(5)).await.unwrap();
-    bounded(task).await.unwrap().unwrap_err();
+    stop(&engine, task).await;
 }
 
 #[cfg(feature = "mem")]
@@ -377,8 +377,7 @@ async fn dead_letters_rejects_and_the_last_attempt_with_the_reason() {
         ]
     );
     assert_eq!(dlq.len(), 2);
-    engine.shutdown(Duration::from_secs(5)).await.unwrap();
-    bounded(task).await.unwrap().unwrap_err();
+    stop(&engine, task).await;
 
     // Read the dead letters back.
     let letters = drain(&dlq, 2).await;
@@ -429,8 +428,7 @@ async fn a_failed_dead_letter_is_retried_not_lost() {
         source.settled()[0].1,
         Settle::Nack { delay: Some(_) }
     ));
-    engine.shutdown(Duration::from_secs(5)).await.unwrap();
-    bounded(task).await.unwrap().unwrap_err();
+    stop(&engine, task).await;
 }
 
 #[tokio::test]
@@ -449,8 +447,7 @@ async fn reconnects_with_backoff_after_a_connection_lost_mid_batch() {
     assert!(source.settled().iter().all(|(_, s)| *s == Settle::Ack));
     assert_eq!(source.0.reconnects.load(Ordering::SeqCst), 3);
     eventually("healthy again", || engine.health().is_healthy()).await;
-    engine.shutdown(Duration::from_secs(5)).await.unwrap();
-    bounded(task).await.unwrap().unwrap_err();
+    stop(&engine, task).await;
     assert_eq!(engine.health().state, HealthState::Closed);
 }
 
@@ -468,8 +465,7 @@ async fn other_fetch_errors_back_off_without_reconnecting() {
     );
     eventually("acked", || source.settled().len() == 1).await;
     assert_eq!(source.0.reconnects.load(Ordering::SeqCst), 0);
-    engine.shutdown(Duration::from_secs(5)).await.unwrap();
-    bounded(task).await.unwrap().unwrap_err();
+    stop(&engine, task).await;
 }
 
 #[tokio::test]
@@ -482,8 +478,7 @@ async fn settle_failures_are_retried_and_do_not_stop_serving() {
         ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
     );
     eventually("both acked", || source.settled().len() == 2).await;
-    engine.shutdown(Duration::from_secs(5)).await.unwrap();
-    bounded(task).await.unwrap().unwrap_err();
+    stop(&engine, task).await;
 
     // Failures beyond the retries: given up (the broker redelivers), serving goes on.
     let source = Scripted::with(vec![Step::Deliver(vec![1])]);
@@ -505,11 +500,7 @@ async fn settle_failures_are_retried_and_do_not_stop_serving() {
             .unwrap()
             .contains("settle refused")
     );
-    engine.shutdown(Duration::from_secs(5)).await.unwrap();
-    assert!(matches!(
-        bounded(task).await.unwrap(),
-        Err(Error::ServerClosed)
-    ));
+    stop(&engine, task).await;
 }
 
 #[tokio::test]
@@ -532,8 +523,7 @@ async fn settlements_are_batched_by_count_and_flushed_by_interval() {
     assert!(sizes.iter().all(|&n| n <= 4), "batches {sizes:?}");
     assert!(sizes.len() < 10, "not batched: {sizes:?}");
 
-    engine.shutdown(Duration::from_secs(5)).await.unwrap();
-    bounded(task).await.unwrap().unwrap_err();
+    stop(&engine, task).await;
 
     // A lone settlement goes out once the interval passes, not when a batch fills.
     let source = Scripted::with(vec![Step::Deliver(vec![1])]);
@@ -549,8 +539,7 @@ async fn settlements_are_batched_by_count_and_flushed_by_interval() {
         ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
     );
     eventually("the lone ack was flushed", || source.settled().len() == 1).await;
-    engine.shutdown(Duration::from_secs(5)).await.unwrap();
-    bounded(task).await.unwrap().unwrap_err();
+    stop(&engine, task).await;
 }
 
 #[tokio::test]
@@ -588,8 +577,7 @@ async fn concurrency_and_prefetch_are_bounded() {
         maxes.iter().all(|&m| (1..=5).contains(&m)),
         "fetch max {maxes:?}"
     );
-    engine.shutdown(Duration::from_secs(5)).await.unwrap();
-    bounded(task).await.unwrap().unwrap_err();
+    stop(&engine, task).await;
 }
 
 #[tokio::test]
@@ -703,8 +691,7 @@ async fn serving_twice_or_after_shutdown_is_an_error() {
         .serve(ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }))
         .await;
     assert!(matches!(second, Err(Error::AlreadyServing)), "{second:?}");
-    engine.shutdown(Duration::from_secs(5)).await.unwrap();
-    bounded(task).await.unwrap().unwrap_err();
+    stop(&engine, task).await;
     let after = engine
         .serve(ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }))
         .await;
@@ -757,8 +744,7 @@ async fn deliveries_appended_by_an_interrupted_fetch_are_released() {
         !source.0.fetch_max.lock().unwrap().is_empty()
     })
     .await;
-    engine.shutdown(Duration::from_secs(5)).await.unwrap();
-    bounded(task).await.unwrap().unwrap_err();
+    stop(&engine, task).await;
     assert_eq!(
         source.settled(),
         [(1, Settle::Release), (2, Settle::Release)]
@@ -797,8 +783,7 @@ async fn delayed_nacks_are_held_by_the_engine_for_sources_without_delays() {
             .settled()
             .contains(&(1, Settle::Nack { delay: None }))
     );
-    engine.shutdown(Duration::from_secs(5)).await.unwrap();
-    bounded(task).await.unwrap().unwrap_err();
+    stop(&engine, task).await;
 }
 
 #[tokio::test]
@@ -870,8 +855,7 @@ async fn a_reject_without_a_dead_letter_topic_is_dropped_with_a_warning() {
     );
     eventually("settled", || source.settled().len() == 1).await;
     assert_eq!(source.settled(), [(7, Settle::Reject)]);
-    engine.shutdown(Duration::from_secs(5)).await.unwrap();
-    bounded(task).await.unwrap().unwrap_err();
+    stop(&engine, task).await;
     let warnings = warnings.0.lock().unwrap().clone();
     assert!(
         warnings
@@ -925,8 +909,7 @@ async fn deliveries_not_yet_due_are_deferred_without_running_the_receiver() {
         ["2", "3"],
         "a message not yet due reached the receiver"
     );
-    engine.shutdown(Duration::from_secs(5)).await.unwrap();
-    bounded(task).await.unwrap().unwrap_err();
+    stop(&engine, task).await;
 }
 
 #[tokio::test]
@@ -956,8 +939,7 @@ async fn deferrals_are_held_for_sources_without_delays_then_released() {
         start.elapsed()
     );
     assert_eq!(source.settled(), [(1, Settle::Release)]);
-    engine.shutdown(Duration::from_secs(5)).await.unwrap();
-    bounded(task).await.unwrap().unwrap_err();
+    stop(&engine, task).await;
 }
 
 #[cfg(feature = "mem")]
@@ -982,8 +964,7 @@ async fn malformed_deliveries_are_dead_lettered_without_reaching_the_receiver() 
     assert_eq!(source.settled(), [(1, Settle::Ack), (2, Settle::Ack)]);
     assert_eq!(called.load(Ordering::SeqCst), 0);
     assert_eq!(dlq.len(), 2);
-    engine.shutdown(Duration::from_secs(5)).await.unwrap();
-    bounded(task).await.unwrap().unwrap_err();
+    stop(&engine, task).await;
 
     let letters = drain(&dlq, 2).await;
     let reasons: Vec<_> = letters
@@ -1011,6 +992,5 @@ async fn malformed_deliveries_are_dead_lettered_without_reaching_the_receiver() 
     );
     eventually("settled", || source.settled().len() == 1).await;
     assert_eq!(source.settled(), [(3, Settle::Reject)]);
-    engine.shutdown(Duration::from_secs(5)).await.unwrap();
-    bounded(task).await.unwrap().unwrap_err();
+    stop(&engine, task).await;
 }
