@@ -1,6 +1,5 @@
 //! Exponential backoff with jitter.
 
-use std::hash::{BuildHasher, Hasher, RandomState};
 use std::time::Duration;
 
 use crate::Error;
@@ -104,7 +103,7 @@ impl Backoff {
         Delays {
             backoff: *self,
             next: self.initial,
-            rng: RandomState::new().build_hasher().finish() | 1,
+            rng: crate::random::u64() | 1,
         }
     }
 }

@@ -67,7 +67,8 @@
 //! - [`decorators`]: what wraps a topic or a receiver: body codecs, tracing, delivery
 //!   policies (retry, dead-letter, dedupe, timeout, limits), routing and supervised
 //!   dispatch; [`MultiServer`] feeds several servers into one receiver.
-//! - [`mem`]: the in-memory transport (feature `mem`, on by default).
+//! - [`mem`]: the in-memory transport (feature `mem`, on by default); `redis`: Redis
+//!   Streams (feature `redis`).
 //! - `testing`: the conformance kit every transport passes (feature `testing`).
 //!
 //! # Features
@@ -78,7 +79,7 @@
 //! - `testing`: the conformance kit, `msgio::testing`.
 //! - `base64`, `gzip`, `zstd`, `lz4`: body codecs in `decorators`.
 //! - `otel`: W3C trace context through OpenTelemetry, `decorators::otel`.
-//! - `redis`: the Redis dedupe store.
+//! - `redis`: the Redis Streams transport, [`redis`](crate::redis), and the Redis dedupe store.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
@@ -96,6 +97,7 @@ mod error;
 mod log;
 mod message;
 mod multiserver;
+mod random;
 mod receiver;
 mod redact;
 mod server;
@@ -109,6 +111,11 @@ pub mod keys;
 #[cfg_attr(docsrs, doc(cfg(feature = "mem")))]
 #[path = "backends/mem.rs"]
 pub mod mem;
+
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+#[path = "backends/redis/mod.rs"]
+pub mod redis;
 
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]

@@ -45,13 +45,7 @@ impl fmt::Debug for RedisDedupeStore {
     }
 }
 
-fn redis_error(e: redis::RedisError) -> Error {
-    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
-        Error::connection_lost(e)
-    } else {
-        Error::other(e)
-    }
-}
+use crate::redis::error as redis_error;
 
 impl RedisDedupeStore {
     /// Connects to the Redis at `url` (its password never shows in errors or `Debug`).
@@ -61,9 +55,7 @@ impl RedisDedupeStore {
     /// [`Error::InvalidConfig`] for a malformed URL, [`Error::ConnectionLost`] when Redis
     /// does not answer.
     pub async fn connect(url: &str) -> Result<Self, Error> {
-        let shown = crate::redact::url(url);
-        let client = redis::Client::open(url)
-            .map_err(|e| Error::invalid_config("redis url", format!("{shown}: {e}")))?;
+        let (client, shown) = crate::redis::client(url)?;
         let conn = client
             .get_multiplexed_async_connection()
             .await

@@ -286,11 +286,7 @@ pub fn skip_or_fail(broker: &str, url: &str, error: &dyn fmt::Display) {
 
 /// A random lower-case hex suffix, for names tests must not share.
 pub fn unique_suffix() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let n = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    format!("{n:016x}")
+    crate::random::hex()
 }
 
 /// How long one case may take before it fails as hung.

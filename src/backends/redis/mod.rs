@@ -1,0 +1,174 @@
+//! The Redis Streams transport (feature `redis`): a topic that `XADD`s and a server on a
+//! consumer group, built on the delivery engine.
+//!
+//! ```no_run
+//! use msgio::redis::{Redis, StreamOptions};
+//! use msgio::{Context, Message, ReceiverFunc, Server, ServerConfig, Topic};
+//!
+//! # async fn demo() -> Result<(), msgio::Error> {
+//! let redis = Redis::connect("redis://127.0.0.1:6379").await?;
+//! let topic = redis.topic("orders").max_len(1_000_000);
+//! topic.publish(&Context::background(), Message::new("order 1")).await?;
+//!
+//! let server = redis
+//!     .server(
+//!         StreamOptions::new("orders", "billing").dead_letter_stream("orders:dead"),
+//!         ServerConfig::new().concurrency(32).max_attempts(5),
+//!     )
+//!     .await?;
+//! server
+//!     .serve(ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }))
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Connection settings
+//!
+//! [`Redis::connect`] takes a `redis://[user:password@]host:port[/db]` URL (`rediss://`
+//! needs TLS support in the `redis` crate, which msgio does not turn on). Tests read
+//! `REDIS_URL` and default to `redis://127.0.0.1:6379`. The password never appears in
+//! `Debug` output, errors or logs. Commands go over one multiplexed connection that
+//! reconnects by itself, so concurrent writers pipeline without waiting on each other;
+//! each server adds one connection of its own for the blocking `XREADGROUP`, with a
+//! response timeout of the block time plus [`StreamOptions::block`]'s margin.
+//!
+//! # Layout in Redis
+//!
+//! - The stream `<stream>`: one entry per message, with a field `body` (the bytes as they
+//!   are) and a field `attr:<Key>` per attribute value, in order (a key with two values
+//!   gives two fields of that name; Redis keeps both and their order).
+//! - The sorted set `<stream>:delayed`: messages published with
+//!   [`set_delay`](crate::MessageWriter::set_delay), scored by when they are due on
+//!   Redis's clock, each a MessagePack array (a nonce, the topic's `MAXLEN`, the entry's
+//!   fields). Any running server on the stream moves due ones into the stream with a
+//!   script, so each is moved once however many servers run.
+//! - The consumer group: created with `MKSTREAM` when missing, from
+//!   [`StreamOptions::start_id`] (`0` by default: a new group reads what the stream
+//!   already holds).
+//!
+//! # Delivery
+//!
+//! A server reads new entries with `XREADGROUP` (`COUNT` from the free concurrency plus
+//! prefetch, `BLOCK`), acknowledges in batches with one `XACK`, and every
+//! [`StreamOptions::claim_interval`] takes over with `XAUTOCLAIM` entries idle for longer
+//! than [`StreamOptions::min_idle`]: what a crashed consumer held goes to the others. The
+//! attempt number is the entry's delivery count. A failed attempt is claimed back at once
+//! (`XCLAIM`) for its next attempt; a retry delay is waited out by the engine while the
+//! entry stays pending, so keep retry delays under `min_idle`, or another consumer takes
+//! the entry over sooner. After the maximum attempts, or on a reject, the message goes to
+//! [`ServerConfig::dead_letter`](crate::ServerConfig::dead_letter) (set it with
+//! [`StreamOptions::dead_letter_stream`] to dead-letter to another stream) with the reason,
+//! and is acknowledged. An entry that does not decode (no `body` field, an attribute that
+//! is not UTF-8, an unknown field) is dead-lettered the same way with the reason, never
+//! handed to the receiver, so it cannot loop. On shutdown the consumer leaves the group
+//! when it holds nothing pending.
+
+mod encoding;
+mod scripts;
+mod source;
+mod topic;
+
+use std::fmt;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+pub use source::{RedisServer, StreamOptions};
+pub use topic::{RedisPublisher, RedisTopic, RedisWriter};
+
+use crate::{Error, ServerConfig};
+
+/// A connection to Redis: makes [`RedisTopic`]s and [`RedisServer`]s. Cloning shares the
+/// connection.
+#[derive(Clone)]
+pub struct Redis {
+    client: redis::Client,
+    conn: ConnectionManager,
+    url: String,
+}
+
+impl fmt::Debug for Redis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Redis").field("url", &self.url).finish()
+    }
+}
+
+impl Redis {
+    /// Connects to the Redis at `url` (see the [module docs](self) for its form).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for a malformed URL; [`Error::ConnectionLost`] when Redis
+    /// does not answer. Neither shows the password.
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        let (client, shown) = client(url)?;
+        let conn = manager(&client, &shown, None).await?;
+        Ok(Redis {
+            client,
+            conn,
+            url: shown,
+        })
+    }
+
+    /// The URL connected to, password hidden.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A topic adding to `stream`.
+    pub fn topic(&self, stream: impl Into<String>) -> RedisTopic {
+        RedisTopic::new(self.conn.clone(), stream.into())
+    }
+
+    /// A server reading `options.stream` in `options.group`, creating the group (and the
+    /// stream) when missing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] naming a setting out of range; [`Error::ConnectionLost`]
+    /// when Redis does not answer; [`Error::Other`] when Redis refuses to create the group
+    /// (the key holds something else than a stream, say).
+    pub async fn server(
+        &self,
+        options: StreamOptions,
+        config: ServerConfig,
+    ) -> Result<RedisServer, Error> {
+        RedisServer::new(self, options, config).await
+    }
+}
+
+/// A client for `url`, and `url` with its password hidden.
+pub(crate) fn client(url: &str) -> Result<(redis::Client, String), Error> {
+    let shown = crate::redact::url(url);
+    let client = redis::Client::open(url)
+        .map_err(|e| Error::invalid_config("redis url", format!("{shown}: {e}")))?;
+    Ok((client, shown))
+}
+
+/// A connection that reconnects by itself, its commands timing out after `timeout`.
+pub(crate) async fn manager(
+    client: &redis::Client,
+    shown: &str,
+    timeout: Option<std::time::Duration>,
+) -> Result<ConnectionManager, Error> {
+    let mut config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
+        .set_number_of_retries(2)
+        .set_max_delay(std::time::Duration::from_secs(1));
+    if timeout.is_some() {
+        config = config.set_response_timeout(timeout);
+    }
+    client
+        .get_connection_manager_with_config(config)
+        .await
+        .map_err(|e| Error::connection_lost(format!("cannot connect to Redis at {shown}: {e}")))
+}
+
+/// A Redis error as a msgio error: a lost connection is [`Error::ConnectionLost`], so that
+/// the engine reconnects.
+pub(crate) fn error(e: redis::RedisError) -> Error {
+    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
+        Error::connection_lost(e)
+    } else {
+        Error::other(e)
+    }
+}

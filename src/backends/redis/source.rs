@@ -1,0 +1,714 @@
+//! The server: a consumer in a group, as an engine source.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::Value;
+use redis::aio::ConnectionManager;
+use tokio::time::Instant;
+
+use super::encoding::{self, Decoded};
+use super::{Redis, scripts, topic::delayed_key};
+use crate::engine::{Delivery, Engine, Health, Settle, Settlement, Source};
+use crate::{Error, Receiver, Server, ServerConfig, log};
+
+/// Where and how a [`RedisServer`] reads: the stream, the group, the consumer's name and
+/// the timings of reading and reclaiming.
+#[derive(Clone, Debug)]
+pub struct StreamOptions {
+    stream: String,
+    group: String,
+    consumer: Option<String>,
+    start_id: String,
+    block: Duration,
+    min_idle: Duration,
+    claim_interval: Duration,
+    dead_letter_stream: Option<String>,
+}
+
+impl StreamOptions {
+    /// Reads `stream` as a consumer of `group`, with the defaults: a unique consumer name,
+    /// start id `0`, block 1 s, min idle 30 s, claim interval 1 s, no dead-letter stream.
+    pub fn new(stream: impl Into<String>, group: impl Into<String>) -> Self {
+        StreamOptions {
+            stream: stream.into(),
+            group: group.into(),
+            consumer: None,
+            start_id: "0".to_owned(),
+            block: Duration::from_secs(1),
+            min_idle: Duration::from_secs(30),
+            claim_interval: Duration::from_secs(1),
+            dead_letter_stream: None,
+        }
+    }
+
+    /// The consumer's name in the group (default: `msgio-<pid>-<random>`, unique per
+    /// server). A fixed name lets a restarted process find its own pending entries at once
+    /// rather than after [`min_idle`](StreamOptions::min_idle); two running servers must
+    /// never share one.
+    pub fn consumer(mut self, name: impl Into<String>) -> Self {
+        self.consumer = Some(name.into());
+        self
+    }
+
+    /// Where a group created by the server starts: `0` (the default) reads what the stream
+    /// already holds, `$` only what is added from now on, or an entry id.
+    pub fn start_id(mut self, id: impl Into<String>) -> Self {
+        self.start_id = id.into();
+        self
+    }
+
+    /// How long one `XREADGROUP` waits for new entries (default 1 s). Also bounds how late a
+    /// delayed message that became due meanwhile is moved into the stream.
+    pub fn block(mut self, block: Duration) -> Self {
+        self.block = block;
+        self
+    }
+
+    /// How long an entry must have been pending without being acknowledged before another
+    /// consumer takes it over (default 30 s). Keep it above the time a receiver may take,
+    /// and above retry delays.
+    pub fn min_idle(mut self, min_idle: Duration) -> Self {
+        self.min_idle = min_idle;
+        self
+    }
+
+    /// How often the server looks for idle entries to take over (default 1 s).
+    pub fn claim_interval(mut self, interval: Duration) -> Self {
+        self.claim_interval = interval;
+        self
+    }
+
+    /// Dead-letters to this stream (through a [`RedisTopic`](super::RedisTopic) on the same
+    /// connection) when the [`ServerConfig`] names no dead-letter topic of its own.
+    pub fn dead_letter_stream(mut self, stream: impl Into<String>) -> Self {
+        self.dead_letter_stream = Some(stream.into());
+        self
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let nonempty = |field, value: &str| {
+            if value.is_empty() {
+                Err(Error::invalid_config(field, "must not be empty"))
+            } else {
+                Ok(())
+            }
+        };
+        nonempty("stream", &self.stream)?;
+        nonempty("group", &self.group)?;
+        nonempty("start_id", &self.start_id)?;
+        if let Some(consumer) = &self.consumer {
+            nonempty("consumer", consumer)?;
+        }
+        if let Some(dead) = &self.dead_letter_stream {
+            nonempty("dead_letter_stream", dead)?;
+            if *dead == self.stream {
+                return Err(Error::invalid_config(
+                    "dead_letter_stream",
+                    format!("{dead:?} is the stream being read"),
+                ));
+            }
+        }
+        let ms = |field, d: Duration, min: u128| {
+            if d.as_millis() < min || d.as_millis() > u128::from(u32::MAX) {
+                Err(Error::invalid_config(
+                    field,
+                    format!("{d:?} is not between {min} ms and {} ms", u32::MAX),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        ms("block", self.block, 1)?;
+        ms("min_idle", self.min_idle, 1)?;
+        ms("claim_interval", self.claim_interval, 1)?;
+        Ok(())
+    }
+}
+
+/// A server reading a Redis stream as a consumer of a group, built on the delivery engine
+/// (see the [module docs](super)). Cloning gives another handle to the same server.
+#[derive(Clone, Debug)]
+pub struct RedisServer {
+    engine: Engine<StreamSource>,
+}
+
+impl RedisServer {
+    pub(super) async fn new(
+        redis: &Redis,
+        options: StreamOptions,
+        mut config: ServerConfig,
+    ) -> Result<Self, Error> {
+        options.validate()?;
+        if config.dead_letter.is_none() {
+            if let Some(dead) = &options.dead_letter_stream {
+                config = config.dead_letter(redis.topic(dead.clone()));
+            }
+        }
+        // The blocking read gets its own connection: a multiplexed one would hold every
+        // other command behind it.
+        let reader =
+            super::manager(&redis.client, &redis.url, Some(options.block + READ_MARGIN)).await?;
+        let consumer = options.consumer.clone().unwrap_or_else(unique_consumer);
+        let source = StreamSource {
+            delayed: delayed_key(&options.stream),
+            consumer,
+            conn: redis.conn.clone(),
+            reader,
+            reading: Mutex::new(None),
+            state: Arc::new(Mutex::new(LocalState {
+                redeliver: VecDeque::new(),
+                next_claim: Instant::now(),
+                claim_cursor: "0-0".to_owned(),
+                next_promote: Instant::now(),
+                reader_id: None,
+                blocked: false,
+            })),
+            options,
+        };
+        source.create_group().await?;
+        Ok(RedisServer {
+            engine: Engine::new(source, config)?,
+        })
+    }
+
+    /// A snapshot of the server's health.
+    pub fn health(&self) -> Health {
+        self.engine.health()
+    }
+
+    /// The consumer's name in the group.
+    pub fn consumer(&self) -> &str {
+        &self.engine.source().consumer
+    }
+}
+
+impl Server for RedisServer {
+    fn serve<R: Receiver + 'static>(
+        &self,
+        receiver: R,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        self.engine.serve(receiver)
+    }
+
+    fn shutdown(&self, grace: Duration) -> impl Future<Output = Result<(), Error>> + Send {
+        self.engine.shutdown(grace)
+    }
+}
+
+/// How much longer than the block time a read may take before it counts as lost.
+const READ_MARGIN: Duration = Duration::from_secs(5);
+
+fn unique_consumer() -> String {
+    format!(
+        "msgio-{}-{}",
+        std::process::id(),
+        &crate::random::hex()[..8]
+    )
+}
+
+/// A delivery's token: the entry id and which attempt it was.
+#[derive(Debug)]
+pub(super) struct Token {
+    id: String,
+    attempt: u32,
+}
+
+pub(super) struct StreamSource {
+    options: StreamOptions,
+    delayed: String,
+    consumer: String,
+    /// Settling, claiming, promoting: short commands, pipelined.
+    conn: ConnectionManager,
+    /// The blocking `XREADGROUP`, alone on its connection.
+    reader: ConnectionManager,
+    state: Arc<Mutex<LocalState>>,
+    /// The read in flight, which [`close`](Source::close) waits for.
+    reading: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+struct LocalState {
+    /// Failed attempts to claim back for their next attempt, with that attempt's number.
+    redeliver: VecDeque<(String, u32)>,
+    next_claim: Instant,
+    claim_cursor: String,
+    next_promote: Instant,
+    /// The reader connection's `CLIENT ID`, to wake a blocked read with `CLIENT UNBLOCK`.
+    reader_id: Option<i64>,
+    /// Whether a read may be blocked right now.
+    blocked: bool,
+}
+
+impl fmt::Debug for StreamSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamSource")
+            .field("stream", &self.options.stream)
+            .field("group", &self.options.group)
+            .field("consumer", &self.consumer)
+            .finish()
+    }
+}
+
+impl StreamSource {
+    fn state(&self) -> std::sync::MutexGuard<'_, LocalState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn create_group(&self) -> Result<(), Error> {
+        let result: Result<Value, _> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.options.stream)
+            .arg(&self.options.group)
+            .arg(&self.options.start_id)
+            .arg("MKSTREAM")
+            .query_async(&mut self.conn.clone())
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(super::error(e)),
+        }
+    }
+
+    /// Runs `result`'s error through NOGROUP recovery: the group (or the whole stream) is
+    /// gone, after a restart of a Redis that keeps nothing, say: create it again.
+    async fn recover(&self, e: redis::RedisError) -> Result<(), Error> {
+        if e.code() == Some("NOGROUP") {
+            log::warning!(
+                "msgio: group {:?} of stream {:?} is missing; creating it again",
+                self.options.group,
+                self.options.stream
+            );
+            return self.create_group().await;
+        }
+        if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+            self.state().reader_id = None;
+        }
+        Err(super::error(e))
+    }
+
+    fn delivery(&self, id: String, fields: Value, attempt: u32) -> Delivery<Token> {
+        let token = Token {
+            id: id.clone(),
+            attempt,
+        };
+        let decoded = match fields {
+            Value::Array(fields) => encoding::decode(fields),
+            Value::Nil => Decoded::Malformed {
+                reason: "the entry was deleted from the stream while pending".to_owned(),
+                attributes: crate::Attributes::new(),
+                body: bytes::Bytes::new(),
+            },
+            other => Decoded::Malformed {
+                reason: format!("unexpected entry layout: {other:?}"),
+                attributes: crate::Attributes::new(),
+                body: bytes::Bytes::new(),
+            },
+        };
+        let delivery = match decoded {
+            Decoded::Ok { attributes, body } => {
+                Delivery::new(token, body).with_attributes(attributes)
+            }
+            Decoded::Malformed {
+                reason,
+                attributes,
+                body,
+            } => Delivery::malformed(
+                token,
+                format!("entry {id} of stream {:?}: {reason}", self.options.stream),
+                attributes,
+                body,
+            ),
+        };
+        delivery.with_message_id(id.as_str()).with_attempt(attempt)
+    }
+
+    /// Claims back failed attempts for their next attempt.
+    async fn redeliver(
+        &self,
+        batch: Vec<(String, u32)>,
+        out: &mut Vec<Delivery<Token>>,
+    ) -> Result<(), Error> {
+        let mut cmd = redis::cmd("XCLAIM");
+        cmd.arg(&self.options.stream)
+            .arg(&self.options.group)
+            .arg(&self.consumer)
+            .arg(0);
+        for (id, _) in &batch {
+            cmd.arg(id);
+        }
+        let reply: Value = match cmd.query_async(&mut self.conn.clone()).await {
+            Ok(v) => v,
+            Err(e) => {
+                // Put them back for the next fetch (they are still pending either way).
+                self.state().redeliver.extend(batch);
+                return self.recover(e).await;
+            }
+        };
+        let attempts: std::collections::HashMap<String, u32> = batch.into_iter().collect();
+        for (id, fields) in entries(reply) {
+            let attempt = attempts.get(&id).copied().unwrap_or(1);
+            out.push(self.delivery(id, fields, attempt));
+        }
+        Ok(())
+    }
+
+    /// Takes over entries idle for longer than `min_idle`.
+    async fn claim_idle(&self, max: usize, out: &mut Vec<Delivery<Token>>) -> Result<(), Error> {
+        let cursor = self.state().claim_cursor.clone();
+        let reply: Value = match scripts::CLAIM
+            .key(&self.options.stream)
+            .arg(&self.options.group)
+            .arg(&self.consumer)
+            .arg(self.options.min_idle.as_millis() as u64)
+            .arg(&cursor)
+            .arg(max)
+            .arg(PARKING)
+            .invoke_async(&mut self.conn.clone())
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => return self.recover(e).await,
+        };
+        let Value::Array(mut parts) = reply else {
+            return Err(Error::other(format!(
+                "unexpected XAUTOCLAIM reply: {reply:?}"
+            )));
+        };
+        let more = matches!(parts.pop(), Some(Value::Int(1)));
+        let counts = match parts.pop() {
+            Some(Value::Array(counts)) => counts,
+            _ => Vec::new(),
+        };
+        let claimed = parts.pop().unwrap_or(Value::Nil);
+        let next = parts
+            .pop()
+            .and_then(string)
+            .unwrap_or_else(|| "0-0".to_owned());
+        {
+            let mut state = self.state();
+            // A full pass ends at 0-0: wait an interval before the next one.
+            state.next_claim = if next == "0-0" && !more {
+                Instant::now() + self.options.claim_interval
+            } else {
+                Instant::now()
+            };
+            state.claim_cursor = next;
+        }
+        for ((id, fields), count) in entries(claimed).into_iter().zip(
+            counts
+                .into_iter()
+                .map(|c| match c {
+                    Value::Int(n) => u32::try_from(n).unwrap_or(u32::MAX),
+                    _ => 1,
+                })
+                .chain(std::iter::repeat(1)),
+        ) {
+            out.push(self.delivery(id, fields, count));
+        }
+        Ok(())
+    }
+
+    /// Moves due delayed messages into the stream; returns when to look again.
+    async fn promote(&self) -> Result<Instant, Error> {
+        let reply: Result<(i64, i64), _> = scripts::PROMOTE
+            .key(&self.delayed)
+            .key(&self.options.stream)
+            .arg(PROMOTE_BATCH)
+            .invoke_async(&mut self.conn.clone())
+            .await;
+        let (moved, wait) = reply.map_err(super::error)?;
+        let now = Instant::now();
+        Ok(if moved >= PROMOTE_BATCH as i64 {
+            now
+        } else if wait < 0 {
+            now + self.options.block
+        } else {
+            now + Duration::from_millis(wait as u64).min(self.options.block)
+        })
+    }
+
+    /// Reads new entries, blocking until one arrives or `block` passes.
+    ///
+    /// The read runs in a task of its own, so that dropping this future (at shutdown) does
+    /// not lose what Redis already delivered: the task keeps those entries for
+    /// [`close`](Source::close) to hand back.
+    async fn read(
+        &self,
+        max: usize,
+        block: Duration,
+        out: &mut Vec<Delivery<Token>>,
+    ) -> Result<(), Error> {
+        let mut reader = self.reader.clone();
+        let reader_id = self.state().reader_id;
+        if reader_id.is_none() {
+            match redis::cmd("CLIENT")
+                .arg("ID")
+                .query_async::<i64>(&mut reader)
+                .await
+            {
+                Ok(id) => self.state().reader_id = Some(id),
+                Err(e) => return self.recover(e).await,
+            }
+        }
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&self.options.group)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(max)
+            .arg("BLOCK")
+            .arg(block.as_millis().max(1) as u64)
+            .arg("STREAMS")
+            .arg(&self.options.stream)
+            .arg(">");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let state = self.state.clone();
+        state.lock().unwrap_or_else(|p| p.into_inner()).blocked = true;
+        let task = tokio::spawn(async move {
+            let reply: Result<Value, _> = cmd.query_async(&mut reader).await;
+            let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+            state.blocked = false;
+            if let Err(Ok(unclaimed)) = tx.send(reply) {
+                // Nobody waits any more: keep them to hand back (first attempts).
+                for (id, _) in read_entries(unclaimed) {
+                    state.redeliver.push_back((id, 1));
+                }
+            }
+        });
+        *self.reading.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        let reply = match rx.await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return self.recover(e).await,
+            Err(_) => return Err(Error::other("the stream read task ended without a reply")),
+        };
+        for (id, fields) in read_entries(reply) {
+            out.push(self.delivery(id, fields, 1));
+        }
+        Ok(())
+    }
+
+    /// Wakes a blocked read, so that claimed-back attempts do not wait out the block.
+    async fn wake_reader(&self) {
+        let id = {
+            let state = self.state();
+            if !state.blocked {
+                return;
+            }
+            state.reader_id
+        };
+        if let Some(id) = id {
+            let _: Result<Value, _> = redis::cmd("CLIENT")
+                .arg("UNBLOCK")
+                .arg(id)
+                .arg("TIMEOUT")
+                .query_async(&mut self.conn.clone())
+                .await;
+        }
+    }
+}
+
+/// The consumer holding what servers handed back on shutdown, for running servers to take
+/// over at once rather than after `min_idle`.
+const PARKING: &str = "msgio:parked";
+
+/// How many delayed messages one promotion moves at most.
+const PROMOTE_BATCH: usize = 256;
+
+impl Source for StreamSource {
+    type Token = Token;
+
+    fn name(&self) -> &str {
+        &self.options.stream
+    }
+
+    fn nack_delay(&self) -> bool {
+        // The entry stays pending while the engine waits out the delay.
+        false
+    }
+
+    async fn fetch(&self, max: usize, out: &mut Vec<Delivery<Token>>) -> Result<(), Error> {
+        let max = max.max(1);
+        let (redeliver, claim_due, promote_due, next_timer) = {
+            let mut state = self.state();
+            let n = max.min(state.redeliver.len());
+            let redeliver: Vec<_> = state.redeliver.drain(..n).collect();
+            let now = Instant::now();
+            (
+                redeliver,
+                state.next_claim <= now,
+                state.next_promote <= now,
+                state.next_claim.min(state.next_promote),
+            )
+        };
+        if !redeliver.is_empty() {
+            return self.redeliver(redeliver, out).await;
+        }
+        if claim_due {
+            let before = out.len();
+            self.claim_idle(max, out).await?;
+            if out.len() > before {
+                return Ok(());
+            }
+        }
+        if promote_due {
+            let next = self.promote().await?;
+            self.state().next_promote = next;
+        }
+        let next_timer = {
+            let state = self.state();
+            state
+                .next_claim
+                .min(state.next_promote)
+                .min(next_timer.max(Instant::now()))
+        };
+        let block = next_timer
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_millis(1), self.options.block);
+        self.read(max, block, out).await
+    }
+
+    async fn settle(&self, batch: &mut Vec<Settlement<Token>>) -> Result<(), Error> {
+        let mut acks = Vec::new();
+        let mut requeued = false;
+        {
+            let mut state = self.state();
+            for settlement in batch.drain(..) {
+                let Token { id, attempt } = settlement.token;
+                let next = match settlement.action {
+                    Settle::Ack | Settle::Reject => {
+                        acks.push(id);
+                        continue;
+                    }
+                    Settle::Nack { .. } => attempt.saturating_add(1),
+                    // Not an attempt of its own.
+                    _ => attempt,
+                };
+                state.redeliver.push_back((id, next));
+                requeued = true;
+            }
+        }
+        if requeued {
+            self.wake_reader().await;
+        }
+        if acks.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("XACK");
+        cmd.arg(&self.options.stream).arg(&self.options.group);
+        for id in &acks {
+            cmd.arg(id);
+        }
+        match cmd.query_async::<Value>(&mut self.conn.clone()).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                batch.extend(acks.into_iter().map(|id| Settlement {
+                    token: Token { id, attempt: 0 },
+                    action: Settle::Ack,
+                }));
+                Err(super::error(e))
+            }
+        }
+    }
+
+    async fn reconnect(&self) -> Result<(), Error> {
+        self.state().reader_id = None;
+        let _: Value = redis::cmd("PING")
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(super::error)?;
+        let _: Value = redis::cmd("PING")
+            .query_async(&mut self.reader.clone())
+            .await
+            .map_err(super::error)?;
+        self.create_group().await
+    }
+
+    async fn close(&self) -> Result<(), Error> {
+        // A read cut short by shutdown may still bring entries: wake it and wait for them.
+        let reading = self
+            .reading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(reading) = reading {
+            self.wake_reader().await;
+            let _ = tokio::time::timeout(self.options.block + READ_MARGIN, reading).await;
+        }
+        // Failed and released attempts still pending here: park them for the other
+        // servers, their next attempt number kept as the delivery count.
+        let parked: Vec<(String, u32)> = self.state().redeliver.drain(..).collect();
+        if !parked.is_empty() {
+            let mut pipe = redis::pipe();
+            for (id, next) in &parked {
+                pipe.cmd("XCLAIM")
+                    .arg(&self.options.stream)
+                    .arg(&self.options.group)
+                    .arg(PARKING)
+                    .arg(0)
+                    .arg(id)
+                    .arg("RETRYCOUNT")
+                    .arg(next.saturating_sub(1))
+                    .arg("JUSTID")
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut self.conn.clone())
+                .await
+                .map_err(super::error)?;
+        }
+        let _: i64 = scripts::LEAVE
+            .key(&self.options.stream)
+            .arg(&self.options.group)
+            .arg(&self.consumer)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(super::error)?;
+        Ok(())
+    }
+}
+
+/// The `(id, fields)` pairs of an XREADGROUP reply: `[[stream, [[id, fields], ...]]]`, or
+/// nil when the block timed out.
+fn read_entries(reply: Value) -> Vec<(String, Value)> {
+    let Value::Array(streams) = reply else {
+        return Vec::new();
+    };
+    streams
+        .into_iter()
+        .flat_map(|stream| match stream {
+            Value::Array(mut pair) => pair.pop().map(entries).unwrap_or_default(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+/// The `(id, fields)` pairs of an entry list.
+fn entries(list: Value) -> Vec<(String, Value)> {
+    let Value::Array(list) = list else {
+        return Vec::new();
+    };
+    list.into_iter()
+        .filter_map(|entry| {
+            let Value::Array(mut pair) = entry else {
+                return None;
+            };
+            if pair.len() != 2 {
+                return None;
+            }
+            let fields = pair.pop()?;
+            let id = string(pair.pop()?)?;
+            Some((id, fields))
+        })
+        .collect()
+}
+
+fn string(value: Value) -> Option<String> {
+    match value {
+        Value::BulkString(b) => String::from_utf8(b).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}

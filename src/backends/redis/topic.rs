@@ -1,0 +1,149 @@
+//! The topic: `XADD`, or the delayed set for a writer with a delay.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use redis::aio::ConnectionManager;
+
+use super::{encoding, scripts};
+use crate::topic::{BufferedWriter, Outgoing, Publish};
+use crate::{Context, Error, Topic};
+
+/// A topic adding messages to a Redis stream (see the [module docs](super) for the
+/// layout). Cloning shares the connection; concurrent writers pipeline on it.
+#[derive(Clone)]
+pub struct RedisTopic {
+    inner: Arc<TopicInner>,
+}
+
+struct TopicInner {
+    conn: ConnectionManager,
+    stream: String,
+    delayed: String,
+    max_len: Option<usize>,
+    nonce: AtomicU64,
+}
+
+impl fmt::Debug for RedisTopic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisTopic")
+            .field("stream", &self.inner.stream)
+            .field("max_len", &self.inner.max_len)
+            .finish()
+    }
+}
+
+impl RedisTopic {
+    pub(super) fn new(conn: ConnectionManager, stream: String) -> Self {
+        RedisTopic {
+            inner: Arc::new(TopicInner {
+                conn,
+                delayed: delayed_key(&stream),
+                stream,
+                max_len: None,
+                nonce: AtomicU64::new(crate::random::u64()),
+            }),
+        }
+    }
+
+    /// Keeps the stream to about `entries` entries (`XADD MAXLEN ~`): Redis trims whole
+    /// nodes, so the stream may hold a little more. Entries trimmed before a consumer
+    /// group read them are lost to it: size this above the backlog you expect.
+    pub fn max_len(self, entries: usize) -> Self {
+        let inner = &self.inner;
+        RedisTopic {
+            inner: Arc::new(TopicInner {
+                conn: inner.conn.clone(),
+                stream: inner.stream.clone(),
+                delayed: inner.delayed.clone(),
+                max_len: Some(entries),
+                nonce: AtomicU64::new(crate::random::u64()),
+            }),
+        }
+    }
+
+    /// The stream this topic adds to.
+    pub fn stream(&self) -> &str {
+        &self.inner.stream
+    }
+}
+
+/// The sorted set holding `stream`'s delayed messages.
+pub(super) fn delayed_key(stream: &str) -> String {
+    format!("{stream}:delayed")
+}
+
+impl Topic for RedisTopic {
+    type Writer = RedisWriter;
+
+    fn new_writer(&self, ctx: &Context) -> Result<RedisWriter, Error> {
+        Ok(BufferedWriter::new(
+            RedisPublisher {
+                inner: self.inner.clone(),
+            },
+            ctx,
+        ))
+    }
+}
+
+/// The writer of a [`RedisTopic`]: closing it returns once Redis stored the message.
+pub type RedisWriter = BufferedWriter<RedisPublisher>;
+
+/// Sends whole messages to a Redis stream (for [`RedisWriter`]).
+pub struct RedisPublisher {
+    inner: Arc<TopicInner>,
+}
+
+impl fmt::Debug for RedisPublisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisPublisher")
+            .field("stream", &self.inner.stream)
+            .finish()
+    }
+}
+
+impl Publish for RedisPublisher {
+    type Future = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
+
+    fn publish(&self, ctx: &Context, message: Outgoing) -> Self::Future {
+        let inner = self.inner.clone();
+        let ctx = ctx.clone();
+        Box::pin(async move {
+            let mut conn = inner.conn.clone();
+            let send = async {
+                match message.delay.filter(|d| !d.is_zero()) {
+                    None => {
+                        let mut cmd = redis::cmd("XADD");
+                        cmd.arg(&inner.stream);
+                        if let Some(n) = inner.max_len {
+                            cmd.arg("MAXLEN").arg("~").arg(n);
+                        }
+                        cmd.arg("*");
+                        encoding::add_fields(&mut cmd, &message.attributes, &message.body);
+                        cmd.query_async::<redis::Value>(&mut conn).await
+                    }
+                    Some(delay) => {
+                        let nonce = inner.nonce.fetch_add(1, Ordering::Relaxed);
+                        let fields = encoding::fields(&message.attributes, &message.body);
+                        let member = encoding::delayed_member(nonce, inner.max_len, &fields);
+                        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX).max(1);
+                        scripts::DELAY
+                            .key(&inner.delayed)
+                            .arg(ms)
+                            .arg(member)
+                            .invoke_async::<redis::Value>(&mut conn)
+                            .await
+                    }
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = ctx.cancelled() => Err(Error::Cancelled),
+                result = send => result.map(drop).map_err(super::error),
+            }
+        })
+    }
+}
