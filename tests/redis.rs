@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use msgio::redis::{Redis, RedisServer, RedisTopic, StreamOptions};
-use msgio::testing::{Capabilities, Transport};
-use msgio::{Error, ServerConfig};
+use msgio::testing::{Capabilities, Recorder, Transport};
+use msgio::{Context, Error, Message, MessageWriter, Server, ServerConfig, Topic, keys};
 
 fn url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
@@ -105,4 +105,380 @@ async fn redis_passes_the_conformance_kit() {
     msgio::testing::run(Streams { redis }, caps)
         .await
         .assert_passed();
+}
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn stream_name() -> String {
+    format!("msgio-test:{}", msgio::testing::unique_suffix())
+}
+
+/// Deletes the test's keys when dropped, whatever the test's outcome.
+struct Cleanup(Vec<String>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let keys = std::mem::take(&mut self.0);
+        if let Ok(client) = redis::Client::open(url()) {
+            if let Ok(mut conn) = client.get_connection() {
+                for key in keys {
+                    let _: Result<(), _> = redis::cmd("DEL")
+                        .arg(&key)
+                        .arg(format!("{key}:delayed"))
+                        .query(&mut conn);
+                }
+            }
+        }
+    }
+}
+
+/// Serves `receiver` in the background; returns the server and the serving task.
+fn serve<R: msgio::Receiver + 'static>(
+    server: &RedisServer,
+    receiver: R,
+) -> tokio::task::JoinHandle<Result<(), Error>> {
+    let serving = server.clone();
+    tokio::spawn(async move { serving.serve(receiver).await })
+}
+
+async fn stop(server: &RedisServer, task: tokio::task::JoinHandle<Result<(), Error>>) {
+    server.shutdown(Duration::from_secs(10)).await.unwrap();
+    assert!(matches!(task.await.unwrap(), Err(Error::ServerClosed)));
+}
+
+fn seq_message(seq: u64) -> Message {
+    let mut msg = Message::new(format!("message {seq}"));
+    msg.attributes.set("X-Kit-Seq", seq.to_string());
+    msg
+}
+
+#[tokio::test]
+async fn an_entry_holds_the_body_and_one_field_per_attribute_value() {
+    let Some(redis) = connect().await else { return };
+    let stream = stream_name();
+    let _cleanup = Cleanup(vec![stream.clone()]);
+    let mut msg = Message::new(vec![0u8, 0xff, b'\n', 0]);
+    msg.attributes.add("x-tag", "a");
+    msg.attributes.add("X-Tag", "b");
+    msg.attributes
+        .set("content-type", "application/octet-stream");
+    redis
+        .topic(&stream)
+        .publish(&Context::background(), msg)
+        .await
+        .unwrap();
+    let entries: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+        .arg(&stream)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut raw().await)
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 1);
+    let fields: Vec<&[u8]> = entries[0].1.iter().map(Vec::as_slice).collect();
+    assert_eq!(
+        fields,
+        [
+            &b"body"[..],
+            &[0, 0xff, b'\n', 0],
+            b"attr:X-Tag",
+            b"a",
+            b"attr:X-Tag",
+            b"b",
+            b"attr:Content-Type",
+            b"application/octet-stream",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn max_len_keeps_the_stream_near_its_bound() {
+    let Some(redis) = connect().await else { return };
+    let stream = stream_name();
+    let _cleanup = Cleanup(vec![stream.clone()]);
+    let topic = redis.topic(&stream).max_len(10);
+    for seq in 0..1000 {
+        topic
+            .publish(&Context::background(), seq_message(seq))
+            .await
+            .unwrap();
+    }
+    let len: usize = redis::cmd("XLEN")
+        .arg(&stream)
+        .query_async(&mut raw().await)
+        .await
+        .unwrap();
+    // MAXLEN ~ trims whole radix-tree nodes (100 entries by default).
+    assert!((10..=200).contains(&len), "the stream holds {len} entries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_entries_are_dead_lettered_with_the_reason_and_acked() {
+    let Some(redis) = connect().await else { return };
+    let (stream, dead) = (stream_name(), stream_name());
+    let _cleanup = Cleanup(vec![stream.clone(), dead.clone()]);
+    let mut conn = raw().await;
+    for fields in [
+        vec![&b"data"[..], b"no body here"],
+        vec![b"body", b"x", b"attr:X-Bad", &[0xff, 0xfe]],
+    ] {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&stream).arg("*");
+        for f in fields {
+            cmd.arg(f);
+        }
+        let _: String = cmd.query_async(&mut conn).await.unwrap();
+    }
+    let called = Recorder::new();
+    let server = redis
+        .server(
+            StreamOptions::new(&stream, "g")
+                .dead_letter_stream(&dead)
+                .block(Duration::from_millis(100)),
+            ServerConfig::new(),
+        )
+        .await
+        .unwrap();
+    let task = serve(&server, called.clone());
+    let letters = Recorder::new();
+    let dlq = redis
+        .server(StreamOptions::new(&dead, "g"), ServerConfig::new())
+        .await
+        .unwrap();
+    let dlq_task = serve(&dlq, letters.clone());
+    let got = letters.wait_for(2, WAIT).await.unwrap();
+    let reasons: Vec<&str> = got
+        .iter()
+        .map(|r| r.attributes.get(keys::DEAD_LETTER_REASON).unwrap())
+        .collect();
+    for expected in ["attribute \"X-Bad\" is not UTF-8", "unknown field \"data\""] {
+        assert!(
+            reasons.iter().any(|r| r.contains(expected)),
+            "no reason says {expected}: {reasons:?}"
+        );
+    }
+    let kept: Vec<&[u8]> = got.iter().map(|r| r.body.as_ref()).collect();
+    assert!(
+        kept.contains(&&b"x"[..]),
+        "the saved body is kept: {kept:?}"
+    );
+    stop(&server, task).await;
+    stop(&dlq, dlq_task).await;
+    assert_eq!(
+        called.count(),
+        0,
+        "a malformed entry never reaches the receiver"
+    );
+    let pending: (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+        .arg(&stream)
+        .arg("g")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(pending.0, 0, "both entries are acked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_messages_are_moved_once_however_many_servers_run() {
+    let Some(redis) = connect().await else { return };
+    let stream = stream_name();
+    let _cleanup = Cleanup(vec![stream.clone()]);
+    let topic = redis.topic(&stream);
+    let recorder = Recorder::new();
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        let server = redis
+            .server(
+                StreamOptions::new(&stream, "g").block(Duration::from_millis(50)),
+                ServerConfig::new(),
+            )
+            .await
+            .unwrap();
+        let task = serve(&server, recorder.clone());
+        servers.push((server, task));
+    }
+    let published = std::time::Instant::now();
+    for seq in 0..60u64 {
+        let mut writer = topic.new_writer(&Context::background()).unwrap();
+        writer.attributes_mut().set("X-Kit-Seq", seq.to_string());
+        writer.set_delay(Duration::from_millis(300 + 10 * (seq % 10)));
+        futures::io::AsyncWriteExt::close(&mut writer)
+            .await
+            .unwrap();
+    }
+    recorder.wait_for(60, WAIT).await.unwrap();
+    assert!(published.elapsed() >= Duration::from_millis(300));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (server, task) in servers {
+        stop(&server, task).await;
+    }
+    let got = recorder.received();
+    let mut seqs: Vec<u64> = got.iter().filter_map(|r| r.seq()).collect();
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        (0..60).collect::<Vec<_>>(),
+        "each delayed message exactly once"
+    );
+    let waiting: usize = redis::cmd("ZCARD")
+        .arg(format!("{stream}:delayed"))
+        .query_async(&mut raw().await)
+        .await
+        .unwrap();
+    assert_eq!(waiting, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_entries_of_a_vanished_consumer_are_taken_over_with_their_delivery_count() {
+    let Some(redis) = connect().await else { return };
+    let stream = stream_name();
+    let _cleanup = Cleanup(vec![stream.clone()]);
+    let topic = redis.topic(&stream);
+    // The group exists before publishing, as a server made it.
+    let first = redis
+        .server(StreamOptions::new(&stream, "g"), ServerConfig::new())
+        .await
+        .unwrap();
+    drop(first);
+    for seq in 0..5 {
+        topic
+            .publish(&Context::background(), seq_message(seq))
+            .await
+            .unwrap();
+    }
+    // A consumer reads them and vanishes without acknowledging.
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g")
+        .arg("vanished")
+        .arg("COUNT")
+        .arg(10)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut raw().await)
+        .await
+        .unwrap();
+    let recorder = Recorder::new();
+    let server = redis
+        .server(
+            StreamOptions::new(&stream, "g")
+                .min_idle(Duration::from_millis(200))
+                .claim_interval(Duration::from_millis(50))
+                .block(Duration::from_millis(50)),
+            ServerConfig::new(),
+        )
+        .await
+        .unwrap();
+    let task = serve(&server, recorder.clone());
+    let got = recorder.wait_for(5, WAIT).await.unwrap();
+    stop(&server, task).await;
+    assert!(
+        got.iter().all(|r| r.attempt == 2),
+        "second deliveries: {:?}",
+        got.iter().map(|r| r.attempt).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_leaves_the_group_on_shutdown_only_when_it_holds_nothing() {
+    let Some(redis) = connect().await else { return };
+    let stream = stream_name();
+    let _cleanup = Cleanup(vec![stream.clone()]);
+    let consumers = || async {
+        let info: Vec<redis::Value> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&stream)
+            .arg("g")
+            .query_async(&mut raw().await)
+            .await
+            .unwrap();
+        format!("{info:?}")
+    };
+    let server = redis
+        .server(
+            StreamOptions::new(&stream, "g").consumer("worker-1"),
+            ServerConfig::new(),
+        )
+        .await
+        .unwrap();
+    let recorder = Recorder::new();
+    let task = serve(&server, recorder.clone());
+    redis
+        .topic(&stream)
+        .publish(&Context::background(), seq_message(1))
+        .await
+        .unwrap();
+    recorder.wait_for(1, WAIT).await.unwrap();
+    assert!(consumers().await.contains("worker-1"));
+    stop(&server, task).await;
+    assert!(!consumers().await.contains("worker-1"), "left the group");
+
+    // Holding a pending entry (read as worker-2 and never acknowledged), it stays.
+    redis
+        .topic(&stream)
+        .publish(&Context::background(), seq_message(2))
+        .await
+        .unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g")
+        .arg("worker-2")
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut raw().await)
+        .await
+        .unwrap();
+    let server = redis
+        .server(
+            StreamOptions::new(&stream, "g").consumer("worker-2"),
+            ServerConfig::new(),
+        )
+        .await
+        .unwrap();
+    let task = serve(&server, Recorder::new());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop(&server, task).await;
+    assert!(
+        consumers().await.contains("worker-2"),
+        "holds a pending entry"
+    );
+}
+
+#[tokio::test]
+async fn bad_options_are_refused_by_name() {
+    let Some(redis) = connect().await else { return };
+    for (options, field) in [
+        (StreamOptions::new("", "g"), "stream"),
+        (StreamOptions::new("s", ""), "group"),
+        (StreamOptions::new("s", "g").block(Duration::ZERO), "block"),
+        (
+            StreamOptions::new("s", "g").min_idle(Duration::ZERO),
+            "min_idle",
+        ),
+        (
+            StreamOptions::new("s", "g").dead_letter_stream("s"),
+            "dead_letter_stream",
+        ),
+    ] {
+        let err = redis
+            .server(options, ServerConfig::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig { .. }), "{err:?}");
+        assert!(err.to_string().contains(field), "{err} should name {field}");
+    }
+}
+
+#[tokio::test]
+async fn a_bad_url_is_refused_without_showing_the_password() {
+    let err = Redis::connect("redis://user:s3cret@127.0.0.1:1/0")
+        .await
+        .unwrap_err();
+    assert!(err.is_connection_lost(), "{err:?}");
+    assert!(!err.to_string().contains("s3cret"), "{err}");
+    assert!(!format!("{err:?}").contains("s3cret"), "{err:?}");
+    let err = Redis::connect("nonsense://:s3cret@x").await.unwrap_err();
+    assert!(!err.to_string().contains("s3cret"), "{err}");
 }
