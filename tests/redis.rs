@@ -24,7 +24,11 @@ async fn connect() -> Option<Redis> {
 
 /// A raw connection, to look at and tamper with what the transport wrote.
 async fn raw() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url())
+    raw_at(&url()).await
+}
+
+async fn raw_at(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
         .unwrap()
         .get_multiplexed_async_connection()
         .await
@@ -39,6 +43,7 @@ struct Dest {
 /// The transport under test, with short timings so that cases finish quickly.
 struct Streams {
     redis: Redis,
+    url: String,
 }
 
 impl Transport for Streams {
@@ -66,27 +71,10 @@ impl Transport for Streams {
     }
 
     async fn remove(&self, dest: Dest) -> Result<(), Error> {
-        if std::env::var("DEBUG_KIT").is_ok() {
-            let v: redis::Value = redis::cmd("XPENDING")
-                .arg(&dest.stream)
-                .arg("kit")
-                .query_async(&mut raw().await)
-                .await
-                .unwrap();
-            eprintln!("XPENDING {v:?}");
-            let v: redis::Value = redis::cmd("XINFO")
-                .arg("CONSUMERS")
-                .arg(&dest.stream)
-                .arg("kit")
-                .query_async(&mut raw().await)
-                .await
-                .unwrap();
-            eprintln!("CONSUMERS {v:?}");
-        }
         let _: () = redis::cmd("DEL")
             .arg(&dest.stream)
             .arg(format!("{}:delayed", dest.stream))
-            .query_async(&mut raw().await)
+            .query_async(&mut raw_at(&self.url).await)
             .await
             .map_err(Error::other)?;
         Ok(())
@@ -102,7 +90,7 @@ async fn redis_passes_the_conformance_kit() {
         .dead_letter()
         .persistence()
         .consumer_groups();
-    msgio::testing::run(Streams { redis }, caps)
+    msgio::testing::run(Streams { redis, url: url() }, caps)
         .await
         .assert_passed();
 }
@@ -413,13 +401,25 @@ async fn a_consumer_leaves_the_group_on_shutdown_only_when_it_holds_nothing() {
     assert!(consumers().await.contains("worker-1"));
     stop(&server, task).await;
     assert!(!consumers().await.contains("worker-1"), "left the group");
+}
 
-    // Holding a pending entry (read as worker-2 and never acknowledged), it stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_consumer_takes_back_what_its_name_held_at_once() {
+    let Some(redis) = connect().await else { return };
+    let stream = stream_name();
+    let _cleanup = Cleanup(vec![stream.clone()]);
+    drop(
+        redis
+            .server(StreamOptions::new(&stream, "g"), ServerConfig::new())
+            .await
+            .unwrap(),
+    );
     redis
         .topic(&stream)
-        .publish(&Context::background(), seq_message(2))
+        .publish(&Context::background(), seq_message(1))
         .await
         .unwrap();
+    // worker-2 read it, then its process died.
     let _: redis::Value = redis::cmd("XREADGROUP")
         .arg("GROUP")
         .arg("g")
@@ -430,6 +430,7 @@ async fn a_consumer_leaves_the_group_on_shutdown_only_when_it_holds_nothing() {
         .query_async(&mut raw().await)
         .await
         .unwrap();
+    // Restarted under the same name, with the default min_idle of 30 s.
     let server = redis
         .server(
             StreamOptions::new(&stream, "g").consumer("worker-2"),
@@ -437,13 +438,11 @@ async fn a_consumer_leaves_the_group_on_shutdown_only_when_it_holds_nothing() {
         )
         .await
         .unwrap();
-    let task = serve(&server, Recorder::new());
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let recorder = Recorder::new();
+    let task = serve(&server, recorder.clone());
+    let got = recorder.wait_for(1, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(got[0].attempt, 2);
     stop(&server, task).await;
-    assert!(
-        consumers().await.contains("worker-2"),
-        "holds a pending entry"
-    );
 }
 
 #[tokio::test]
@@ -481,4 +480,292 @@ async fn a_bad_url_is_refused_without_showing_the_password() {
     assert!(!format!("{err:?}").contains("s3cret"), "{err:?}");
     let err = Redis::connect("nonsense://:s3cret@x").await.unwrap_err();
     assert!(!err.to_string().contains("s3cret"), "{err}");
+}
+
+// ---- Chaos: a consumer killed with SIGKILL, and a Redis restarted mid-stream. ----
+
+/// Where the kill test's child consumer records what it processed before acking.
+const CHILD_STREAM: &str = "MSGIO_REDIS_CHILD_STREAM";
+
+/// Not a test of its own: the consumer process the kill test starts (and kills).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the child process of a_killed_consumers_messages_are_reclaimed_and_none_is_lost"]
+async fn child_consumer() {
+    let Ok(stream) = std::env::var(CHILD_STREAM) else {
+        return;
+    };
+    let redis = Redis::connect(&url()).await.unwrap();
+    let server = redis
+        .server(
+            StreamOptions::new(&stream, "g").consumer("child"),
+            ServerConfig::new().concurrency(8),
+        )
+        .await
+        .unwrap();
+    let done = format!("{stream}:done");
+    let conn = raw().await;
+    let receiver = msgio::ReceiverFunc::new(move |_: Context, msg: Message| {
+        let (mut conn, done) = (conn.clone(), done.clone());
+        async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let seq = msg.attributes.get("X-Kit-Seq").unwrap_or("?").to_owned();
+            let _: i64 = redis::cmd("SADD")
+                .arg(&done)
+                .arg(seq)
+                .query_async(&mut conn)
+                .await
+                .map_err(Error::other)?;
+            Ok(())
+        }
+    });
+    server.serve(receiver).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_consumers_messages_are_reclaimed_and_none_is_lost() {
+    const N: u64 = 300;
+    let Some(redis) = connect().await else { return };
+    let stream = stream_name();
+    let done = format!("{stream}:done");
+    let _cleanup = Cleanup(vec![stream.clone(), done.clone()]);
+    let topic = redis.topic(&stream);
+    for seq in 0..N {
+        topic
+            .publish(&Context::background(), seq_message(seq))
+            .await
+            .unwrap();
+    }
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "child_consumer", "--nocapture"])
+        .env(CHILD_STREAM, &stream)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut conn = raw().await;
+    // Kill it while it holds messages: some processed, some pending.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let processed: u64 = redis::cmd("SCARD")
+            .arg(&done)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if processed >= 50 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the child processed {processed}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let pending: (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+        .arg(&stream)
+        .arg("g")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(pending.0 > 0, "the child held nothing when killed");
+
+    let recorder = Recorder::new();
+    let server = redis
+        .server(
+            StreamOptions::new(&stream, "g")
+                .min_idle(Duration::from_millis(500))
+                .claim_interval(Duration::from_millis(100))
+                .block(Duration::from_millis(100)),
+            ServerConfig::new(),
+        )
+        .await
+        .unwrap();
+    let task = serve(&server, recorder.clone());
+    let by_child: Vec<u64> = redis::cmd("SMEMBERS")
+        .arg(&done)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let by_child: std::collections::BTreeSet<u64> = by_child.into_iter().collect();
+    recorder
+        .wait_until("every message once the child died", WAIT, |r| {
+            let mut all = by_child.clone();
+            all.extend(r.iter().filter_map(|r| r.seq()));
+            all.len() == N as usize
+        })
+        .await
+        .unwrap();
+    stop(&server, task).await;
+    let reclaimed = recorder.received().iter().filter(|r| r.attempt > 1).count();
+    assert!(
+        reclaimed > 0,
+        "nothing was taken over from the killed consumer"
+    );
+    let pending: (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+        .arg(&stream)
+        .arg("g")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(pending.0, 0, "everything is acknowledged");
+}
+
+/// A redis-server of the test's own, on a free loopback port, persisting every write.
+struct PrivateRedis {
+    port: u16,
+    dir: std::path::PathBuf,
+    process: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    fn start() -> std::io::Result<PrivateRedis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir =
+            std::env::temp_dir().join(format!("msgio-redis-{}", msgio::testing::unique_suffix()));
+        std::fs::create_dir_all(&dir)?;
+        let mut redis = PrivateRedis {
+            port,
+            dir,
+            process: None,
+        };
+        redis.spawn()?;
+        Ok(redis)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) -> std::io::Result<()> {
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        self.process = Some(child);
+        // Bounded wait for the port to answer.
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Err(std::io::Error::other("redis-server did not come up"))
+    }
+
+    /// Kills the server (SIGKILL: what was acknowledged is on disk) and starts it again.
+    fn restart(&mut self) -> std::io::Result<()> {
+        if let Some(mut child) = self.process.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        self.spawn()
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publisher_and_consumer_ride_out_a_redis_restart_and_lose_nothing() {
+    const N: u64 = 400;
+    let mut private = match PrivateRedis::start() {
+        Ok(p) => p,
+        Err(e) => {
+            msgio::testing::skip_or_fail("redis-server (started by the test)", "redis-server", &e);
+            return;
+        }
+    };
+    let redis = Redis::connect(&private.url()).await.unwrap();
+    let stream = stream_name();
+    let topic = redis.topic(&stream);
+    let recorder = Recorder::new();
+    let server = redis
+        .server(
+            StreamOptions::new(&stream, "g").block(Duration::from_millis(100)),
+            ServerConfig::new().reconnect_backoff(
+                msgio::Backoff::new(Duration::from_millis(50), Duration::from_millis(500), 2.0)
+                    .unwrap(),
+            ),
+        )
+        .await
+        .unwrap();
+    let task = serve(&server, recorder.clone());
+    let publisher = tokio::spawn(async move {
+        for seq in 0..N {
+            // A publisher retries what failed while Redis was down.
+            let deadline = std::time::Instant::now() + WAIT;
+            while let Err(e) = topic
+                .publish(&Context::background(), seq_message(seq))
+                .await
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "publishing {seq}: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    recorder.wait_for(100, WAIT).await.unwrap();
+    private.restart().unwrap();
+    publisher.await.unwrap();
+    recorder
+        .wait_until("every message across the restart", WAIT, |r| {
+            r.iter()
+                .filter_map(|r| r.seq())
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+                == N as usize
+        })
+        .await
+        .unwrap();
+    stop(&server, task).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_passes_the_kits_broker_restart_case() {
+    let private = match PrivateRedis::start() {
+        Ok(p) => p,
+        Err(e) => {
+            msgio::testing::skip_or_fail("redis-server (started by the test)", "redis-server", &e);
+            return;
+        }
+    };
+    let url = private.url();
+    let redis = Redis::connect(&url).await.unwrap();
+    let private = std::sync::Arc::new(std::sync::Mutex::new(private));
+    let caps = Capabilities::new().restart(move || {
+        let private = private.clone();
+        async move {
+            tokio::task::spawn_blocking(move || private.lock().unwrap().restart())
+                .await
+                .map_err(Error::other)?
+                .map_err(Error::other)
+        }
+    });
+    msgio::testing::run_matching(Streams { redis, url }, caps, |name| {
+        name == "broker_restart"
+    })
+    .await
+    .assert_passed();
 }

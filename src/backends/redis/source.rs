@@ -1,6 +1,6 @@
 //! The server: a consumer in a group, as an engine source.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -166,6 +166,9 @@ impl RedisServer {
                 next_promote: Instant::now(),
                 reader_id: None,
                 blocked: false,
+                own_checked: false,
+                in_flight: HashSet::new(),
+                unacked: Vec::new(),
             })),
             options,
         };
@@ -240,6 +243,15 @@ struct LocalState {
     reader_id: Option<i64>,
     /// Whether a read may be blocked right now.
     blocked: bool,
+    /// Whether this consumer's own pending entries were looked through since it started or
+    /// last lost its connection: what its name held before a restart, and what Redis
+    /// delivered in a reply the lost connection never brought.
+    own_checked: bool,
+    /// The entries handed to the engine and not settled yet (not to be taken back).
+    in_flight: HashSet<String>,
+    /// Acks that failed (Redis was unreachable): entry ids stay valid across connections,
+    /// so they go with the next XACK rather than waiting out `min_idle` as redeliveries.
+    unacked: Vec<String>,
 }
 
 impl fmt::Debug for StreamSource {
@@ -285,7 +297,9 @@ impl StreamSource {
             return self.create_group().await;
         }
         if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
-            self.state().reader_id = None;
+            let mut state = self.state();
+            state.reader_id = None;
+            state.own_checked = false;
         }
         Err(super::error(e))
     }
@@ -348,7 +362,7 @@ impl StreamSource {
                 return self.recover(e).await;
             }
         };
-        let attempts: std::collections::HashMap<String, u32> = batch.into_iter().collect();
+        let attempts: HashMap<String, u32> = batch.into_iter().collect();
         for (id, fields) in entries(reply) {
             let attempt = attempts.get(&id).copied().unwrap_or(1);
             out.push(self.delivery(id, fields, attempt));
@@ -356,20 +370,61 @@ impl StreamSource {
         Ok(())
     }
 
+    /// Takes back this consumer's own pending entries that nothing here holds: what its name
+    /// held before a restart, or what Redis delivered in a reply a lost connection dropped.
+    async fn take_back_own(&self, max: usize, out: &mut Vec<Delivery<Token>>) -> Result<(), Error> {
+        let known = {
+            let state = self.state();
+            state.in_flight.len() + state.redeliver.len()
+        };
+        let pending: Vec<(String, String, u64, u32)> = match redis::cmd("XPENDING")
+            .arg(&self.options.stream)
+            .arg(&self.options.group)
+            .arg("-")
+            .arg("+")
+            .arg(known + max)
+            .arg(&self.consumer)
+            .query_async(&mut self.conn.clone())
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => return self.recover(e).await,
+        };
+        let complete = pending.len() < known + max;
+        let forgotten: Vec<(String, u32)> = {
+            let state = self.state();
+            pending
+                .into_iter()
+                .filter(|(id, ..)| {
+                    !state.in_flight.contains(id) && !state.redeliver.iter().any(|(r, _)| r == id)
+                })
+                .take(max)
+                .map(|(id, _, _, count)| (id, count.saturating_add(1)))
+                .collect()
+        };
+        let taken = forgotten.len();
+        if !forgotten.is_empty() {
+            self.redeliver(forgotten, out).await?;
+        }
+        if complete && taken < max {
+            self.state().own_checked = true;
+        }
+        Ok(())
+    }
+
     /// Takes over entries idle for longer than `min_idle`.
     async fn claim_idle(&self, max: usize, out: &mut Vec<Delivery<Token>>) -> Result<(), Error> {
         let cursor = self.state().claim_cursor.clone();
-        let reply: Value = match scripts::CLAIM
+        let mut invocation = scripts::CLAIM.prepare_invoke();
+        invocation
             .key(&self.options.stream)
             .arg(&self.options.group)
             .arg(&self.consumer)
             .arg(self.options.min_idle.as_millis() as u64)
             .arg(&cursor)
-            .arg(max)
-            .arg(PARKING)
-            .invoke_async(&mut self.conn.clone())
-            .await
-        {
+            .arg(max);
+        invocation.arg(PARKING);
+        let reply: Value = match invocation.invoke_async(&mut self.conn.clone()).await {
             Ok(v) => v,
             Err(e) => return self.recover(e).await,
         };
@@ -491,6 +546,27 @@ impl StreamSource {
         Ok(())
     }
 
+    /// Acknowledges `ids` and any earlier acks that failed; keeps them for the next try
+    /// when this one fails too.
+    async fn ack(&self, mut ids: Vec<String>) -> Result<(), Error> {
+        ids.append(&mut self.state().unacked);
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("XACK");
+        cmd.arg(&self.options.stream).arg(&self.options.group);
+        for id in &ids {
+            cmd.arg(id);
+        }
+        match cmd.query_async::<Value>(&mut self.conn.clone()).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.state().unacked.append(&mut ids);
+                Err(super::error(e))
+            }
+        }
+    }
+
     /// Wakes a blocked read, so that claimed-back attempts do not wait out the block.
     async fn wake_reader(&self) {
         let id = {
@@ -518,20 +594,13 @@ const PARKING: &str = "msgio:parked";
 /// How many delayed messages one promotion moves at most.
 const PROMOTE_BATCH: usize = 256;
 
-impl Source for StreamSource {
-    type Token = Token;
-
-    fn name(&self) -> &str {
-        &self.options.stream
-    }
-
-    fn nack_delay(&self) -> bool {
-        // The entry stays pending while the engine waits out the delay.
-        false
-    }
-
-    async fn fetch(&self, max: usize, out: &mut Vec<Delivery<Token>>) -> Result<(), Error> {
-        let max = max.max(1);
+impl StreamSource {
+    /// Fetches, in order of preference: failed attempts to claim back, this consumer's own
+    /// forgotten entries, parked or idle entries to take over, new entries.
+    async fn fetch_from(&self, max: usize, out: &mut Vec<Delivery<Token>>) -> Result<(), Error> {
+        if !self.state().unacked.is_empty() {
+            self.ack(Vec::new()).await?;
+        }
         let (redeliver, claim_due, promote_due, next_timer) = {
             let mut state = self.state();
             let n = max.min(state.redeliver.len());
@@ -546,6 +615,13 @@ impl Source for StreamSource {
         };
         if !redeliver.is_empty() {
             return self.redeliver(redeliver, out).await;
+        }
+        if !self.state().own_checked {
+            let before = out.len();
+            self.take_back_own(max, out).await?;
+            if out.len() > before {
+                return Ok(());
+            }
         }
         if claim_due {
             let before = out.len();
@@ -570,6 +646,31 @@ impl Source for StreamSource {
             .clamp(Duration::from_millis(1), self.options.block);
         self.read(max, block, out).await
     }
+}
+
+impl Source for StreamSource {
+    type Token = Token;
+
+    fn name(&self) -> &str {
+        &self.options.stream
+    }
+
+    fn nack_delay(&self) -> bool {
+        // The entry stays pending while the engine waits out the delay.
+        false
+    }
+
+    async fn fetch(&self, max: usize, out: &mut Vec<Delivery<Token>>) -> Result<(), Error> {
+        let before = out.len();
+        let result = self.fetch_from(max.max(1), out).await;
+        if out.len() > before {
+            let mut state = self.state();
+            for delivery in &out[before..] {
+                state.in_flight.insert(delivery.token.id.clone());
+            }
+        }
+        result
+    }
 
     async fn settle(&self, batch: &mut Vec<Settlement<Token>>) -> Result<(), Error> {
         let mut acks = Vec::new();
@@ -578,6 +679,7 @@ impl Source for StreamSource {
             let mut state = self.state();
             for settlement in batch.drain(..) {
                 let Token { id, attempt } = settlement.token;
+                state.in_flight.remove(&id);
                 let next = match settlement.action {
                     Settle::Ack | Settle::Reject => {
                         acks.push(id);
@@ -594,28 +696,15 @@ impl Source for StreamSource {
         if requeued {
             self.wake_reader().await;
         }
-        if acks.is_empty() {
-            return Ok(());
-        }
-        let mut cmd = redis::cmd("XACK");
-        cmd.arg(&self.options.stream).arg(&self.options.group);
-        for id in &acks {
-            cmd.arg(id);
-        }
-        match cmd.query_async::<Value>(&mut self.conn.clone()).await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                batch.extend(acks.into_iter().map(|id| Settlement {
-                    token: Token { id, attempt: 0 },
-                    action: Settle::Ack,
-                }));
-                Err(super::error(e))
-            }
-        }
+        self.ack(acks).await
     }
 
     async fn reconnect(&self) -> Result<(), Error> {
-        self.state().reader_id = None;
+        {
+            let mut state = self.state();
+            state.reader_id = None;
+            state.own_checked = false;
+        }
         let _: Value = redis::cmd("PING")
             .query_async(&mut self.conn.clone())
             .await
@@ -637,6 +726,13 @@ impl Source for StreamSource {
         if let Some(reading) = reading {
             self.wake_reader().await;
             let _ = tokio::time::timeout(self.options.block + READ_MARGIN, reading).await;
+        }
+        if let Err(e) = self.ack(Vec::new()).await {
+            log::warning!(
+                "msgio: {} acks on stream {:?} could not be applied ({e}); the entries will be redelivered",
+                self.state().unacked.len(),
+                self.options.stream
+            );
         }
         // Failed and released attempts still pending here: park them for the other
         // servers, their next attempt number kept as the delivery count.
