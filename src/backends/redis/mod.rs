@@ -5,6 +5,7 @@
 //! use msgio::redis::{Redis, StreamOptions};
 //! use msgio::{Context, Message, ReceiverFunc, Server, ServerConfig, Topic};
 //!
+//! # #[allow(dead_code)]
 //! # async fn demo() -> Result<(), msgio::Error> {
 //! let redis = Redis::connect("redis://127.0.0.1:6379").await?;
 //! let topic = redis.topic("orders").max_len(1_000_000);

@@ -216,7 +216,7 @@ fn unique_consumer() -> String {
 /// A delivery's token: the entry id and which attempt it was.
 #[derive(Debug)]
 pub(super) struct Token {
-    id: String,
+    id: EntryId,
     attempt: u32,
 }
 
@@ -235,7 +235,7 @@ pub(super) struct StreamSource {
 
 struct LocalState {
     /// Failed attempts to claim back for their next attempt, with that attempt's number.
-    redeliver: VecDeque<(String, u32)>,
+    redeliver: VecDeque<(EntryId, u32)>,
     next_claim: Instant,
     claim_cursor: String,
     next_promote: Instant,
@@ -248,10 +248,10 @@ struct LocalState {
     /// delivered in a reply the lost connection never brought.
     own_checked: bool,
     /// The entries handed to the engine and not settled yet (not to be taken back).
-    in_flight: HashSet<String>,
+    in_flight: HashSet<EntryId>,
     /// Acks that failed (Redis was unreachable): entry ids stay valid across connections,
     /// so they go with the next XACK rather than waiting out `min_idle` as redeliveries.
-    unacked: Vec<String>,
+    unacked: Vec<EntryId>,
 }
 
 impl fmt::Debug for StreamSource {
@@ -304,11 +304,8 @@ impl StreamSource {
         Err(super::error(e))
     }
 
-    fn delivery(&self, id: String, fields: Value, attempt: u32) -> Delivery<Token> {
-        let token = Token {
-            id: id.clone(),
-            attempt,
-        };
+    fn delivery(&self, id: EntryId, fields: Value, attempt: u32) -> Delivery<Token> {
+        let token = Token { id, attempt };
         let decoded = match fields {
             Value::Array(fields) => encoding::decode(fields),
             Value::Nil => Decoded::Malformed {
@@ -337,13 +334,15 @@ impl StreamSource {
                 body,
             ),
         };
-        delivery.with_message_id(id.as_str()).with_attempt(attempt)
+        delivery
+            .with_message_id(id.to_string().as_str())
+            .with_attempt(attempt)
     }
 
     /// Claims back failed attempts for their next attempt.
     async fn redeliver(
         &self,
-        batch: Vec<(String, u32)>,
+        batch: Vec<(EntryId, u32)>,
         out: &mut Vec<Delivery<Token>>,
     ) -> Result<(), Error> {
         let mut cmd = redis::cmd("XCLAIM");
@@ -362,7 +361,7 @@ impl StreamSource {
                 return self.recover(e).await;
             }
         };
-        let attempts: HashMap<String, u32> = batch.into_iter().collect();
+        let attempts: HashMap<EntryId, u32> = batch.into_iter().collect();
         for (id, fields) in entries(reply) {
             let attempt = attempts.get(&id).copied().unwrap_or(1);
             out.push(self.delivery(id, fields, attempt));
@@ -377,7 +376,7 @@ impl StreamSource {
             let state = self.state();
             state.in_flight.len() + state.redeliver.len()
         };
-        let pending: Vec<(String, String, u64, u32)> = match redis::cmd("XPENDING")
+        let pending: Vec<(EntryId, redis::Value, u64, u32)> = match redis::cmd("XPENDING")
             .arg(&self.options.stream)
             .arg(&self.options.group)
             .arg("-")
@@ -391,7 +390,7 @@ impl StreamSource {
             Err(e) => return self.recover(e).await,
         };
         let complete = pending.len() < known + max;
-        let forgotten: Vec<(String, u32)> = {
+        let forgotten: Vec<(EntryId, u32)> = {
             let state = self.state();
             pending
                 .into_iter()
@@ -548,7 +547,7 @@ impl StreamSource {
 
     /// Acknowledges `ids` and any earlier acks that failed; keeps them for the next try
     /// when this one fails too.
-    async fn ack(&self, mut ids: Vec<String>) -> Result<(), Error> {
+    async fn ack(&self, mut ids: Vec<EntryId>) -> Result<(), Error> {
         ids.append(&mut self.state().unacked);
         if ids.is_empty() {
             return Ok(());
@@ -666,7 +665,7 @@ impl Source for StreamSource {
         if out.len() > before {
             let mut state = self.state();
             for delivery in &out[before..] {
-                state.in_flight.insert(delivery.token.id.clone());
+                state.in_flight.insert(delivery.token.id);
             }
         }
         result
@@ -736,7 +735,7 @@ impl Source for StreamSource {
         }
         // Failed and released attempts still pending here: park them for the other
         // servers, their next attempt number kept as the delivery count.
-        let parked: Vec<(String, u32)> = self.state().redeliver.drain(..).collect();
+        let parked: Vec<(EntryId, u32)> = self.state().redeliver.drain(..).collect();
         if !parked.is_empty() {
             let mut pipe = redis::pipe();
             for (id, next) in &parked {
@@ -768,7 +767,7 @@ impl Source for StreamSource {
 
 /// The `(id, fields)` pairs of an XREADGROUP reply: `[[stream, [[id, fields], ...]]]`, or
 /// nil when the block timed out.
-fn read_entries(reply: Value) -> Vec<(String, Value)> {
+fn read_entries(reply: Value) -> Vec<(EntryId, Value)> {
     let Value::Array(streams) = reply else {
         return Vec::new();
     };
@@ -782,7 +781,7 @@ fn read_entries(reply: Value) -> Vec<(String, Value)> {
 }
 
 /// The `(id, fields)` pairs of an entry list.
-fn entries(list: Value) -> Vec<(String, Value)> {
+fn entries(list: Value) -> Vec<(EntryId, Value)> {
     let Value::Array(list) = list else {
         return Vec::new();
     };
@@ -795,7 +794,7 @@ fn entries(list: Value) -> Vec<(String, Value)> {
                 return None;
             }
             let fields = pair.pop()?;
-            let id = string(pair.pop()?)?;
+            let id = EntryId::parse(&string(pair.pop()?)?)?;
             Some((id, fields))
         })
         .collect()
@@ -806,5 +805,45 @@ fn string(value: Value) -> Option<String> {
         Value::BulkString(b) => String::from_utf8(b).ok(),
         Value::SimpleString(s) => Some(s),
         _ => None,
+    }
+}
+
+/// A stream entry id, `<ms>-<seq>`: copied and hashed without allocating.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) struct EntryId {
+    ms: u64,
+    seq: u64,
+}
+
+impl EntryId {
+    fn parse(s: &str) -> Option<EntryId> {
+        let (ms, seq) = s.split_once('-')?;
+        Some(EntryId {
+            ms: ms.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
+impl fmt::Display for EntryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+impl redis::ToRedisArgs for EntryId {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        use std::io::Write;
+        let mut w = out.writer_for_next_arg();
+        let _ = write!(w, "{}-{}", self.ms, self.seq);
+    }
+}
+
+impl redis::FromRedisValue for EntryId {
+    fn from_redis_value(v: Value) -> Result<Self, redis::ParsingError> {
+        string(v)
+            .as_deref()
+            .and_then(EntryId::parse)
+            .ok_or_else(|| "not a stream entry id".into())
     }
 }

@@ -1,0 +1,417 @@
+//! Redis Streams, msgio against raw redis-rs doing the same commands, in the same run.
+//!
+//! Publish: 50 concurrent publishers share one connection, each message an `XADD` of a
+//! 100-byte body and two attributes (fields `body`, `attr:Content-Type`, `attr:X-Seq`).
+//! msgio publishes through `RedisTopic::publish`; raw redis-rs sends the same `XADD` on a
+//! `MultiplexedConnection` (both pipeline concurrent commands on one connection).
+//!
+//! Consume with ack: the stream is filled beforehand; the clock runs until every entry was
+//! handed to a receiver and acknowledged. msgio serves with concurrency 64 (reads of up to
+//! 128, `XACK` batches of up to 128); raw redis-rs reads `XREADGROUP COUNT 128` on its own
+//! connection, decodes each entry into a body and attributes, and sends one `XACK` per
+//! read on a second, multiplexed connection without waiting for it before the next read.
+//!
+//! Prints the median of several rounds of each (alternating), and their ratio.
+//!
+//! ```sh
+//! cargo bench --bench redis --features redis   # REDIS_URL overrides redis://127.0.0.1:6379
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use msgio::redis::{Redis, StreamOptions};
+use msgio::{Attributes, Context, Message, ReceiverFunc, Server, ServerConfig, Topic};
+use redis::Value;
+use redis::aio::MultiplexedConnection;
+
+mod common;
+use common::{Done, median};
+
+const PUBLISHERS: usize = 50;
+const CONCURRENCY: usize = 64;
+const READ_COUNT: usize = 128;
+const BODY: [u8; 100] = [b'x'; 100];
+const ROUNDS: usize = 5;
+
+fn url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+async fn raw_conn() -> MultiplexedConnection {
+    redis::Client::open(url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+fn stream_name() -> String {
+    format!("msgio-bench:{}", msgio::testing::unique_suffix())
+}
+
+async fn delete(conn: &mut MultiplexedConnection, stream: &str) {
+    let _: () = redis::cmd("DEL")
+        .arg(stream)
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
+/// msgio: `n` messages from 50 concurrent publishers; messages per second.
+async fn msgio_publish(redis: &Redis, n: usize) -> f64 {
+    let stream = stream_name();
+    let topic = redis.topic(&stream);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            let topic = topic.clone();
+            tokio::spawn(async move {
+                let ctx = Context::background();
+                for seq in (p..n).step_by(PUBLISHERS) {
+                    let mut msg = Message::new(Bytes::from_static(&BODY));
+                    msg.attributes.set("Content-Type", "text/plain");
+                    msg.attributes.set("X-Seq", seq.to_string());
+                    topic.publish(&ctx, msg).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    delete(&mut raw_conn().await, &stream).await;
+    rate
+}
+
+/// Raw redis-rs: the same XADDs from 50 concurrent publishers on one multiplexed connection.
+async fn raw_publish(n: usize) -> f64 {
+    let stream: Arc<str> = stream_name().into();
+    let conn = raw_conn().await;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            let (mut conn, stream) = (conn.clone(), stream.clone());
+            tokio::spawn(async move {
+                for seq in (p..n).step_by(PUBLISHERS) {
+                    let _: Value = redis::cmd("XADD")
+                        .arg(&*stream)
+                        .arg("*")
+                        .arg("body")
+                        .arg(&BODY[..])
+                        .arg("attr:Content-Type")
+                        .arg("text/plain")
+                        .arg("attr:X-Seq")
+                        .arg(seq.to_string())
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    delete(&mut raw_conn().await, &stream).await;
+    rate
+}
+
+/// A stream holding `n` entries as msgio writes them, and a consumer group on it.
+async fn filled(n: usize) -> String {
+    let stream = stream_name();
+    let mut conn = raw_conn().await;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let mut pipe = redis::pipe();
+        for seq in chunk {
+            pipe.cmd("XADD")
+                .arg(&stream)
+                .arg("*")
+                .arg("body")
+                .arg(&BODY[..])
+                .arg("attr:Content-Type")
+                .arg("text/plain")
+                .arg("attr:X-Seq")
+                .arg(seq.to_string())
+                .ignore();
+        }
+        let _: () = pipe.query_async(&mut conn).await.unwrap();
+    }
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("g")
+        .arg("0")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    stream
+}
+
+async fn pending(conn: &mut MultiplexedConnection, stream: &str) -> u64 {
+    let (count, ..): (u64, Value, Value, Value) = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg("g")
+        .query_async(conn)
+        .await
+        .unwrap();
+    count
+}
+
+/// msgio: serve `n` entries with concurrency 64 until all are acknowledged.
+async fn msgio_consume(redis: &Redis, n: usize) -> f64 {
+    let stream = filled(n).await;
+    let mut conn = raw_conn().await;
+    let done = Done::new(n);
+    let d = done.clone();
+    let receiver = ReceiverFunc::new(move |_: Context, mut msg: Message| {
+        let d = d.clone();
+        async move {
+            let body = msg.body.read_to_bytes(1024).await?;
+            std::hint::black_box((body, msg.attributes.get("X-Seq").is_some()));
+            d.one();
+            Ok(())
+        }
+    });
+    let server = redis
+        .server(
+            StreamOptions::new(&stream, "g").block(Duration::from_millis(100)),
+            ServerConfig::new().concurrency(CONCURRENCY),
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let serving = server.clone();
+    let task = tokio::spawn(async move { serving.serve(receiver).await });
+    done.wait().await;
+    while pending(&mut conn, &stream).await > 0 {
+        tokio::task::yield_now().await;
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    server.shutdown(Duration::from_secs(10)).await.unwrap();
+    let _ = task.await;
+    delete(&mut conn, &stream).await;
+    rate
+}
+
+/// Raw redis-rs: XREADGROUP COUNT 128 in a loop, decode, XACK each read without waiting.
+async fn raw_consume(n: usize) -> f64 {
+    let stream = filled(n).await;
+    let mut reader = raw_conn().await;
+    let acker = raw_conn().await;
+    let started = Instant::now();
+    let mut seen = 0;
+    let mut acks = Vec::new();
+    while seen < n {
+        let reply: Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("g")
+            .arg("raw")
+            .arg("COUNT")
+            .arg(READ_COUNT)
+            .arg("BLOCK")
+            .arg(100)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(">")
+            .query_async(&mut reader)
+            .await
+            .unwrap();
+        let mut ids = Vec::new();
+        for (id, fields) in decode(reply) {
+            std::hint::black_box(fields);
+            ids.push(id);
+        }
+        seen += ids.len();
+        let mut acker = acker.clone();
+        let stream = stream.clone();
+        acks.push(tokio::spawn(async move {
+            let mut cmd = redis::cmd("XACK");
+            cmd.arg(&stream).arg("g");
+            for id in ids {
+                cmd.arg(id);
+            }
+            let _: Value = cmd.query_async(&mut acker).await.unwrap();
+        }));
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    delete(&mut reader, &stream).await;
+    rate
+}
+
+/// Raw redis-rs with the same concurrency as msgio: XREADGROUP COUNT 128 in a loop, each
+/// entry decoded and handled in its own task under a semaphore of 64, its id then sent to
+/// an acker that sends one XACK per batch of up to 128 ids without waiting for it.
+async fn raw_consume_concurrent(n: usize) -> f64 {
+    let stream = filled(n).await;
+    let mut reader = raw_conn().await;
+    let acker_conn = raw_conn().await;
+    let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let acker = {
+        let stream = stream.clone();
+        tokio::spawn(async move {
+            let mut sends = Vec::new();
+            let mut acked = 0;
+            while acked < n {
+                let Some(first) = ack_rx.recv().await else {
+                    break;
+                };
+                let mut cmd = redis::cmd("XACK");
+                cmd.arg(&stream).arg("g").arg(first);
+                let mut batch = 1;
+                while batch < READ_COUNT {
+                    match ack_rx.try_recv() {
+                        Ok(id) => {
+                            cmd.arg(id);
+                            batch += 1;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                acked += batch;
+                let mut conn = acker_conn.clone();
+                sends.push(tokio::spawn(async move {
+                    let _: Value = cmd.query_async(&mut conn).await.unwrap();
+                }));
+            }
+            for s in sends {
+                s.await.unwrap();
+            }
+        })
+    };
+    let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+    let started = Instant::now();
+    let mut seen = 0;
+    while seen < n {
+        let reply: Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("g")
+            .arg("raw")
+            .arg("COUNT")
+            .arg(READ_COUNT)
+            .arg("BLOCK")
+            .arg(100)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(">")
+            .query_async(&mut reader)
+            .await
+            .unwrap();
+        for (id, fields) in decode(reply) {
+            seen += 1;
+            let slot = slots.clone().acquire_owned().await.unwrap();
+            let ack_tx = ack_tx.clone();
+            tokio::spawn(async move {
+                std::hint::black_box(fields);
+                ack_tx.send(id).unwrap();
+                drop(slot);
+            });
+        }
+    }
+    acker.await.unwrap();
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    delete(&mut reader, &stream).await;
+    rate
+}
+
+/// What a hand-written consumer decodes: each entry's id, body and attributes.
+fn decode(reply: Value) -> Vec<(String, (Bytes, Attributes))> {
+    let mut out = Vec::new();
+    let Value::Array(streams) = reply else {
+        return out;
+    };
+    for stream in streams {
+        let Value::Array(mut pair) = stream else {
+            continue;
+        };
+        let Some(Value::Array(entries)) = pair.pop() else {
+            continue;
+        };
+        for entry in entries {
+            let Value::Array(mut entry) = entry else {
+                continue;
+            };
+            let (Some(Value::Array(fields)), Some(Value::BulkString(id))) =
+                (entry.pop(), entry.pop())
+            else {
+                continue;
+            };
+            let (mut body, mut attrs) = (Bytes::new(), Attributes::new());
+            let mut it = fields.into_iter();
+            while let (Some(Value::BulkString(k)), Some(Value::BulkString(v))) =
+                (it.next(), it.next())
+            {
+                if k == b"body" {
+                    body = Bytes::from(v);
+                } else if let Some(key) = k.strip_prefix(b"attr:") {
+                    attrs.add(
+                        String::from_utf8(key.to_vec()).unwrap(),
+                        String::from_utf8(v).unwrap(),
+                    );
+                }
+            }
+            out.push((String::from_utf8(id).unwrap(), (body, attrs)));
+        }
+    }
+    out
+}
+
+fn main() {
+    let runtime = common::runtime();
+    let n = common::messages(100_000);
+    runtime.block_on(async {
+        let redis = match Redis::connect(&url()).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("SKIPPED: Redis at {} did not answer: {e}", url());
+                return;
+            }
+        };
+        // Warm up both paths once.
+        msgio_publish(&redis, n / 10).await;
+        raw_publish(n / 10).await;
+        msgio_consume(&redis, n / 10).await;
+        raw_consume(n / 10).await;
+
+        if std::env::var("MSGIO_BENCH_ONLY").map_or(true, |o| o == "publish") {
+            let (mut ours, mut raw, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..ROUNDS {
+                // Back to back, so that drift in the machine's speed hits both alike.
+                let (o, r) = (msgio_publish(&redis, n).await, raw_publish(n).await);
+                ours.push(o);
+                raw.push(r);
+                ratios.push(o / r);
+            }
+            println!("redis publish, {n} messages x {ROUNDS} rounds, {PUBLISHERS} concurrent publishers, 100-byte body, 2 attributes");
+            println!("  msgio RedisTopic                    {:>10.0} msgs/s (median)", median(ours));
+            println!("  raw redis-rs XADD                   {:>10.0} msgs/s (median)", median(raw));
+            println!("  ratio msgio/raw (median of rounds)  {:>10.2}", median(ratios));
+        }
+        if std::env::var("MSGIO_BENCH_ONLY").map_or(true, |o| o == "consume") {
+            let (mut ours, mut raw, mut tasks) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut ratios, mut task_ratios) = (Vec::new(), Vec::new());
+            for _ in 0..ROUNDS {
+                let o = msgio_consume(&redis, n).await;
+                let r = raw_consume(n).await;
+                let t = raw_consume_concurrent(n).await;
+                ours.push(o);
+                raw.push(r);
+                tasks.push(t);
+                ratios.push(o / r);
+                task_ratios.push(o / t);
+            }
+            println!("redis consume + ack, {n} messages x {ROUNDS} rounds, reads of {READ_COUNT}, acks of up to {READ_COUNT}");
+            println!("  msgio RedisServer, concurrency {CONCURRENCY}   {:>10.0} msgs/s (median)", median(ours));
+            println!("  raw redis-rs, handled inline        {:>10.0} msgs/s (median)", median(raw));
+            println!("  raw redis-rs, a task per message    {:>10.0} msgs/s (median)", median(tasks));
+            println!("  ratio msgio/raw inline (median of rounds)      {:>6.2}", median(ratios));
+            println!("  ratio msgio/raw task per message (median)      {:>6.2}", median(task_ratios));
+        }
+    });
+}
