@@ -167,7 +167,7 @@ impl RedisServer {
                 reader_id: None,
                 blocked: false,
                 own_checked: false,
-                in_flight: HashSet::new(),
+                in_flight: HashSet::default(),
                 unacked: Vec::new(),
             })),
             options,
@@ -248,7 +248,7 @@ struct LocalState {
     /// delivered in a reply the lost connection never brought.
     own_checked: bool,
     /// The entries handed to the engine and not settled yet (not to be taken back).
-    in_flight: HashSet<EntryId>,
+    in_flight: HashSet<EntryId, std::hash::BuildHasherDefault<IdHasher>>,
     /// Acks that failed (Redis was unreachable): entry ids stay valid across connections,
     /// so they go with the next XACK rather than waiting out `min_idle` as redeliveries.
     unacked: Vec<EntryId>,
@@ -335,7 +335,7 @@ impl StreamSource {
             ),
         };
         delivery
-            .with_message_id(id.to_string().as_str())
+            .with_message_id(id.write(&mut [0; 41]))
             .with_attempt(attempt)
     }
 
@@ -825,17 +825,61 @@ impl EntryId {
     }
 }
 
+impl EntryId {
+    /// Writes `<ms>-<seq>` into `buf` (without the formatting machinery: this runs for
+    /// every message twice).
+    fn write<'a>(&self, buf: &'a mut [u8; 41]) -> &'a str {
+        fn digits(mut n: u64, out: &mut [u8]) -> usize {
+            let mut tmp = [0u8; 20];
+            let mut i = tmp.len();
+            loop {
+                i -= 1;
+                tmp[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            let len = tmp.len() - i;
+            out[..len].copy_from_slice(&tmp[i..]);
+            len
+        }
+        let mut len = digits(self.ms, &mut buf[..]);
+        buf[len] = b'-';
+        len += 1;
+        len += digits(self.seq, &mut buf[len..]);
+        std::str::from_utf8(&buf[..len]).expect("ASCII digits")
+    }
+}
+
 impl fmt::Display for EntryId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.ms, self.seq)
+        f.write_str(self.write(&mut [0; 41]))
     }
 }
 
 impl redis::ToRedisArgs for EntryId {
     fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
-        use std::io::Write;
-        let mut w = out.writer_for_next_arg();
-        let _ = write!(w, "{}-{}", self.ms, self.seq);
+        out.write_arg(self.write(&mut [0; 41]).as_bytes());
+    }
+}
+
+/// Hashes entry ids (for the set of those in flight) with one multiply: the set is small
+/// and bounded by the concurrency, so a cheap hash cannot be turned against it.
+#[derive(Default)]
+pub(super) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
     }
 }
 
@@ -845,5 +889,34 @@ impl redis::FromRedisValue for EntryId {
             .as_deref()
             .and_then(EntryId::parse)
             .ok_or_else(|| "not a stream entry id".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EntryId;
+
+    #[test]
+    fn entry_ids_parse_and_print_back() {
+        for id in [
+            "0-0",
+            "1-2",
+            "1795646393672-0",
+            "18446744073709551615-18446744073709551615",
+        ] {
+            let parsed = EntryId::parse(id).unwrap();
+            assert_eq!(parsed.to_string(), id);
+        }
+        for bad in [
+            "",
+            "1",
+            "1-",
+            "-1",
+            "a-1",
+            "1-2-3",
+            "18446744073709551616-0",
+        ] {
+            assert_eq!(EntryId::parse(bad), None, "{bad:?}");
+        }
     }
 }
