@@ -33,8 +33,7 @@ const PUBLISHERS: usize = 50;
 const CONCURRENCY: usize = 64;
 const READ_COUNT: usize = 128;
 const BODY: [u8; 100] = [b'x'; 100];
-const ROUNDS: usize = 5;
-const CONSUME_ROUNDS: usize = 9;
+const ROUNDS: usize = 9;
 
 fn url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
@@ -382,9 +381,15 @@ fn main() {
 
         if std::env::var("MSGIO_BENCH_ONLY").map_or(true, |o| o == "publish") {
             let (mut ours, mut raw, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-            for _ in 0..ROUNDS {
-                // Back to back, so that drift in the machine's speed hits both alike.
-                let (o, r) = (msgio_publish(&redis, n).await, raw_publish(n).await);
+            for round in 0..ROUNDS {
+                // Back to back, so that drift in the machine's speed hits both alike, in
+                // alternating order.
+                let (o, r) = if round % 2 == 0 {
+                    (msgio_publish(&redis, n).await, raw_publish(n).await)
+                } else {
+                    let r = raw_publish(n).await;
+                    (msgio_publish(&redis, n).await, r)
+                };
                 ours.push(o);
                 raw.push(r);
                 ratios.push(o / r);
@@ -397,7 +402,7 @@ fn main() {
         if std::env::var("MSGIO_BENCH_ONLY").map_or(true, |o| o == "consume") {
             let (mut ours, mut raw, mut tasks) = (Vec::new(), Vec::new(), Vec::new());
             let (mut ratios, mut task_ratios) = (Vec::new(), Vec::new());
-            for round in 0..CONSUME_ROUNDS {
+            for round in 0..ROUNDS {
                 // Alternate the order, so that neither side always follows the other.
                 let (o, r, t) = if round % 2 == 0 {
                     let o = msgio_consume(&redis, n).await;
@@ -414,7 +419,7 @@ fn main() {
                 ratios.push(o / r);
                 task_ratios.push(o / t);
             }
-            println!("redis consume + ack, {n} messages x {CONSUME_ROUNDS} rounds, reads of {READ_COUNT}, acks of up to {READ_COUNT}");
+            println!("redis consume + ack, {n} messages x {ROUNDS} rounds, reads of {READ_COUNT}, acks of up to {READ_COUNT}");
             println!("  msgio RedisServer, concurrency {CONCURRENCY}   {:>10.0} msgs/s (median)", median(ours));
             println!("  raw redis-rs, handled inline        {:>10.0} msgs/s (median)", median(raw));
             println!("  raw redis-rs, a task per message    {:>10.0} msgs/s (median)", median(tasks));

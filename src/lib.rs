@@ -121,8 +121,9 @@ pub mod redis;
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
-/// The README's examples, compiled and run as doc tests.
-#[cfg(doctest)]
+/// The README's examples, compiled and run as doc tests (they use the in-memory and Redis
+/// transports, so they need both features, as `cargo test --all-features` has).
+#[cfg(all(doctest, feature = "mem", feature = "redis"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 

@@ -31,7 +31,7 @@
 //! `Debug` output, errors or logs. Commands go over one multiplexed connection that
 //! reconnects by itself, so concurrent writers pipeline without waiting on each other;
 //! each server adds one connection of its own for the blocking `XREADGROUP`, with a
-//! response timeout of the block time plus [`StreamOptions::block`]'s margin.
+//! response timeout of the [block time](StreamOptions::block) plus 5 s.
 //!
 //! # Layout in Redis
 //!

@@ -143,6 +143,7 @@ impl RedisServer {
         mut config: ServerConfig,
     ) -> Result<Self, Error> {
         options.validate()?;
+        config.validate()?;
         if config.dead_letter.is_none() {
             if let Some(dead) = &options.dead_letter_stream {
                 config = config.dead_letter(redis.topic(dead.clone()));

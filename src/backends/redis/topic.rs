@@ -10,7 +10,9 @@ use redis::aio::ConnectionManager;
 
 use super::{encoding, scripts};
 use crate::topic::{BufferedWriter, Outgoing, Publish};
-use crate::{Context, Error, Topic};
+use std::time::Duration;
+
+use crate::{Attributes, Context, Error, Message, MessageWriter, Topic};
 
 /// A topic adding messages to a Redis stream (see the [module docs](super) for the
 /// layout). Cloning shares the connection; concurrent writers pipeline on it.
@@ -79,6 +81,28 @@ pub(super) fn delayed_key(stream: &str) -> String {
 impl Topic for RedisTopic {
     type Writer = RedisWriter;
 
+    /// Sends a message held in memory straight to Redis, without a writer; a streaming body
+    /// goes through one.
+    fn publish(
+        &self,
+        ctx: &Context,
+        message: Message,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        async move {
+            match message.body.as_bytes() {
+                Some(body) => self.inner.send(ctx, &message.attributes, body, None).await,
+                None => {
+                    let mut writer = self.new_writer(ctx)?;
+                    *writer.attributes_mut() = message.attributes;
+                    let mut body = message.body;
+                    futures::io::copy(&mut body, &mut writer).await?;
+                    futures::io::AsyncWriteExt::close(&mut writer).await?;
+                    Ok(())
+                }
+            }
+        }
+    }
+
     fn new_writer(&self, ctx: &Context) -> Result<RedisWriter, Error> {
         Ok(BufferedWriter::new(
             RedisPublisher {
@@ -112,38 +136,53 @@ impl Publish for RedisPublisher {
         let inner = self.inner.clone();
         let ctx = ctx.clone();
         Box::pin(async move {
-            let mut conn = inner.conn.clone();
-            let send = async {
-                match message.delay.filter(|d| !d.is_zero()) {
-                    None => {
-                        let mut cmd = redis::cmd("XADD");
-                        cmd.arg(&inner.stream);
-                        if let Some(n) = inner.max_len {
-                            cmd.arg("MAXLEN").arg("~").arg(n);
-                        }
-                        cmd.arg("*");
-                        encoding::add_fields(&mut cmd, &message.attributes, &message.body);
-                        cmd.query_async::<redis::Value>(&mut conn).await
-                    }
-                    Some(delay) => {
-                        let nonce = inner.nonce.fetch_add(1, Ordering::Relaxed);
-                        let fields = encoding::fields(&message.attributes, &message.body);
-                        let member = encoding::delayed_member(nonce, inner.max_len, &fields);
-                        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX).max(1);
-                        scripts::DELAY
-                            .key(&inner.delayed)
-                            .arg(ms)
-                            .arg(member)
-                            .invoke_async::<redis::Value>(&mut conn)
-                            .await
-                    }
-                }
-            };
-            tokio::select! {
-                biased;
-                _ = ctx.cancelled() => Err(Error::Cancelled),
-                result = send => result.map(drop).map_err(super::error),
-            }
+            inner
+                .send(&ctx, &message.attributes, &message.body, message.delay)
+                .await
         })
+    }
+}
+
+impl TopicInner {
+    /// Adds one message to the stream, or to the delayed set when it has a delay.
+    async fn send(
+        &self,
+        ctx: &Context,
+        attributes: &Attributes,
+        body: &[u8],
+        delay: Option<Duration>,
+    ) -> Result<(), Error> {
+        let mut conn = self.conn.clone();
+        let send = async {
+            match delay.filter(|d| !d.is_zero()) {
+                None => {
+                    let mut cmd = redis::cmd("XADD");
+                    cmd.arg(&self.stream);
+                    if let Some(n) = self.max_len {
+                        cmd.arg("MAXLEN").arg("~").arg(n);
+                    }
+                    cmd.arg("*");
+                    encoding::add_fields(&mut cmd, attributes, body);
+                    cmd.query_async::<redis::Value>(&mut conn).await
+                }
+                Some(delay) => {
+                    let nonce = self.nonce.fetch_add(1, Ordering::Relaxed);
+                    let fields = encoding::fields(attributes, body);
+                    let member = encoding::delayed_member(nonce, self.max_len, &fields);
+                    let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX).max(1);
+                    scripts::DELAY
+                        .key(&self.delayed)
+                        .arg(ms)
+                        .arg(member)
+                        .invoke_async::<redis::Value>(&mut conn)
+                        .await
+                }
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = ctx.cancelled() => Err(Error::Cancelled),
+            result = send => result.map(drop).map_err(super::error),
+        }
     }
 }
