@@ -769,3 +769,36 @@ async fn redis_passes_the_kits_broker_restart_case() {
     .await
     .assert_passed();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_takes_streaming_bodies_and_in_memory_bodies_alike() {
+    let Some(redis) = connect().await else { return };
+    let stream = stream_name();
+    let _cleanup = Cleanup(vec![stream.clone()]);
+    let topic = redis.topic(&stream);
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let mut streaming = Message::new(msgio::Body::from_reader(futures::io::Cursor::new(
+        big.clone(),
+    )));
+    streaming.attributes.set("X-Kit-Seq", "1");
+    topic
+        .publish(&Context::background(), streaming)
+        .await
+        .unwrap();
+    topic
+        .publish(&Context::background(), seq_message(2))
+        .await
+        .unwrap();
+    let recorder = Recorder::new();
+    let server = redis
+        .server(StreamOptions::new(&stream, "g"), ServerConfig::new())
+        .await
+        .unwrap();
+    let task = serve(&server, recorder.clone());
+    let got = recorder.wait_for(2, WAIT).await.unwrap();
+    stop(&server, task).await;
+    let first = got.iter().find(|r| r.seq() == Some(1)).unwrap();
+    assert_eq!(first.body.as_ref(), big.as_slice());
+    let second = got.iter().find(|r| r.seq() == Some(2)).unwrap();
+    assert_eq!(second.body, "message 2");
+}
