@@ -96,18 +96,7 @@ async fn raw_publish(n: usize) -> f64 {
             let (mut conn, stream) = (conn.clone(), stream.clone());
             tokio::spawn(async move {
                 for seq in (p..n).step_by(PUBLISHERS) {
-                    let _: Value = redis::cmd("XADD")
-                        .arg(&*stream)
-                        .arg("*")
-                        .arg("body")
-                        .arg(&BODY[..])
-                        .arg("attr:Content-Type")
-                        .arg("text/plain")
-                        .arg("attr:X-Seq")
-                        .arg(seq.to_string())
-                        .query_async(&mut conn)
-                        .await
-                        .unwrap();
+                    let _: Value = xadd(&stream, seq).query_async(&mut conn).await.unwrap();
                 }
             })
         })
@@ -120,6 +109,20 @@ async fn raw_publish(n: usize) -> f64 {
     rate
 }
 
+/// The XADD msgio sends for message `seq`, written by hand.
+fn xadd(stream: &str, seq: usize) -> redis::Cmd {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(stream)
+        .arg("*")
+        .arg("body")
+        .arg(&BODY[..])
+        .arg("attr:Content-Type")
+        .arg("text/plain")
+        .arg("attr:X-Seq")
+        .arg(seq.to_string());
+    cmd
+}
+
 /// A stream holding `n` entries as msgio writes them, and a consumer group on it.
 async fn filled(n: usize) -> String {
     let stream = stream_name();
@@ -127,16 +130,7 @@ async fn filled(n: usize) -> String {
     for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
         let mut pipe = redis::pipe();
         for seq in chunk {
-            pipe.cmd("XADD")
-                .arg(&stream)
-                .arg("*")
-                .arg("body")
-                .arg(&BODY[..])
-                .arg("attr:Content-Type")
-                .arg("text/plain")
-                .arg("attr:X-Seq")
-                .arg(seq.to_string())
-                .ignore();
+            pipe.add_command(xadd(&stream, *seq)).ignore();
         }
         let _: () = pipe.query_async(&mut conn).await.unwrap();
     }

@@ -24,6 +24,7 @@ macro_rules! inner_accessors {
 }
 
 /// `MessageWriter` for a writer wrapper, delegating to the field `inner`.
+#[allow(unused_macros)] // used by feature-gated decorators
 macro_rules! delegate_message_writer {
     ([$($generics:tt)*] $ty:ty) => {
         impl<$($generics)*> $crate::MessageWriter for $ty {
@@ -37,6 +38,36 @@ macro_rules! delegate_message_writer {
 
             fn set_delay(&mut self, delay: ::std::time::Duration) {
                 self.inner.set_delay(delay)
+            }
+        }
+    };
+}
+
+/// `Server` and `health` for a transport's server type that wraps an
+/// [`Engine`](crate::engine::Engine) in its field `engine`.
+#[allow(unused_macros)] // used by feature-gated transports
+macro_rules! engine_server {
+    ($ty:ty) => {
+        impl $ty {
+            /// A snapshot of the server's health.
+            pub fn health(&self) -> $crate::engine::Health {
+                self.engine.health()
+            }
+        }
+
+        impl $crate::Server for $ty {
+            fn serve<R: $crate::Receiver + 'static>(
+                &self,
+                receiver: R,
+            ) -> impl ::std::future::Future<Output = Result<(), $crate::Error>> + Send {
+                self.engine.serve(receiver)
+            }
+
+            fn shutdown(
+                &self,
+                grace: ::std::time::Duration,
+            ) -> impl ::std::future::Future<Output = Result<(), $crate::Error>> + Send {
+                self.engine.shutdown(grace)
             }
         }
     };

@@ -134,6 +134,28 @@ async fn stop(server: &RedisServer, task: tokio::task::JoinHandle<Result<(), Err
     assert!(matches!(task.await.unwrap(), Err(Error::ServerClosed)));
 }
 
+/// Reads every new entry of `stream` in group `g` as `consumer`, and never acknowledges.
+async fn read_without_ack(stream: &str, consumer: &str) {
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g")
+        .arg(consumer)
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(">")
+        .query_async(&mut raw().await)
+        .await
+        .unwrap();
+}
+
+/// Options with short timings, for taking over idle entries quickly.
+fn quick(stream: &str, min_idle_ms: u64) -> StreamOptions {
+    StreamOptions::new(stream, "g")
+        .min_idle(Duration::from_millis(min_idle_ms))
+        .claim_interval(Duration::from_millis(min_idle_ms / 4))
+        .block(Duration::from_millis(min_idle_ms / 4))
+}
+
 fn seq_message(seq: u64) -> Message {
     let mut msg = Message::new(format!("message {seq}"));
     msg.attributes.set("X-Kit-Seq", seq.to_string());
@@ -335,27 +357,10 @@ async fn idle_entries_of_a_vanished_consumer_are_taken_over_with_their_delivery_
             .unwrap();
     }
     // A consumer reads them and vanishes without acknowledging.
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("g")
-        .arg("vanished")
-        .arg("COUNT")
-        .arg(10)
-        .arg("STREAMS")
-        .arg(&stream)
-        .arg(">")
-        .query_async(&mut raw().await)
-        .await
-        .unwrap();
+    read_without_ack(&stream, "vanished").await;
     let recorder = Recorder::new();
     let server = redis
-        .server(
-            StreamOptions::new(&stream, "g")
-                .min_idle(Duration::from_millis(200))
-                .claim_interval(Duration::from_millis(50))
-                .block(Duration::from_millis(50)),
-            ServerConfig::new(),
-        )
+        .server(quick(&stream, 200), ServerConfig::new())
         .await
         .unwrap();
     let task = serve(&server, recorder.clone());
@@ -420,16 +425,7 @@ async fn a_restarted_consumer_takes_back_what_its_name_held_at_once() {
         .await
         .unwrap();
     // worker-2 read it, then its process died.
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("g")
-        .arg("worker-2")
-        .arg("STREAMS")
-        .arg(&stream)
-        .arg(">")
-        .query_async(&mut raw().await)
-        .await
-        .unwrap();
+    read_without_ack(&stream, "worker-2").await;
     // Restarted under the same name, with the default min_idle of 30 s.
     let server = redis
         .server(
@@ -571,13 +567,7 @@ async fn a_killed_consumers_messages_are_reclaimed_and_none_is_lost() {
 
     let recorder = Recorder::new();
     let server = redis
-        .server(
-            StreamOptions::new(&stream, "g")
-                .min_idle(Duration::from_millis(500))
-                .claim_interval(Duration::from_millis(100))
-                .block(Duration::from_millis(100)),
-            ServerConfig::new(),
-        )
+        .server(quick(&stream, 500), ServerConfig::new())
         .await
         .unwrap();
     let task = serve(&server, recorder.clone());

@@ -53,9 +53,9 @@ use bytes::Bytes;
 use tokio::sync::{Notify, Semaphore, TryAcquireError};
 use tokio::time::Instant;
 
-use crate::engine::{Delivery, Engine, Health, Settle, Settlement, Source};
+use crate::engine::{Delivery, Engine, Settle, Settlement, Source};
 use crate::topic::{BufferedWriter, Outgoing, Publish};
-use crate::{Attributes, Context, Error, Receiver, Server, ServerConfig, Topic};
+use crate::{Attributes, Context, Error, ServerConfig, Topic};
 
 /// A [`MemTopic`] and a [`MemServer`] over a new queue holding at most `capacity` messages,
 /// with the default [`ServerConfig`].
@@ -478,22 +478,4 @@ pub struct MemServer {
     engine: Engine<MemSource>,
 }
 
-impl MemServer {
-    /// A snapshot of the server's health.
-    pub fn health(&self) -> Health {
-        self.engine.health()
-    }
-}
-
-impl Server for MemServer {
-    fn serve<R: Receiver + 'static>(
-        &self,
-        receiver: R,
-    ) -> impl Future<Output = Result<(), Error>> + Send {
-        self.engine.serve(receiver)
-    }
-
-    fn shutdown(&self, grace: Duration) -> impl Future<Output = Result<(), Error>> + Send {
-        self.engine.shutdown(grace)
-    }
-}
+engine_server!(MemServer);

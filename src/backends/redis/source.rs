@@ -2,7 +2,6 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,8 +11,8 @@ use tokio::time::Instant;
 
 use super::encoding::{self, Decoded};
 use super::{Redis, scripts, topic::delayed_key};
-use crate::engine::{Delivery, Engine, Health, Settle, Settlement, Source};
-use crate::{Error, Receiver, Server, ServerConfig, log};
+use crate::engine::{Delivery, Engine, Settle, Settlement, Source};
+use crate::{Error, ServerConfig, log};
 
 /// Where and how a [`RedisServer`] reads: the stream, the group, the consumer's name and
 /// the timings of reading and reclaiming.
@@ -179,29 +178,13 @@ impl RedisServer {
         })
     }
 
-    /// A snapshot of the server's health.
-    pub fn health(&self) -> Health {
-        self.engine.health()
-    }
-
     /// The consumer's name in the group.
     pub fn consumer(&self) -> &str {
         &self.engine.source().consumer
     }
 }
 
-impl Server for RedisServer {
-    fn serve<R: Receiver + 'static>(
-        &self,
-        receiver: R,
-    ) -> impl Future<Output = Result<(), Error>> + Send {
-        self.engine.serve(receiver)
-    }
-
-    fn shutdown(&self, grace: Duration) -> impl Future<Output = Result<(), Error>> + Send {
-        self.engine.shutdown(grace)
-    }
-}
+engine_server!(RedisServer);
 
 /// How much longer than the block time a read may take before it counts as lost.
 const READ_MARGIN: Duration = Duration::from_secs(5);
