@@ -123,6 +123,22 @@ fn xadd(stream: &str, seq: usize) -> redis::Cmd {
     cmd
 }
 
+/// The XREADGROUP a hand-written consumer sends: up to 128 new entries.
+fn xreadgroup(stream: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("XREADGROUP");
+    cmd.arg("GROUP")
+        .arg("g")
+        .arg("raw")
+        .arg("COUNT")
+        .arg(READ_COUNT)
+        .arg("BLOCK")
+        .arg(100)
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(">");
+    cmd
+}
+
 /// A stream holding `n` entries as msgio writes them, and a consumer group on it.
 async fn filled(n: usize) -> String {
     let stream = stream_name();
@@ -200,20 +216,7 @@ async fn raw_consume(n: usize) -> f64 {
     let mut seen = 0;
     let mut acks = Vec::new();
     while seen < n {
-        let reply: Value = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg("g")
-            .arg("raw")
-            .arg("COUNT")
-            .arg(READ_COUNT)
-            .arg("BLOCK")
-            .arg(100)
-            .arg("STREAMS")
-            .arg(&stream)
-            .arg(">")
-            .query_async(&mut reader)
-            .await
-            .unwrap();
+        let reply: Value = xreadgroup(&stream).query_async(&mut reader).await.unwrap();
         let mut ids = Vec::new();
         for (id, fields) in decode(reply) {
             std::hint::black_box(fields);
@@ -283,20 +286,7 @@ async fn raw_consume_concurrent(n: usize) -> f64 {
     let started = Instant::now();
     let mut seen = 0;
     while seen < n {
-        let reply: Value = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg("g")
-            .arg("raw")
-            .arg("COUNT")
-            .arg(READ_COUNT)
-            .arg("BLOCK")
-            .arg(100)
-            .arg("STREAMS")
-            .arg(&stream)
-            .arg(">")
-            .query_async(&mut reader)
-            .await
-            .unwrap();
+        let reply: Value = xreadgroup(&stream).query_async(&mut reader).await.unwrap();
         for (id, fields) in decode(reply) {
             seen += 1;
             let slot = slots.clone().acquire_owned().await.unwrap();

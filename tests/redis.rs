@@ -134,6 +134,17 @@ async fn stop(server: &RedisServer, task: tokio::task::JoinHandle<Result<(), Err
     assert!(matches!(task.await.unwrap(), Err(Error::ServerClosed)));
 }
 
+/// How many entries of `stream` group `g` holds unacknowledged.
+async fn pending_count(stream: &str) -> u64 {
+    let (count, ..): (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg("g")
+        .query_async(&mut raw().await)
+        .await
+        .unwrap();
+    count
+}
+
 /// Reads every new entry of `stream` in group `g` as `consumer`, and never acknowledges.
 async fn read_without_ack(stream: &str, consumer: &str) {
     let _: redis::Value = redis::cmd("XREADGROUP")
@@ -279,13 +290,8 @@ async fn malformed_entries_are_dead_lettered_with_the_reason_and_acked() {
         0,
         "a malformed entry never reaches the receiver"
     );
-    let pending: (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
-        .arg(&stream)
-        .arg("g")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(pending.0, 0, "both entries are acked");
+    let pending = pending_count(&stream).await;
+    assert_eq!(pending, 0, "both entries are acked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -557,13 +563,8 @@ async fn a_killed_consumers_messages_are_reclaimed_and_none_is_lost() {
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    let pending: (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
-        .arg(&stream)
-        .arg("g")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert!(pending.0 > 0, "the child held nothing when killed");
+    let pending = pending_count(&stream).await;
+    assert!(pending > 0, "the child held nothing when killed");
 
     let recorder = Recorder::new();
     let server = redis
@@ -591,13 +592,8 @@ async fn a_killed_consumers_messages_are_reclaimed_and_none_is_lost() {
         reclaimed > 0,
         "nothing was taken over from the killed consumer"
     );
-    let pending: (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
-        .arg(&stream)
-        .arg("g")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(pending.0, 0, "everything is acknowledged");
+    let pending = pending_count(&stream).await;
+    assert_eq!(pending, 0, "everything is acknowledged");
 }
 
 /// A redis-server of the test's own, on a free loopback port, persisting every write.

@@ -83,22 +83,16 @@ impl Topic for RedisTopic {
 
     /// Sends a message held in memory straight to Redis, without a writer; a streaming body
     /// goes through one.
-    fn publish(
-        &self,
-        ctx: &Context,
-        message: Message,
-    ) -> impl Future<Output = Result<(), Error>> + Send {
-        async move {
-            match message.body.as_bytes() {
-                Some(body) => self.inner.send(ctx, &message.attributes, body, None).await,
-                None => {
-                    let mut writer = self.new_writer(ctx)?;
-                    *writer.attributes_mut() = message.attributes;
-                    let mut body = message.body;
-                    futures::io::copy(&mut body, &mut writer).await?;
-                    futures::io::AsyncWriteExt::close(&mut writer).await?;
-                    Ok(())
-                }
+    async fn publish(&self, ctx: &Context, message: Message) -> Result<(), Error> {
+        match message.body.as_bytes() {
+            Some(body) => self.inner.send(ctx, &message.attributes, body, None).await,
+            None => {
+                let mut writer = self.new_writer(ctx)?;
+                *writer.attributes_mut() = message.attributes;
+                let mut body = message.body;
+                futures::io::copy(&mut body, &mut writer).await?;
+                futures::io::AsyncWriteExt::close(&mut writer).await?;
+                Ok(())
             }
         }
     }
