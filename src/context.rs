@@ -36,7 +36,9 @@ use tokio_util::sync::CancellationToken;
 /// ```
 #[derive(Clone)]
 pub struct Context {
-    token: CancellationToken,
+    /// Shared rather than cloned: cloning a `CancellationToken` locks its node, and the
+    /// engine makes a context for every message.
+    token: Arc<CancellationToken>,
     deadline: Option<Instant>,
     message_id: Option<MessageId>,
     attempt: u32,
@@ -53,6 +55,11 @@ impl Context {
 
     /// A context cancelled by `token`.
     pub fn with_cancellation_token(token: CancellationToken) -> Self {
+        Context::with_shared_token(Arc::new(token))
+    }
+
+    /// A context cancelled by a token shared with others (without cloning the token).
+    pub(crate) fn with_shared_token(token: Arc<CancellationToken>) -> Self {
         Context {
             token,
             deadline: None,
@@ -72,7 +79,7 @@ impl Context {
     /// own (through [`cancel`](Context::cancel) on the child).
     pub fn child(&self) -> Context {
         Context {
-            token: self.token.child_token(),
+            token: Arc::new(self.token.child_token()),
             ..self.clone()
         }
     }

@@ -182,7 +182,8 @@ struct Dispatch<S: Source, R> {
     receiver: R,
     name: Arc<str>,
     settle_tx: SettleSender<S::Token>,
-    cancel: CancellationToken,
+    /// Cancels the receivers' contexts, shared by every message's context.
+    cancel: Arc<CancellationToken>,
     abort: CancellationToken,
     max_attempts: Option<u32>,
     dead_letter: Option<BoxTopic>,
@@ -211,7 +212,7 @@ impl<S: Source> Inner<S> {
             receiver,
             name: self.name.clone(),
             settle_tx,
-            cancel: self.cancel.clone(),
+            cancel: Arc::new(self.cancel.clone()),
             abort: abort.clone(),
             max_attempts: self.config.max_attempts,
             dead_letter: self.config.dead_letter.clone(),
@@ -422,7 +423,7 @@ impl<S: Source, R: Receiver> Dispatch<S, R> {
                 return Settle::Defer { delay };
             }
         }
-        let mut ctx = Context::with_cancellation_token(self.cancel.clone())
+        let mut ctx = Context::with_shared_token(self.cancel.clone())
             .with_attempt(attempt)
             .with_source(self.name.clone());
         if let Some(id) = &message_id {
