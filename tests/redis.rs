@@ -788,3 +788,37 @@ async fn publish_takes_streaming_bodies_and_in_memory_bodies_alike() {
     let second = got.iter().find(|r| r.seq() == Some(2)).unwrap();
     assert_eq!(second.body, "message 2");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_delay_is_waited_out_while_other_messages_flow() {
+    let Some(redis) = connect().await else { return };
+    let stream = stream_name();
+    let _cleanup = Cleanup(vec![stream.clone()]);
+    let topic = redis.topic(&stream);
+    let recorder = Recorder::with(|r, ctx| match (r.seq(), ctx.attempt()) {
+        (Some(1), 1) => Err(Error::retry_after(Duration::from_millis(400), "later")),
+        _ => Ok(()),
+    });
+    let server = redis
+        .server(
+            StreamOptions::new(&stream, "g").block(Duration::from_millis(50)),
+            ServerConfig::new().concurrency(1),
+        )
+        .await
+        .unwrap();
+    let task = serve(&server, recorder.clone());
+    let started = std::time::Instant::now();
+    for seq in 1..=3 {
+        topic
+            .publish(&Context::background(), seq_message(seq))
+            .await
+            .unwrap();
+    }
+    // With one slot, 2 and 3 pass while 1 waits out its delay.
+    let got = recorder.wait_for(4, WAIT).await.unwrap();
+    stop(&server, task).await;
+    let order: Vec<(u64, u32)> = got.iter().map(|r| (r.seq().unwrap(), r.attempt)).collect();
+    assert_eq!(order, [(1, 1), (2, 1), (3, 1), (1, 2)]);
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    assert_eq!(pending_count(&stream).await, 0);
+}
