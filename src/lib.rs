@@ -79,7 +79,8 @@
 //! - `testing`: the conformance kit, `msgio::testing`.
 //! - `base64`, `gzip`, `zstd`, `lz4`: body codecs in `decorators`.
 //! - `otel`: W3C trace context through OpenTelemetry, `decorators::otel`.
-//! - `redis`: the Redis Streams transport, [`redis`](crate::redis), and the Redis dedupe store.
+//! - `redis`: the Redis Streams transport, [`msgio::redis`](crate::redis), and the Redis
+//!   dedupe store.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
