@@ -822,3 +822,65 @@ async fn a_retry_delay_is_waited_out_while_other_messages_flow() {
     assert!(started.elapsed() >= Duration::from_millis(400));
     assert_eq!(pending_count(&stream).await, 0);
 }
+
+/// A Redis user that may not run CLIENT (a common ACL restriction) still consumes: reads
+/// just wait out their block instead of being woken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_without_the_client_command_still_consumes() {
+    let Some(_) = connect().await else { return };
+    let user = format!("msgio-test-{}", msgio::testing::unique_suffix());
+    let password = msgio::testing::unique_suffix();
+    let mut admin = raw().await;
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&user)
+        .arg("on")
+        .arg(format!(">{password}"))
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .arg("-client")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    struct DropUser(String);
+    impl Drop for DropUser {
+        fn drop(&mut self) {
+            if let Ok(mut conn) = redis::Client::open(url()).and_then(|c| c.get_connection()) {
+                let _: Result<(), _> = redis::cmd("ACL")
+                    .arg("DELUSER")
+                    .arg(&self.0)
+                    .query(&mut conn);
+            }
+        }
+    }
+    let _drop_user = DropUser(user.clone());
+    let base = url();
+    let restricted_url = base.replacen("redis://", &format!("redis://{user}:{password}@"), 1);
+    let redis = Redis::connect(&restricted_url).await.unwrap();
+    assert!(!format!("{redis:?}").contains(&password), "{redis:?}");
+    let stream = stream_name();
+    let _cleanup = Cleanup(vec![stream.clone()]);
+    let recorder = Recorder::with(|r, ctx| match (r.seq(), ctx.attempt()) {
+        (Some(1), 1) => Err(Error::other("once")),
+        _ => Ok(()),
+    });
+    let server = redis
+        .server(
+            StreamOptions::new(&stream, "g").block(Duration::from_millis(100)),
+            ServerConfig::new(),
+        )
+        .await
+        .unwrap();
+    let task = serve(&server, recorder.clone());
+    for seq in 1..=2 {
+        redis
+            .topic(&stream)
+            .publish(&Context::background(), seq_message(seq))
+            .await
+            .unwrap();
+    }
+    let got = recorder.wait_for(3, WAIT).await.unwrap();
+    stop(&server, task).await;
+    assert!(got.iter().any(|r| r.seq() == Some(1) && r.attempt == 2));
+}

@@ -33,6 +33,11 @@
 //! each server adds one connection of its own for the blocking `XREADGROUP`, with a
 //! response timeout of the [block time](StreamOptions::block) plus 5 s.
 //!
+//! The Redis user needs the stream commands (`XADD`, `XREADGROUP`, `XACK`, `XCLAIM`,
+//! `XAUTOCLAIM`, `XPENDING`, `XGROUP`), the sorted-set commands and `EVALSHA`/`EVAL` for
+//! the scripts. `CLIENT ID` and `CLIENT UNBLOCK` are used when allowed, to wake a blocked
+//! read for a failed attempt's retry; without them that retry waits out the block time.
+//!
 //! # Layout in Redis
 //!
 //! - The stream `<stream>`: one entry per message, with a field `body` (the bytes as they

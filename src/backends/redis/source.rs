@@ -186,6 +186,9 @@ impl RedisServer {
 
 engine_server!(RedisServer);
 
+/// The reader's client id when Redis refused to tell it: nothing to wake.
+const NO_CLIENT_ID: i64 = -1;
+
 /// How much longer than the block time a read may take before it counts as lost.
 const READ_MARGIN: Duration = Duration::from_secs(5);
 
@@ -489,6 +492,11 @@ impl StreamSource {
                 .await
             {
                 Ok(id) => self.state().reader_id = Some(id),
+                // Refused (an ACL without CLIENT, say): reads then wait out their block
+                // instead of being woken for claimed-back attempts.
+                Err(e) if e.code().is_some() => {
+                    self.state().reader_id = Some(NO_CLIENT_ID);
+                }
                 Err(e) => return self.recover(e).await,
             }
         }
@@ -559,7 +567,7 @@ impl StreamSource {
             }
             state.reader_id
         };
-        if let Some(id) = id {
+        if let Some(id) = id.filter(|&id| id != NO_CLIENT_ID) {
             let _: Result<Value, _> = redis::cmd("CLIENT")
                 .arg("UNBLOCK")
                 .arg(id)
