@@ -884,3 +884,38 @@ async fn a_user_without_the_client_command_still_consumes() {
     stop(&server, task).await;
     assert!(got.iter().any(|r| r.seq() == Some(1) && r.attempt == 2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_outlasting_min_idle_is_not_handed_its_message_twice() {
+    let Some(redis) = connect().await else { return };
+    let stream = stream_name();
+    let _cleanup = Cleanup(vec![stream.clone()]);
+    let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let r = runs.clone();
+    let receiver = msgio::ReceiverFunc::new(move |_: Context, _: Message| {
+        let r = r.clone();
+        async move {
+            r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            Ok(())
+        }
+    });
+    let server = redis
+        .server(quick(&stream, 200), ServerConfig::new().concurrency(4))
+        .await
+        .unwrap();
+    let task = serve(&server, receiver);
+    redis
+        .topic(&stream)
+        .publish(&Context::background(), seq_message(1))
+        .await
+        .unwrap();
+    // Bounded wait for the one run to finish and be acknowledged.
+    let deadline = std::time::Instant::now() + WAIT;
+    while runs.load(std::sync::atomic::Ordering::SeqCst) == 0 || pending_count(&stream).await > 0 {
+        assert!(std::time::Instant::now() < deadline, "never acknowledged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop(&server, task).await;
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

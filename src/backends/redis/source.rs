@@ -69,7 +69,8 @@ impl StreamOptions {
 
     /// How long an entry must have been pending without being acknowledged before another
     /// consumer takes it over (default 30 s). Keep it above the time a receiver may take,
-    /// and above retry delays.
+    /// and above retry delays: a server never runs one entry twice at once itself, but
+    /// another server would take over an entry whose receiver outlasts `min_idle`.
     pub fn min_idle(mut self, min_idle: Duration) -> Self {
         self.min_idle = min_idle;
         self
@@ -439,15 +440,24 @@ impl StreamSource {
             };
             state.claim_cursor = next;
         }
-        for ((id, fields), count) in entries(claimed).into_iter().zip(
-            counts
-                .into_iter()
-                .map(|c| match c {
-                    Value::Int(n) => u32::try_from(n).unwrap_or(u32::MAX),
-                    _ => 1,
-                })
-                .chain(std::iter::repeat(1)),
-        ) {
+        let claimed: Vec<_> = entries(claimed)
+            .into_iter()
+            .zip(
+                counts
+                    .into_iter()
+                    .map(|c| match c {
+                        Value::Int(n) => u32::try_from(n).unwrap_or(u32::MAX),
+                        _ => 1,
+                    })
+                    .chain(std::iter::repeat(1)),
+            )
+            .collect();
+        for ((id, fields), count) in claimed {
+            // A receiver here that outlasted min_idle still holds it: claiming it reset its
+            // idle time, and a second delivery here would only run it twice at once.
+            if self.state().in_flight.contains(&id) {
+                continue;
+            }
             out.push(self.delivery(id, fields, count));
         }
         Ok(())
