@@ -81,6 +81,7 @@
 //! - `otel`: W3C trace context through OpenTelemetry, `decorators::otel`.
 //! - `redis`: the Redis Streams transport, [`msgio::redis`](crate::redis), and the Redis
 //!   dedupe store.
+//! - `nats`: the NATS JetStream transport, [`msgio::nats`](crate::nats).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
@@ -117,6 +118,11 @@ pub mod mem;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 #[path = "backends/redis/mod.rs"]
 pub mod redis;
+
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+#[path = "backends/nats/mod.rs"]
+pub mod nats;
 
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]

@@ -1,0 +1,211 @@
+//! The topic: JetStream publish with headers, waiting for the stream's acknowledgement.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+
+use crate::topic::{BufferedWriter, Outgoing, Publish};
+use crate::{Attributes, Context, Error, Message, Topic};
+
+/// The header JetStream dedupes on.
+const MSG_ID: &str = "Nats-Msg-Id";
+
+/// A topic publishing to a NATS subject through JetStream (see the [module docs](super)).
+/// Cloning shares the connection.
+#[derive(Clone)]
+pub struct NatsTopic {
+    inner: Arc<TopicInner>,
+}
+
+struct TopicInner {
+    jetstream: jetstream::Context,
+    subject: String,
+    msg_id_attribute: String,
+}
+
+impl fmt::Debug for NatsTopic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsTopic")
+            .field("subject", &self.inner.subject)
+            .field("msg_id_attribute", &self.inner.msg_id_attribute)
+            .finish()
+    }
+}
+
+impl NatsTopic {
+    pub(super) fn new(jetstream: jetstream::Context, subject: String) -> Self {
+        NatsTopic {
+            inner: Arc::new(TopicInner {
+                jetstream,
+                subject,
+                msg_id_attribute: "Idempotency-Key".to_owned(),
+            }),
+        }
+    }
+
+    /// The attribute whose value becomes `Nats-Msg-Id` (default `Idempotency-Key`); a
+    /// message without it gets a random id.
+    pub fn msg_id_attribute(self, key: impl AsRef<str>) -> Self {
+        NatsTopic {
+            inner: Arc::new(TopicInner {
+                jetstream: self.inner.jetstream.clone(),
+                subject: self.inner.subject.clone(),
+                msg_id_attribute: crate::canonical_key(key.as_ref()).into_owned(),
+            }),
+        }
+    }
+
+    /// The subject this topic publishes to.
+    pub fn subject(&self) -> &str {
+        &self.inner.subject
+    }
+}
+
+impl Topic for NatsTopic {
+    type Writer = NatsWriter;
+
+    async fn publish(&self, ctx: &Context, message: Message) -> Result<(), Error> {
+        match message.body.as_bytes() {
+            Some(body) => {
+                self.inner
+                    .send(ctx, message.attributes, body.clone(), None)
+                    .await
+            }
+            None => {
+                let mut writer = self.new_writer(ctx)?;
+                *crate::MessageWriter::attributes_mut(&mut writer) = message.attributes;
+                let mut body = message.body;
+                futures::io::copy(&mut body, &mut writer).await?;
+                futures::io::AsyncWriteExt::close(&mut writer).await?;
+                Ok(())
+            }
+        }
+    }
+
+    fn new_writer(&self, ctx: &Context) -> Result<NatsWriter, Error> {
+        Ok(BufferedWriter::new(
+            NatsPublisher {
+                inner: self.inner.clone(),
+            },
+            ctx,
+        ))
+    }
+}
+
+/// The writer of a [`NatsTopic`]: closing it returns once the stream acknowledged.
+pub type NatsWriter = BufferedWriter<NatsPublisher>;
+
+/// Sends whole messages through JetStream (for [`NatsWriter`]).
+pub struct NatsPublisher {
+    inner: Arc<TopicInner>,
+}
+
+impl fmt::Debug for NatsPublisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsPublisher")
+            .field("subject", &self.inner.subject)
+            .finish()
+    }
+}
+
+impl Publish for NatsPublisher {
+    type Future = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
+
+    fn publish(&self, ctx: &Context, message: Outgoing) -> Self::Future {
+        let inner = self.inner.clone();
+        let ctx = ctx.clone();
+        Box::pin(async move {
+            inner
+                .send(&ctx, message.attributes, message.body, message.delay)
+                .await
+        })
+    }
+}
+
+/// The headers for `attributes`, with a message id.
+pub(super) fn headers(
+    attributes: &Attributes,
+    msg_id: Option<&str>,
+) -> Result<async_nats::HeaderMap, Error> {
+    let mut headers = async_nats::HeaderMap::new();
+    for (key, value) in attributes.iter() {
+        if value.contains(['\r', '\n']) {
+            return Err(Error::invalid_attribute(
+                key,
+                "a NATS header value cannot hold a line break",
+            ));
+        }
+        if key.is_empty() || key.contains([' ', ':', '\r', '\n']) {
+            return Err(Error::invalid_attribute(
+                key,
+                "a NATS header name cannot hold a space, a colon or a line break",
+            ));
+        }
+        headers.append(key, value);
+    }
+    let generated;
+    let id = match msg_id {
+        Some(id) => id,
+        None => {
+            generated = format!("{}{}", crate::random::hex(), crate::random::hex());
+            &generated
+        }
+    };
+    headers.insert(MSG_ID, id);
+    Ok(headers)
+}
+
+impl TopicInner {
+    async fn send(
+        &self,
+        ctx: &Context,
+        mut attributes: Attributes,
+        body: bytes::Bytes,
+        delay: Option<Duration>,
+    ) -> Result<(), Error> {
+        if let Some(delay) = delay {
+            crate::engine::stamp_not_before(&mut attributes, delay);
+        }
+        let headers = headers(
+            &attributes,
+            attributes.get_canonical(&self.msg_id_attribute),
+        )?;
+        let subject = &self.subject;
+        let send = async {
+            let ack = self
+                .jetstream
+                .publish_with_headers(subject.clone(), headers, body)
+                .await
+                .map_err(|e| publish_error(subject, e))?;
+            ack.await.map(drop).map_err(|e| publish_error(subject, e))
+        };
+        tokio::select! {
+            biased;
+            _ = ctx.cancelled() => Err(Error::Cancelled),
+            result = send => result,
+        }
+    }
+}
+
+/// A publish error as a msgio error: an oversized message says so (it will never fit), a
+/// missing stream names the subject, a broken connection or a timeout is
+/// [`Error::ConnectionLost`] (publish again).
+fn publish_error(subject: &str, e: jetstream::context::PublishError) -> Error {
+    use jetstream::context::PublishErrorKind as Kind;
+    match e.kind() {
+        Kind::MaxPayloadExceeded => Error::other(format!(
+            "a message to {subject:?} is larger than the NATS server's max_payload: {e}"
+        )),
+        Kind::StreamNotFound => Error::other(format!(
+            "no JetStream stream captures {subject:?} (create one, for instance with Nats::ensure_stream): {e}"
+        )),
+        Kind::TimedOut | Kind::BrokenPipe => {
+            Error::connection_lost(format!("publishing to {subject:?}: {e}"))
+        }
+        _ => Error::other(format!("JetStream refused a message to {subject:?}: {e}")),
+    }
+}
