@@ -77,3 +77,198 @@ async fn nats_passes_the_conformance_kit() {
         .await
         .assert_passed();
 }
+
+use msgio::testing::Recorder;
+use msgio::{Context, Message, Server, Topic};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A fresh stream (deleted when dropped) and its options.
+struct Fresh {
+    nats: Nats,
+    stream: String,
+}
+
+impl Fresh {
+    async fn new(nats: &Nats) -> Fresh {
+        let stream = format!("msgio_test_{}", msgio::testing::unique_suffix());
+        Fresh {
+            nats: nats.clone(),
+            stream,
+        }
+    }
+
+    fn options(&self) -> ConsumerOptions {
+        ConsumerOptions::new(&self.stream, "d")
+    }
+
+    fn topic(&self) -> NatsTopic {
+        self.nats.topic(format!("{}.t", self.stream))
+    }
+}
+
+impl Drop for Fresh {
+    fn drop(&mut self) {
+        let (nats, stream) = (self.nats.clone(), self.stream.clone());
+        // Best effort, on a runtime of its own: the test's may be shutting down.
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|rt| rt.block_on(async { nats.delete_stream(&stream).await }))
+        })
+        .join();
+    }
+}
+
+fn serve<R: msgio::Receiver + 'static>(
+    server: &NatsServer,
+    receiver: R,
+) -> tokio::task::JoinHandle<Result<(), Error>> {
+    let serving = server.clone();
+    tokio::spawn(async move { serving.serve(receiver).await })
+}
+
+async fn stop(server: &NatsServer, task: tokio::task::JoinHandle<Result<(), Error>>) {
+    server.shutdown(Duration::from_secs(10)).await.unwrap();
+    assert!(matches!(task.await.unwrap(), Err(Error::ServerClosed)));
+}
+
+fn seq_message(seq: u64) -> Message {
+    let mut msg = Message::new(format!("message {seq}"));
+    msg.attributes.set("X-Kit-Seq", seq.to_string());
+    msg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_duplicate_window_drops_a_message_published_again_with_its_key() {
+    let Some(nats) = connect().await else { return };
+    let fresh = Fresh::new(&nats).await;
+    nats.ensure_stream(&fresh.options()).await.unwrap();
+    let topic = fresh.topic();
+    for _ in 0..2 {
+        let mut msg = seq_message(1);
+        msg.attributes.set("Idempotency-Key", "order-1");
+        topic.publish(&Context::background(), msg).await.unwrap();
+    }
+    // Without a key, each message gets an id of its own.
+    topic
+        .publish(&Context::background(), seq_message(2))
+        .await
+        .unwrap();
+    topic
+        .publish(&Context::background(), seq_message(2))
+        .await
+        .unwrap();
+    let recorder = Recorder::new();
+    let server = nats
+        .server(fresh.options(), ServerConfig::new())
+        .await
+        .unwrap();
+    let task = serve(&server, recorder.clone());
+    recorder.wait_for(3, WAIT).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop(&server, task).await;
+    let mut seqs: Vec<u64> = recorder.received().iter().filter_map(|r| r.seq()).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, [1, 2, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_carry_multi_valued_attributes_and_a_line_break_is_refused_by_key() {
+    let Some(nats) = connect().await else { return };
+    let fresh = Fresh::new(&nats).await;
+    nats.ensure_stream(&fresh.options()).await.unwrap();
+    let topic = fresh.topic();
+    let mut msg = Message::new(vec![0u8, 0xff, 0]);
+    msg.attributes.add("X-Tag", "a");
+    msg.attributes.add("X-Tag", "b");
+    topic.publish(&Context::background(), msg).await.unwrap();
+    let mut bad = Message::new("x");
+    bad.attributes.set("X-Bad", "line\nbreak");
+    let err = topic
+        .publish(&Context::background(), bad)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidAttribute { .. }), "{err:?}");
+    assert!(err.to_string().contains("X-Bad"), "{err}");
+
+    let recorder = Recorder::new();
+    let server = nats
+        .server(fresh.options(), ServerConfig::new())
+        .await
+        .unwrap();
+    let task = serve(&server, recorder.clone());
+    let got = recorder.wait_for(1, WAIT).await.unwrap();
+    stop(&server, task).await;
+    assert_eq!(
+        got[0].attributes.get_all("X-Tag").collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    assert_eq!(got[0].body.as_ref(), &[0u8, 0xff, 0]);
+    assert!(got[0].attributes.get("Nats-Msg-Id").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_slower_than_ack_wait_is_kept_alive_and_runs_once() {
+    let Some(nats) = connect().await else { return };
+    let fresh = Fresh::new(&nats).await;
+    let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let r = runs.clone();
+    let receiver = msgio::ReceiverFunc::new(move |_: Context, _: Message| {
+        let r = r.clone();
+        async move {
+            r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            Ok(())
+        }
+    });
+    let server = nats
+        .server(
+            fresh.options().ack_wait(Duration::from_secs(1)),
+            ServerConfig::new().concurrency(4),
+        )
+        .await
+        .unwrap();
+    let task = serve(&server, receiver);
+    fresh
+        .topic()
+        .publish(&Context::background(), seq_message(1))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    stop(&server, task).await;
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn bad_options_are_refused_by_name() {
+    let Some(nats) = connect().await else { return };
+    for (options, field) in [
+        (ConsumerOptions::new("", "d"), "stream"),
+        (ConsumerOptions::new("a.b", "d"), "stream"),
+        (ConsumerOptions::new("s", ""), "durable"),
+        (
+            ConsumerOptions::new("s", "d").ack_wait(Duration::ZERO),
+            "ack_wait",
+        ),
+        (ConsumerOptions::new("s", "d").max_deliver(0), "max_deliver"),
+        (
+            ConsumerOptions::new("s", "d").subjects(Vec::<String>::new()),
+            "subjects",
+        ),
+    ] {
+        let err = nats.server(options, ServerConfig::new()).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig { .. }), "{err:?}");
+        assert!(err.to_string().contains(field), "{err} should name {field}");
+    }
+}
+
+#[tokio::test]
+async fn a_refused_connection_does_not_show_the_password() {
+    let err = Nats::connect("nats://user:s3cret@127.0.0.1:1")
+        .await
+        .unwrap_err();
+    assert!(err.is_connection_lost(), "{err:?}");
+    assert!(!err.to_string().contains("s3cret"), "{err}");
+}
