@@ -272,3 +272,276 @@ async fn a_refused_connection_does_not_show_the_password() {
     assert!(err.is_connection_lost(), "{err:?}");
     assert!(!err.to_string().contains("s3cret"), "{err}");
 }
+
+// ---- Chaos: a consumer killed with SIGKILL, and a nats-server restarted mid-stream. ----
+
+/// Where the kill test's child consumer works: the stream, and the subject it reports on.
+const CHILD_STREAM: &str = "MSGIO_NATS_CHILD_STREAM";
+
+/// Not a test of its own: the consumer process the kill test starts (and kills).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the child process of a_killed_consumers_messages_come_back_and_none_is_lost"]
+async fn child_consumer() {
+    let Ok(stream) = std::env::var(CHILD_STREAM) else {
+        return;
+    };
+    let nats = Nats::connect(&url()).await.unwrap();
+    let reporter = async_nats::connect(url()).await.unwrap();
+    let server = nats
+        .server(
+            ConsumerOptions::new(&stream, "d").ack_wait(Duration::from_secs(1)),
+            ServerConfig::new().concurrency(8),
+        )
+        .await
+        .unwrap();
+    let done = format!("done.{stream}");
+    let receiver = msgio::ReceiverFunc::new(move |_: Context, msg: Message| {
+        let (reporter, done) = (reporter.clone(), done.clone());
+        async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let seq = msg.attributes.get("X-Kit-Seq").unwrap_or("?").to_owned();
+            reporter
+                .publish(done, seq.into())
+                .await
+                .map_err(Error::other)?;
+            reporter.flush().await.map_err(Error::other)?;
+            Ok(())
+        }
+    });
+    server.serve(receiver).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_consumers_messages_come_back_and_none_is_lost() {
+    use futures::StreamExt;
+    const N: u64 = 300;
+    let Some(nats) = connect().await else { return };
+    let fresh = Fresh::new(&nats).await;
+    let options = fresh.options().ack_wait(Duration::from_secs(1));
+    nats.ensure_stream(&options).await.unwrap();
+    let topic = fresh.topic();
+    for seq in 0..N {
+        topic
+            .publish(&Context::background(), seq_message(seq))
+            .await
+            .unwrap();
+    }
+    let reports = async_nats::connect(url()).await.unwrap();
+    let mut done = reports
+        .subscribe(format!("done.{}", fresh.stream))
+        .await
+        .unwrap();
+    reports.flush().await.unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "child_consumer", "--nocapture"])
+        .env(CHILD_STREAM, &fresh.stream)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it mid-stream, holding messages.
+    let mut by_child = std::collections::BTreeSet::new();
+    while by_child.len() < 50 {
+        let report = tokio::time::timeout(WAIT, done.next())
+            .await
+            .expect("the child reports")
+            .unwrap();
+        by_child.insert(
+            String::from_utf8_lossy(&report.payload)
+                .parse::<u64>()
+                .unwrap(),
+        );
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // Reports already on their way still count.
+    while let Ok(Some(report)) = tokio::time::timeout(Duration::from_millis(200), done.next()).await
+    {
+        by_child.insert(
+            String::from_utf8_lossy(&report.payload)
+                .parse::<u64>()
+                .unwrap(),
+        );
+    }
+
+    let recorder = Recorder::new();
+    let server = nats.server(options, ServerConfig::new()).await.unwrap();
+    let task = serve(&server, recorder.clone());
+    recorder
+        .wait_until("every message once the child died", WAIT, |r| {
+            let mut all = by_child.clone();
+            all.extend(r.iter().filter_map(|r| r.seq()));
+            all.len() == N as usize
+        })
+        .await
+        .unwrap();
+    stop(&server, task).await;
+    assert!(
+        recorder.received().iter().any(|r| r.attempt > 1),
+        "nothing came back from the killed consumer"
+    );
+}
+
+/// A nats-server with JetStream of the test's own, on a free loopback port, storing in a
+/// temporary directory.
+struct PrivateNats {
+    port: u16,
+    dir: std::path::PathBuf,
+    process: Option<std::process::Child>,
+}
+
+impl PrivateNats {
+    fn start() -> std::io::Result<PrivateNats> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir =
+            std::env::temp_dir().join(format!("msgio-nats-{}", msgio::testing::unique_suffix()));
+        std::fs::create_dir_all(&dir)?;
+        let mut nats = PrivateNats {
+            port,
+            dir,
+            process: None,
+        };
+        nats.spawn()?;
+        Ok(nats)
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) -> std::io::Result<()> {
+        let child = std::process::Command::new("nats-server")
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        self.process = Some(child);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Err(std::io::Error::other("nats-server did not come up"))
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same port and store.
+    fn restart(&mut self) -> std::io::Result<()> {
+        if let Some(mut child) = self.process.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        self.spawn()
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn private_nats() -> Option<PrivateNats> {
+    match PrivateNats::start() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            msgio::testing::skip_or_fail("nats-server (started by the test)", "nats-server", &e);
+            None
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publisher_and_consumer_ride_out_a_nats_restart_and_lose_nothing() {
+    const N: u64 = 300;
+    let Some(mut private) = private_nats() else {
+        return;
+    };
+    let nats = Nats::connect(&private.url()).await.unwrap();
+    let stream = format!("msgio_test_{}", msgio::testing::unique_suffix());
+    let options = ConsumerOptions::new(&stream, "d").ack_wait(Duration::from_secs(2));
+    nats.ensure_stream(&options).await.unwrap();
+    let topic = nats.topic(format!("{stream}.t"));
+    let recorder = Recorder::new();
+    let server = nats
+        .server(
+            options,
+            ServerConfig::new().reconnect_backoff(
+                msgio::Backoff::new(Duration::from_millis(50), Duration::from_millis(500), 2.0)
+                    .unwrap(),
+            ),
+        )
+        .await
+        .unwrap();
+    let task = serve(&server, recorder.clone());
+    let publisher = tokio::spawn(async move {
+        for seq in 0..N {
+            // A publisher retries what failed while NATS was down; the stream's duplicate
+            // window drops a retry of a message that did arrive.
+            let deadline = std::time::Instant::now() + WAIT;
+            loop {
+                let mut msg = seq_message(seq);
+                msg.attributes.set("Idempotency-Key", format!("m-{seq}"));
+                match topic.publish(&Context::background(), msg).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        assert!(
+                            std::time::Instant::now() < deadline,
+                            "publishing {seq}: {e}"
+                        );
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    recorder.wait_for(50, WAIT).await.unwrap();
+    private.restart().unwrap();
+    publisher.await.unwrap();
+    recorder
+        .wait_until("every message across the restart", WAIT, |r| {
+            r.iter()
+                .filter_map(|r| r.seq())
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+                == N as usize
+        })
+        .await
+        .unwrap();
+    stop(&server, task).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_passes_the_kits_broker_restart_case() {
+    let Some(private) = private_nats() else {
+        return;
+    };
+    let nats = Nats::connect(&private.url()).await.unwrap();
+    let private = std::sync::Arc::new(std::sync::Mutex::new(private));
+    let caps = Capabilities::new().restart(move || {
+        let private = private.clone();
+        async move {
+            tokio::task::spawn_blocking(move || private.lock().unwrap().restart())
+                .await
+                .map_err(Error::other)?
+                .map_err(Error::other)
+        }
+    });
+    msgio::testing::run_matching(JetStream { nats }, caps, |name| name == "broker_restart")
+        .await
+        .assert_passed();
+}
