@@ -1,0 +1,301 @@
+//! NATS JetStream, msgio against raw async-nats doing the same work, in the same run.
+//!
+//! Publish: 200 concurrent publishers share one connection, each message a JetStream
+//! publish of a 100-byte body with two attribute headers and a `Nats-Msg-Id`, waiting for
+//! its PubAck. msgio publishes through `NatsTopic::publish`; raw async-nats sends the same
+//! headers with `publish_with_headers` and awaits the same acknowledgement.
+//!
+//! Consume with ack: the stream is filled beforehand; the clock runs until every message
+//! was handed to a receiver and acknowledged. msgio serves with concurrency 64 (pulls of
+//! up to 128); raw async-nats pulls batches of 128 from the same kind of durable consumer,
+//! turns the headers into attributes and acks each message where it reads it.
+//!
+//! Prints the median of several rounds of each (alternating), and their ratio.
+//!
+//! ```sh
+//! cargo bench --bench nats --features nats,testing   # NATS_URL overrides nats://127.0.0.1:4222
+//! ```
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer};
+use bytes::Bytes;
+use futures::StreamExt;
+use msgio::nats::{ConsumerOptions, Nats};
+use msgio::{Attributes, Context, Message, ReceiverFunc, Server, ServerConfig, Topic};
+
+mod common;
+use common::{Done, median};
+
+const PUBLISHERS: usize = 200;
+const CONCURRENCY: usize = 64;
+const BATCH: usize = 128;
+const BODY: [u8; 100] = [b'x'; 100];
+const ROUNDS: usize = 7;
+
+fn url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+fn stream_name() -> String {
+    format!("msgio_bench_{}", msgio::testing::unique_suffix())
+}
+
+/// The headers msgio sends for message `seq`, written by hand.
+fn headers(seq: usize) -> async_nats::HeaderMap {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.append("Content-Type", "text/plain");
+    headers.append("X-Seq", seq.to_string().as_str());
+    headers.insert(
+        "Nats-Msg-Id",
+        format!("{}{}", msgio::testing::unique_suffix(), seq).as_str(),
+    );
+    headers
+}
+
+async fn make_stream(js: &jetstream::Context, stream: &str) {
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: stream.to_owned(),
+        subjects: vec![format!("{stream}.>")],
+        retention: jetstream::stream::RetentionPolicy::WorkQueue,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
+/// msgio: `n` messages from 200 concurrent publishers; messages per second.
+async fn msgio_publish(nats: &Nats, js: &jetstream::Context, n: usize) -> f64 {
+    let stream = stream_name();
+    nats.ensure_stream(&ConsumerOptions::new(&stream, "d"))
+        .await
+        .unwrap();
+    let topic = nats.topic(format!("{stream}.t"));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            let topic = topic.clone();
+            tokio::spawn(async move {
+                let ctx = Context::background();
+                for seq in (p..n).step_by(PUBLISHERS) {
+                    let mut msg = Message::new(Bytes::from_static(&BODY));
+                    msg.attributes.set("Content-Type", "text/plain");
+                    msg.attributes.set("X-Seq", seq.to_string());
+                    topic.publish(&ctx, msg).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    js.delete_stream(&stream).await.unwrap();
+    rate
+}
+
+/// Raw async-nats: the same publishes, awaiting each PubAck, from 200 concurrent tasks.
+async fn raw_publish(js: &jetstream::Context, n: usize) -> f64 {
+    let stream = stream_name();
+    make_stream(js, &stream).await;
+    let subject = format!("{stream}.t");
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            let (js, subject) = (js.clone(), subject.clone());
+            tokio::spawn(async move {
+                for seq in (p..n).step_by(PUBLISHERS) {
+                    js.publish_with_headers(
+                        subject.clone(),
+                        headers(seq),
+                        Bytes::from_static(&BODY),
+                    )
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    js.delete_stream(&stream).await.unwrap();
+    rate
+}
+
+/// A stream holding `n` messages as msgio publishes them.
+async fn filled(js: &jetstream::Context, n: usize) -> String {
+    let stream = stream_name();
+    make_stream(js, &stream).await;
+    let subject = format!("{stream}.t");
+    let mut acks = Vec::with_capacity(n);
+    for seq in 0..n {
+        acks.push(
+            js.publish_with_headers(subject.clone(), headers(seq), Bytes::from_static(&BODY))
+                .await
+                .unwrap(),
+        );
+        if acks.len() == 1000 {
+            for ack in acks.drain(..) {
+                ack.await.unwrap();
+            }
+        }
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    stream
+}
+
+async fn durable(js: &jetstream::Context, stream: &str) -> consumer::PullConsumer {
+    js.get_stream(stream)
+        .await
+        .unwrap()
+        .get_or_create_consumer(
+            "d",
+            consumer::pull::Config {
+                durable_name: Some("d".to_owned()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+}
+
+/// msgio: serve `n` messages with concurrency 64 until all are acknowledged.
+async fn msgio_consume(nats: &Nats, js: &jetstream::Context, n: usize) -> f64 {
+    let stream = filled(js, n).await;
+    let done = Done::new(n);
+    let d = done.clone();
+    let receiver = ReceiverFunc::new(move |_: Context, mut msg: Message| {
+        let d = d.clone();
+        async move {
+            let body = msg.body.read_to_bytes(1024).await?;
+            std::hint::black_box((body, msg.attributes.get("X-Seq").is_some()));
+            d.one();
+            Ok(())
+        }
+    });
+    let server = nats
+        .server(
+            ConsumerOptions::new(&stream, "d"),
+            ServerConfig::new().concurrency(CONCURRENCY),
+        )
+        .await
+        .unwrap();
+    let mut consumer = durable(js, &stream).await;
+    let started = Instant::now();
+    let serving = server.clone();
+    let task = tokio::spawn(async move { serving.serve(receiver).await });
+    done.wait().await;
+    while consumer.info().await.unwrap().num_ack_pending > 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    server.shutdown(Duration::from_secs(10)).await.unwrap();
+    let _ = task.await;
+    js.delete_stream(&stream).await.unwrap();
+    rate
+}
+
+/// Raw async-nats: pull batches of 128, decode the headers, ack each message inline.
+async fn raw_consume(client: &async_nats::Client, js: &jetstream::Context, n: usize) -> f64 {
+    let stream = filled(js, n).await;
+    let mut consumer = durable(js, &stream).await;
+    let started = Instant::now();
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(BATCH)
+        .messages()
+        .await
+        .unwrap();
+    for _ in 0..n {
+        let message = messages.next().await.unwrap().unwrap();
+        let mut attributes = Attributes::new();
+        if let Some(headers) = &message.headers {
+            for (name, values) in headers.iter() {
+                for value in values {
+                    attributes.add(AsRef::<str>::as_ref(name), value.as_str());
+                }
+            }
+        }
+        std::hint::black_box((&message.payload, attributes));
+        message.ack().await.unwrap();
+    }
+    client.flush().await.unwrap();
+    while consumer.info().await.unwrap().num_ack_pending > 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    drop(messages);
+    js.delete_stream(&stream).await.unwrap();
+    rate
+}
+
+fn main() {
+    let runtime = common::runtime();
+    let n = common::messages(50_000);
+    runtime.block_on(async {
+        let (nats, client) = match (Nats::connect(&url()).await, async_nats::connect(url()).await)
+        {
+            (Ok(nats), Ok(client)) => (nats, client),
+            (Err(e), _) => {
+                eprintln!("SKIPPED: NATS at {} did not answer: {e}", url());
+                return;
+            }
+            (_, Err(e)) => {
+                eprintln!("SKIPPED: NATS at {} did not answer: {e}", url());
+                return;
+            }
+        };
+        let js = jetstream::new(client.clone());
+        // Warm up both paths once.
+        msgio_publish(&nats, &js, n / 10).await;
+        raw_publish(&js, n / 10).await;
+        msgio_consume(&nats, &js, n / 10).await;
+        raw_consume(&client, &js, n / 10).await;
+
+        let only = std::env::var("MSGIO_BENCH_ONLY").ok();
+        if only.as_deref().is_none_or(|o| o == "publish") {
+            let (mut ours, mut raw, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+            for round in 0..ROUNDS {
+                // Back to back, in alternating order, so that drift hits both alike.
+                let (o, r) = if round % 2 == 0 {
+                    (msgio_publish(&nats, &js, n).await, raw_publish(&js, n).await)
+                } else {
+                    let r = raw_publish(&js, n).await;
+                    (msgio_publish(&nats, &js, n).await, r)
+                };
+                ours.push(o);
+                raw.push(r);
+                ratios.push(o / r);
+            }
+            println!("nats publish with acks, {n} messages x {ROUNDS} rounds, {PUBLISHERS} concurrent publishers, 100-byte body, 2 attributes");
+            println!("  msgio NatsTopic                     {:>10.0} msgs/s (median)", median(ours));
+            println!("  raw async-nats                      {:>10.0} msgs/s (median)", median(raw));
+            println!("  ratio msgio/raw (median of rounds)  {:>10.2}", median(ratios));
+        }
+        if only.as_deref().is_none_or(|o| o == "consume") {
+            let (mut ours, mut raw, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+            for round in 0..ROUNDS {
+                let (o, r) = if round % 2 == 0 {
+                    (msgio_consume(&nats, &js, n).await, raw_consume(&client, &js, n).await)
+                } else {
+                    let r = raw_consume(&client, &js, n).await;
+                    (msgio_consume(&nats, &js, n).await, r)
+                };
+                ours.push(o);
+                raw.push(r);
+                ratios.push(o / r);
+            }
+            println!("nats consume + ack, {n} messages x {ROUNDS} rounds, pulls of {BATCH}");
+            println!("  msgio NatsServer, concurrency {CONCURRENCY}    {:>10.0} msgs/s (median)", median(ours));
+            println!("  raw async-nats, handled inline      {:>10.0} msgs/s (median)", median(raw));
+            println!("  ratio msgio/raw (median of rounds)  {:>10.2}", median(ratios));
+        }
+    });
+}
