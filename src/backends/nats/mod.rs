@@ -36,6 +36,8 @@
 //! - [`set_delay`](crate::MessageWriter::set_delay): NATS 2.9 cannot schedule a message, so
 //!   the topic records when it is due ([`keys::NOT_BEFORE`](crate::keys::NOT_BEFORE)) and
 //!   the server, on a delivery that arrives early, naks it with the rest of the delay.
+//!   JetStream counts that early delivery, so a delayed message's first attempt is numbered
+//!   2 (and it has one attempt fewer before `max_attempts`).
 //! - The server fetches in batches from a durable pull consumer (created with the stream
 //!   when missing), acks, naks with the retry delay, terminates rejects, and sends
 //!   in-progress signals every half ack wait while a receiver still runs. The attempt is
