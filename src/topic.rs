@@ -90,34 +90,43 @@ pub trait Topic: Send + Sync {
     where
         Self: Sized,
     {
-        async move {
-            let Message {
-                attributes,
-                mut body,
-            } = message;
-            let mut writer = self.new_writer(ctx)?;
-            // Keep what a decorator set on the writer; the message's own keys win.
-            let target = writer.attributes_mut();
-            if target.is_empty() {
-                *target = attributes;
-            } else {
-                for key in attributes.keys() {
-                    target.remove(key);
-                    for value in attributes.get_all(key) {
-                        target.add(key, value);
-                    }
-                }
+        publish_through_writer(self, ctx, message)
+    }
+}
+
+/// What [`Topic::publish`] does by default: a new writer, the message's attributes over
+/// those a decorator set, the body, close. For a transport that overrides `publish` with a
+/// faster path and falls back on this one (for a streaming body, say).
+pub(crate) async fn publish_through_writer<T: Topic + ?Sized>(
+    topic: &T,
+    ctx: &Context,
+    message: Message,
+) -> Result<(), Error> {
+    let Message {
+        attributes,
+        mut body,
+    } = message;
+    let mut writer = topic.new_writer(ctx)?;
+    // Keep what a decorator set on the writer; the message's own keys win.
+    let target = writer.attributes_mut();
+    if target.is_empty() {
+        *target = attributes;
+    } else {
+        for key in attributes.keys() {
+            target.remove(key);
+            for value in attributes.get_all(key) {
+                target.add(key, value);
             }
-            match body.as_bytes() {
-                Some(bytes) => writer.write_all(bytes).await?,
-                None => {
-                    futures::io::copy(&mut body, &mut writer).await?;
-                }
-            }
-            writer.close().await?;
-            Ok(())
         }
     }
+    match body.as_bytes() {
+        Some(bytes) => writer.write_all(bytes).await?,
+        None => {
+            futures::io::copy(&mut body, &mut writer).await?;
+        }
+    }
+    writer.close().await?;
+    Ok(())
 }
 
 impl<T: Topic + ?Sized> Topic for Arc<T> {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use msgio::nats::{ConsumerOptions, Nats, NatsServer, NatsTopic};
-use msgio::testing::{Capabilities, Transport};
+use msgio::testing::{Capabilities, ServerProcess, Transport};
 use msgio::{Error, ServerConfig};
 
 fn url() -> String {
@@ -381,81 +381,16 @@ async fn a_killed_consumers_messages_come_back_and_none_is_lost() {
     );
 }
 
-/// A nats-server with JetStream of the test's own, on a free loopback port, storing in a
-/// temporary directory.
-struct PrivateNats {
-    port: u16,
-    dir: std::path::PathBuf,
-    process: Option<std::process::Child>,
-}
-
-impl PrivateNats {
-    fn start() -> std::io::Result<PrivateNats> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let dir =
-            std::env::temp_dir().join(format!("msgio-nats-{}", msgio::testing::unique_suffix()));
-        std::fs::create_dir_all(&dir)?;
-        let mut nats = PrivateNats {
-            port,
-            dir,
-            process: None,
-        };
-        nats.spawn()?;
-        Ok(nats)
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn spawn(&mut self) -> std::io::Result<()> {
-        let child = std::process::Command::new("nats-server")
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&self.dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()?;
-        self.process = Some(child);
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        Err(std::io::Error::other("nats-server did not come up"))
-    }
-
-    /// Kills the server (SIGKILL) and starts it again on the same port and store.
-    fn restart(&mut self) -> std::io::Result<()> {
-        if let Some(mut child) = self.process.take() {
-            child.kill()?;
-            child.wait()?;
-        }
-        self.spawn()
-    }
-}
-
-impl Drop for PrivateNats {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.process.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn private_nats() -> Option<PrivateNats> {
-    match PrivateNats::start() {
+/// A nats-server with JetStream of the test's own, on a free loopback port, storing in its
+/// scratch directory.
+fn private_nats() -> Option<ServerProcess> {
+    let started = ServerProcess::start("nats-server", |port, dir| {
+        let mut args: Vec<std::ffi::OsString> = vec!["-a".into(), "127.0.0.1".into(), "-p".into()];
+        args.push(port.to_string().into());
+        args.extend(["-js".into(), "-sd".into(), dir.into()]);
+        args
+    });
+    match started {
         Ok(p) => Some(p),
         Err(e) => {
             msgio::testing::skip_or_fail("nats-server (started by the test)", "nats-server", &e);
@@ -470,7 +405,9 @@ async fn publisher_and_consumer_ride_out_a_nats_restart_and_lose_nothing() {
     let Some(mut private) = private_nats() else {
         return;
     };
-    let nats = Nats::connect(&private.url()).await.unwrap();
+    let nats = Nats::connect(&format!("nats://127.0.0.1:{}", private.port()))
+        .await
+        .unwrap();
     let stream = format!("msgio_test_{}", msgio::testing::unique_suffix());
     let options = ConsumerOptions::new(&stream, "d").ack_wait(Duration::from_secs(2));
     nats.ensure_stream(&options).await.unwrap();
@@ -530,17 +467,10 @@ async fn nats_passes_the_kits_broker_restart_case() {
     let Some(private) = private_nats() else {
         return;
     };
-    let nats = Nats::connect(&private.url()).await.unwrap();
-    let private = std::sync::Arc::new(std::sync::Mutex::new(private));
-    let caps = Capabilities::new().restart(move || {
-        let private = private.clone();
-        async move {
-            tokio::task::spawn_blocking(move || private.lock().unwrap().restart())
-                .await
-                .map_err(Error::other)?
-                .map_err(Error::other)
-        }
-    });
+    let nats = Nats::connect(&format!("nats://127.0.0.1:{}", private.port()))
+        .await
+        .unwrap();
+    let caps = Capabilities::new().restart(private.into_restart());
     msgio::testing::run_matching(JetStream { nats }, caps, |name| name == "broker_restart")
         .await
         .assert_passed();

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use msgio::redis::{Redis, RedisServer, RedisTopic, StreamOptions};
-use msgio::testing::{Capabilities, Recorder, Transport};
+use msgio::testing::{Capabilities, Recorder, ServerProcess, Transport};
 use msgio::{Context, Error, Message, MessageWriter, Server, ServerConfig, Topic, keys};
 
 fn url() -> String {
@@ -597,90 +597,45 @@ async fn a_killed_consumers_messages_are_reclaimed_and_none_is_lost() {
 }
 
 /// A redis-server of the test's own, on a free loopback port, persisting every write.
-struct PrivateRedis {
-    port: u16,
-    dir: std::path::PathBuf,
-    process: Option<std::process::Child>,
-}
-
-impl PrivateRedis {
-    fn start() -> std::io::Result<PrivateRedis> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let dir =
-            std::env::temp_dir().join(format!("msgio-redis-{}", msgio::testing::unique_suffix()));
-        std::fs::create_dir_all(&dir)?;
-        let mut redis = PrivateRedis {
-            port,
-            dir,
-            process: None,
-        };
-        redis.spawn()?;
-        Ok(redis)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn spawn(&mut self) -> std::io::Result<()> {
-        let child = std::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(std::process::Stdio::null())
-            .spawn()?;
-        self.process = Some(child);
-        // Bounded wait for the port to answer.
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(25));
+fn private_redis() -> Option<ServerProcess> {
+    let started = ServerProcess::start("redis-server", |port, dir| {
+        let mut args: Vec<std::ffi::OsString> = ["--bind", "127.0.0.1", "--port"]
+            .iter()
+            .map(Into::into)
+            .collect();
+        args.push(port.to_string().into());
+        for arg in [
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+            "--dir",
+        ] {
+            args.push(arg.into());
         }
-        Err(std::io::Error::other("redis-server did not come up"))
-    }
-
-    /// Kills the server (SIGKILL: what was acknowledged is on disk) and starts it again.
-    fn restart(&mut self) -> std::io::Result<()> {
-        if let Some(mut child) = self.process.take() {
-            child.kill()?;
-            child.wait()?;
+        args.push(dir.into());
+        args
+    });
+    match started {
+        Ok(p) => Some(p),
+        Err(e) => {
+            msgio::testing::skip_or_fail("redis-server (started by the test)", "redis-server", &e);
+            None
         }
-        self.spawn()
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.process.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publisher_and_consumer_ride_out_a_redis_restart_and_lose_nothing() {
     const N: u64 = 400;
-    let mut private = match PrivateRedis::start() {
-        Ok(p) => p,
-        Err(e) => {
-            msgio::testing::skip_or_fail("redis-server (started by the test)", "redis-server", &e);
-            return;
-        }
+    let Some(mut private) = private_redis() else {
+        return;
     };
-    let redis = Redis::connect(&private.url()).await.unwrap();
+    let redis = Redis::connect(&format!("redis://127.0.0.1:{}", private.port()))
+        .await
+        .unwrap();
     let stream = stream_name();
     let topic = redis.topic(&stream);
     let recorder = Recorder::new();
@@ -730,25 +685,12 @@ async fn publisher_and_consumer_ride_out_a_redis_restart_and_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_passes_the_kits_broker_restart_case() {
-    let private = match PrivateRedis::start() {
-        Ok(p) => p,
-        Err(e) => {
-            msgio::testing::skip_or_fail("redis-server (started by the test)", "redis-server", &e);
-            return;
-        }
+    let Some(private) = private_redis() else {
+        return;
     };
-    let url = private.url();
+    let url = format!("redis://127.0.0.1:{}", private.port());
     let redis = Redis::connect(&url).await.unwrap();
-    let private = std::sync::Arc::new(std::sync::Mutex::new(private));
-    let caps = Capabilities::new().restart(move || {
-        let private = private.clone();
-        async move {
-            tokio::task::spawn_blocking(move || private.lock().unwrap().restart())
-                .await
-                .map_err(Error::other)?
-                .map_err(Error::other)
-        }
-    });
+    let caps = Capabilities::new().restart(private.into_restart());
     msgio::testing::run_matching(Streams { redis, url }, caps, |name| {
         name == "broker_restart"
     })

@@ -43,6 +43,7 @@
 
 mod cases;
 mod harness;
+mod process;
 
 use std::fmt;
 use std::future::Future;
@@ -52,6 +53,7 @@ use std::time::Duration;
 use crate::{BoxFuture, Error, Server, ServerConfig, Topic};
 
 pub use harness::{Received, Recorder};
+pub use process::ServerProcess;
 
 /// A transport under test: makes isolated destinations, and topics and servers on them.
 pub trait Transport: Send + Sync + 'static {

@@ -69,21 +69,11 @@ impl Topic for NatsTopic {
     type Writer = NatsWriter;
 
     async fn publish(&self, ctx: &Context, message: Message) -> Result<(), Error> {
-        match message.body.as_bytes() {
-            Some(body) => {
-                self.inner
-                    .send(ctx, message.attributes, body.clone(), None)
-                    .await
-            }
-            None => {
-                let mut writer = self.new_writer(ctx)?;
-                *crate::MessageWriter::attributes_mut(&mut writer) = message.attributes;
-                let mut body = message.body;
-                futures::io::copy(&mut body, &mut writer).await?;
-                futures::io::AsyncWriteExt::close(&mut writer).await?;
-                Ok(())
-            }
+        if let Some(body) = message.body.as_bytes() {
+            let body = body.clone();
+            return self.inner.send(ctx, message.attributes, body, None).await;
         }
+        crate::topic::publish_through_writer(self, ctx, message).await
     }
 
     fn new_writer(&self, ctx: &Context) -> Result<NatsWriter, Error> {

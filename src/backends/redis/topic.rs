@@ -12,7 +12,7 @@ use super::{encoding, scripts};
 use crate::topic::{BufferedWriter, Outgoing, Publish};
 use std::time::Duration;
 
-use crate::{Attributes, Context, Error, Message, MessageWriter, Topic};
+use crate::{Attributes, Context, Error, Message, Topic};
 
 /// A topic adding messages to a Redis stream (see the [module docs](super) for the
 /// layout). Cloning shares the connection; concurrent writers pipeline on it.
@@ -84,17 +84,10 @@ impl Topic for RedisTopic {
     /// Sends a message held in memory straight to Redis, without a writer; a streaming body
     /// goes through one.
     async fn publish(&self, ctx: &Context, message: Message) -> Result<(), Error> {
-        match message.body.as_bytes() {
-            Some(body) => self.inner.send(ctx, &message.attributes, body, None).await,
-            None => {
-                let mut writer = self.new_writer(ctx)?;
-                *writer.attributes_mut() = message.attributes;
-                let mut body = message.body;
-                futures::io::copy(&mut body, &mut writer).await?;
-                futures::io::AsyncWriteExt::close(&mut writer).await?;
-                Ok(())
-            }
+        if let Some(body) = message.body.as_bytes() {
+            return self.inner.send(ctx, &message.attributes, body, None).await;
         }
+        crate::topic::publish_through_writer(self, ctx, message).await
     }
 
     fn new_writer(&self, ctx: &Context) -> Result<RedisWriter, Error> {
