@@ -628,62 +628,6 @@ fn private_redis() -> Option<ServerProcess> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publisher_and_consumer_ride_out_a_redis_restart_and_lose_nothing() {
-    const N: u64 = 400;
-    let Some(mut private) = private_redis() else {
-        return;
-    };
-    let redis = Redis::connect(&format!("redis://127.0.0.1:{}", private.port()))
-        .await
-        .unwrap();
-    let stream = stream_name();
-    let topic = redis.topic(&stream);
-    let recorder = Recorder::new();
-    let server = redis
-        .server(
-            StreamOptions::new(&stream, "g").block(Duration::from_millis(100)),
-            ServerConfig::new().reconnect_backoff(
-                msgio::Backoff::new(Duration::from_millis(50), Duration::from_millis(500), 2.0)
-                    .unwrap(),
-            ),
-        )
-        .await
-        .unwrap();
-    let task = serve(&server, recorder.clone());
-    let publisher = tokio::spawn(async move {
-        for seq in 0..N {
-            // A publisher retries what failed while Redis was down.
-            let deadline = std::time::Instant::now() + WAIT;
-            while let Err(e) = topic
-                .publish(&Context::background(), seq_message(seq))
-                .await
-            {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "publishing {seq}: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    });
-    recorder.wait_for(100, WAIT).await.unwrap();
-    private.restart().unwrap();
-    publisher.await.unwrap();
-    recorder
-        .wait_until("every message across the restart", WAIT, |r| {
-            r.iter()
-                .filter_map(|r| r.seq())
-                .collect::<std::collections::BTreeSet<_>>()
-                .len()
-                == N as usize
-        })
-        .await
-        .unwrap();
-    stop(&server, task).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_passes_the_kits_broker_restart_case() {
     let Some(private) = private_redis() else {
         return;

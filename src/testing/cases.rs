@@ -899,7 +899,7 @@ async fn broker_restart<T: Transport>(
     dest: &T::Destination,
     caps: &Capabilities,
 ) -> Result<(), String> {
-    const MESSAGES: u64 = 20;
+    const MESSAGES: u64 = 200;
     let restart = caps.restart.clone().ok_or("no restart command")?;
     let topic = topic(t, dest).await?;
     let recorder = Recorder::new();
@@ -907,26 +907,32 @@ async fn broker_restart<T: Transport>(
         server(t, dest, ServerConfig::new()).await?,
         recorder.clone(),
     );
-    for seq in 0..MESSAGES / 2 {
-        publish_seq(&topic, seq, "before the restart", &Attributes::new()).await?;
-    }
-    recorder.wait_for(1, patience()).await?;
+    // One publisher goes on throughout, retrying what fails while the broker is down (a
+    // retried message that did arrive may come twice; none may be missing).
+    let patience = patience();
+    let publisher = tokio::spawn(async move {
+        for seq in 0..MESSAGES {
+            let deadline = tokio::time::Instant::now() + patience;
+            loop {
+                match publish_seq(&topic, seq, "across a restart", &Attributes::new()).await {
+                    Ok(()) => break,
+                    Err(e) if tokio::time::Instant::now() > deadline => return Err(e),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(())
+    });
+    recorder.wait_for(20, patience).await?;
     restart()
         .await
         .map_err(|e| format!("restarting the broker failed: {e}"))?;
-    // Publishing may fail while the broker comes back; a publisher retries.
-    for seq in MESSAGES / 2..MESSAGES {
-        let deadline = tokio::time::Instant::now() + patience();
-        loop {
-            match publish_seq(&topic, seq, "after the restart", &Attributes::new()).await {
-                Ok(()) => break,
-                Err(e) if tokio::time::Instant::now() > deadline => return Err(e),
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        }
-    }
+    publisher
+        .await
+        .map_err(|e| format!("the publisher panicked: {e}"))??;
     let all = recorder
-        .wait_until("every message across the restart", patience(), |r| {
+        .wait_until("every message across the restart", patience, |r| {
             seqs(r).len() == MESSAGES as usize
         })
         .await;

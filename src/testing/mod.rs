@@ -112,7 +112,9 @@ pub struct Capabilities {
     pub dead_letter: bool,
     /// Several servers on one destination share its messages, each delivered to one.
     pub consumer_groups: bool,
-    /// Restarts the broker, for the reconnect case.
+    /// Restarts the broker, for the reconnect case: one publisher goes on throughout (it
+    /// retries what fails while the broker is down), and every message must reach the
+    /// server once the broker is back.
     pub restart: Option<RestartFn>,
     /// The largest body the round-trip case sends (default 8 MiB).
     pub max_body: usize,
