@@ -257,6 +257,10 @@ async fn bad_options_are_refused_by_name() {
             ConsumerOptions::new("s", "d").subjects(Vec::<String>::new()),
             "subjects",
         ),
+        (
+            ConsumerOptions::new("s", "d").dead_letter_subject(""),
+            "dead_letter_subject",
+        ),
     ] {
         let err = nats.server(options, ServerConfig::new()).await.unwrap_err();
         assert!(matches!(err, Error::InvalidConfig { .. }), "{err:?}");
@@ -411,4 +415,53 @@ async fn nats_passes_the_kits_broker_restart_case() {
     msgio::testing::run_matching(JetStream { nats }, caps, |name| name == "broker_restart")
         .await
         .assert_passed();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_is_dead_lettered_to_a_subject_with_the_reason() {
+    let Some(nats) = connect().await else { return };
+    let fresh = Fresh::new(&nats).await;
+    let dead = Fresh::new(&nats).await;
+    nats.ensure_stream(&dead.options()).await.unwrap();
+    let failing = Recorder::with(|_, _| Err(Error::other("always fails")));
+    let server = nats
+        .server(
+            fresh
+                .options()
+                .dead_letter_subject(format!("{}.letters", dead.stream)),
+            ServerConfig::new().max_attempts(3),
+        )
+        .await
+        .unwrap();
+    let task = serve(&server, failing.clone());
+    let mut poison = seq_message(7);
+    poison.attributes.add("X-Tag", "a");
+    poison.attributes.add("X-Tag", "b");
+    fresh
+        .topic()
+        .publish(&Context::background(), poison)
+        .await
+        .unwrap();
+    let letters = Recorder::new();
+    let reader = nats
+        .server(dead.options(), ServerConfig::new())
+        .await
+        .unwrap();
+    let reader_task = serve(&reader, letters.clone());
+    let got = letters.wait_for(1, WAIT).await.unwrap();
+    stop(&server, task).await;
+    stop(&reader, reader_task).await;
+    let letter = &got[0];
+    assert_eq!(letter.body, "message 7");
+    assert_eq!(
+        letter.attributes.get_all("X-Tag").collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    let reason = letter
+        .attributes
+        .get(msgio::keys::DEAD_LETTER_REASON)
+        .unwrap();
+    assert!(reason.contains("attempt 3 of 3"), "{reason}");
+    assert_eq!(letter.attributes.get(msgio::keys::ATTEMPTS), Some("3"));
+    assert_eq!(failing.count(), 3);
 }

@@ -23,6 +23,7 @@ pub struct ConsumerOptions {
     ack_wait: Duration,
     max_deliver: i64,
     duplicate_window: Duration,
+    dead_letter_subject: Option<String>,
 }
 
 impl ConsumerOptions {
@@ -40,7 +41,16 @@ impl ConsumerOptions {
             ack_wait: Duration::from_secs(30),
             max_deliver: -1,
             duplicate_window: Duration::from_secs(120),
+            dead_letter_subject: None,
         }
+    }
+
+    /// Dead-letters to this subject (through a [`NatsTopic`](super::NatsTopic) on the same
+    /// connection; a stream must capture it) when the [`ServerConfig`] names no dead-letter
+    /// topic of its own.
+    pub fn dead_letter_subject(mut self, subject: impl Into<String>) -> Self {
+        self.dead_letter_subject = Some(subject.into());
+        self
     }
 
     /// The subjects a stream created here captures.
@@ -99,6 +109,12 @@ impl ConsumerOptions {
                 ),
             ));
         }
+        if self.dead_letter_subject.as_deref() == Some("") {
+            return Err(Error::invalid_config(
+                "dead_letter_subject",
+                "must not be empty",
+            ));
+        }
         if self.subjects.is_empty() || self.subjects.iter().any(|s| s.is_empty()) {
             return Err(Error::invalid_config(
                 "subjects",
@@ -132,10 +148,15 @@ impl NatsServer {
     pub(super) async fn new(
         nats: &Nats,
         options: ConsumerOptions,
-        config: ServerConfig,
+        mut config: ServerConfig,
     ) -> Result<Self, Error> {
         options.validate()?;
         config.validate()?;
+        if config.dead_letter.is_none() {
+            if let Some(subject) = &options.dead_letter_subject {
+                config = config.dead_letter(nats.topic(subject.clone()));
+            }
+        }
         let stream = ensure_stream(nats, &options).await?;
         let consumer: consumer::PullConsumer = stream
             .get_or_create_consumer(
@@ -362,6 +383,13 @@ impl Source for ConsumerSource {
             };
             if let Err(e) = settlement.token.message.ack_with(kind).await {
                 batch.push(settlement);
+                // The engine gives these up (JetStream redelivers them after the ack
+                // wait): stop keeping them alive.
+                if let Ok(mut in_flight) = self.in_flight.lock() {
+                    for s in batch.iter() {
+                        in_flight.remove(&s.token.seq);
+                    }
+                }
                 return Err(Error::connection_lost(format!(
                     "acknowledging on {:?}: {e}",
                     self.name
