@@ -22,38 +22,36 @@ pub(super) const BODY: &[u8] = b"body";
 /// The prefix of the fields holding attributes.
 pub(super) const ATTR: &[u8] = b"attr:";
 
+/// Calls `field(prefix, name, value)` for each of the entry's fields in order: `body`
+/// (no prefix), then `attr:` + key for each attribute value. One walk serves XADD and the
+/// delayed member, so neither builds the field names or copies the body on the way.
+fn each_field<'a>(
+    attributes: &'a Attributes,
+    body: &'a [u8],
+    mut field: impl FnMut(&'a [u8], &'a [u8], &'a [u8]),
+) {
+    field(b"", BODY, body);
+    for (key, value) in attributes.iter() {
+        field(ATTR, key.as_bytes(), value.as_bytes());
+    }
+}
+
 /// Appends the entry's fields and values to an XADD command.
 pub(super) fn add_fields(cmd: &mut redis::Cmd, attributes: &Attributes, body: &[u8]) {
-    cmd.arg(BODY).arg(body);
-    for (key, value) in attributes.iter() {
-        cmd.arg(AttrName(key)).arg(value);
-    }
+    each_field(attributes, body, |prefix, name, value| {
+        cmd.arg(Concat(prefix, name)).arg(value);
+    });
 }
 
-/// Writes `attr:<key>` straight into the command's buffer.
-struct AttrName<'a>(&'a str);
+/// Writes two byte strings as one argument, straight into the command's buffer.
+struct Concat<'a>(&'a [u8], &'a [u8]);
 
-impl redis::ToRedisArgs for AttrName<'_> {
+impl redis::ToRedisArgs for Concat<'_> {
     fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
         let mut w = out.writer_for_next_arg();
-        w.write_all(ATTR).ok();
-        w.write_all(self.0.as_bytes()).ok();
+        w.write_all(self.0).ok();
+        w.write_all(self.1).ok();
     }
-}
-
-/// The entry's fields and values, flattened, for the delayed set.
-pub(super) fn fields<'a>(attributes: &'a Attributes, body: &'a [u8]) -> Vec<Vec<u8>> {
-    let mut out = Vec::with_capacity(2 + 2 * attributes.len());
-    out.push(BODY.to_vec());
-    out.push(body.to_vec());
-    for (key, value) in attributes.iter() {
-        let mut name = Vec::with_capacity(ATTR.len() + key.len());
-        name.extend_from_slice(ATTR);
-        name.extend_from_slice(key.as_bytes());
-        out.push(name);
-        out.push(value.as_bytes().to_vec());
-    }
-    out
 }
 
 /// A decoded entry, or why it could not be decoded (with what could be saved).
@@ -136,25 +134,33 @@ fn bytes_of(value: Value) -> Option<Vec<u8>> {
     }
 }
 
-/// The delayed-set member for a message: MessagePack `[nonce, maxlen, fields...]`.
-pub(super) fn delayed_member(nonce: u64, max_len: Option<usize>, fields: &[Vec<u8>]) -> Vec<u8> {
-    let nonce = format!("{nonce:016x}");
-    let max_len = max_len.unwrap_or(0).to_string();
-    let parts = std::iter::once(nonce.as_bytes())
-        .chain(std::iter::once(max_len.as_bytes()))
-        .chain(fields.iter().map(Vec::as_slice));
-    let size: usize =
-        5 + 16 + 5 + max_len.len() + fields.iter().map(|f| 5 + f.len()).sum::<usize>();
-    let mut out = Vec::with_capacity(size);
-    let count = u32::try_from(2 + fields.len()).expect("fewer than 2^32 fields");
-    out.push(0xdd); // array 32
-    out.extend_from_slice(&count.to_be_bytes());
-    for part in parts {
-        let len = u32::try_from(part.len()).expect("a Redis string is under 512 MiB");
-        out.push(0xdb); // str 32: the bundled cmsgpack reads no bin types, and its strings are binary-safe
+/// The delayed-set member for a message: MessagePack `[nonce, maxlen, fields...]`, each
+/// a `str 32` (the bundled cmsgpack reads no bin types, and its strings are binary-safe).
+pub(super) fn delayed_member(
+    nonce: u64,
+    max_len: Option<usize>,
+    attributes: &Attributes,
+    body: &[u8],
+) -> Vec<u8> {
+    fn push(out: &mut Vec<u8>, prefix: &[u8], part: &[u8]) {
+        let len =
+            u32::try_from(prefix.len() + part.len()).expect("a Redis string is under 512 MiB");
+        out.push(0xdb);
         out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(prefix);
         out.extend_from_slice(part);
     }
+    let count =
+        u32::try_from(2 + 2 * (1 + attributes.iter().count())).expect("fewer than 2^32 fields");
+    let mut out = Vec::with_capacity(64 + body.len());
+    out.push(0xdd); // array 32
+    out.extend_from_slice(&count.to_be_bytes());
+    push(&mut out, b"", format!("{nonce:016x}").as_bytes());
+    push(&mut out, b"", max_len.unwrap_or(0).to_string().as_bytes());
+    each_field(attributes, body, |prefix, name, value| {
+        push(&mut out, prefix, name);
+        push(&mut out, b"", value);
+    });
     out
 }
 
@@ -176,11 +182,15 @@ mod tests {
         attrs.add("X-Tag", "b");
         attrs.set("Content-Type", "application/octet-stream");
         let body = [0u8, 255, 10, 13, 0];
-        let flat = fields(&attrs, &body);
+        let mut flat = Vec::new();
+        each_field(&attrs, &body, |prefix, name, value| {
+            flat.push(Value::BulkString([prefix, name].concat()));
+            flat.push(Value::BulkString(value.to_vec()));
+        });
         let Decoded::Ok {
             attributes,
             body: got,
-        } = decode(flat.into_iter().map(Value::BulkString).collect())
+        } = decode(flat)
         else {
             panic!("decodes");
         };
@@ -225,7 +235,7 @@ mod tests {
 
     #[test]
     fn the_delayed_member_is_a_messagepack_array_of_str32() {
-        let member = delayed_member(1, Some(10), &[b"body".to_vec(), b"hi".to_vec()]);
+        let member = delayed_member(1, Some(10), &Attributes::new(), b"hi");
         assert_eq!(&member[..5], &[0xdd, 0, 0, 0, 4]);
         assert_eq!(&member[5..10], &[0xdb, 0, 0, 0, 16]);
         assert!(member.ends_with(&[0xdb, 0, 0, 0, 2, b'h', b'i']));

@@ -154,8 +154,7 @@ impl TopicInner {
                 }
                 Some(delay) => {
                     let nonce = self.nonce.fetch_add(1, Ordering::Relaxed);
-                    let fields = encoding::fields(attributes, body);
-                    let member = encoding::delayed_member(nonce, self.max_len, &fields);
+                    let member = encoding::delayed_member(nonce, self.max_len, attributes, body);
                     let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX).max(1);
                     scripts::DELAY
                         .key(&self.delayed)
