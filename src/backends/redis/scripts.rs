@@ -60,14 +60,12 @@ return {#due, wait}
     )
 });
 
-/// Takes over what the named consumers hold (the group's parking consumer, which holds what
-/// servers handed back when they shut down; on a server's first pass, also what its own
-/// name held before a restart), or else XAUTOCLAIMs idle entries; either way with each
-/// entry's delivery count, which XCLAIM and XAUTOCLAIM do not return. Returns `{next
-/// cursor, entries, counts, more}`, `more` being 1 when held entries may remain.
+/// Takes over what the group's parking consumer holds (what servers handed back when they
+/// shut down), or else XAUTOCLAIMs idle entries; either way with each entry's delivery
+/// count, which XCLAIM and XAUTOCLAIM do not return. Returns `{next cursor, entries,
+/// counts, more}`, `more` being 1 when parked entries may remain.
 ///
-/// KEYS: the stream. ARGV: group, consumer, min idle ms, cursor, count, consumers to take
-/// from.
+/// KEYS: the stream. ARGV: group, consumer, min idle ms, cursor, count, parking consumer.
 pub(super) static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -80,14 +78,12 @@ local function counts_of(entries)
   end
   return counts
 end
-for k = 6, #ARGV do
-  local held = redis.call('XPENDING', stream, group, '-', '+', tonumber(ARGV[5]), ARGV[k])
-  if #held > 0 then
-    local ids = {}
-    for i, p in ipairs(held) do ids[i] = p[1] end
-    local entries = redis.call('XCLAIM', stream, group, consumer, 0, unpack(ids))
-    return {ARGV[4], entries, counts_of(entries), 1}
-  end
+local parked = redis.call('XPENDING', stream, group, '-', '+', tonumber(ARGV[5]), ARGV[6])
+if #parked > 0 then
+  local ids = {}
+  for i, p in ipairs(parked) do ids[i] = p[1] end
+  local entries = redis.call('XCLAIM', stream, group, consumer, 0, unpack(ids))
+  return {ARGV[4], entries, counts_of(entries), 1}
 end
 local r = redis.call('XAUTOCLAIM', stream, group, consumer, ARGV[3], ARGV[4], 'COUNT', ARGV[5])
 return {r[1], r[2], counts_of(r[2]), 0}

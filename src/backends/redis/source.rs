@@ -273,8 +273,9 @@ impl StreamSource {
         }
     }
 
-    /// Runs `result`'s error through NOGROUP recovery: the group (or the whole stream) is
-    /// gone, after a restart of a Redis that keeps nothing, say: create it again.
+    /// Handles a failed command: a missing group (or stream, after a restart of a Redis that
+    /// keeps nothing) is created again; a lost connection means the reader's client id and
+    /// what this consumer holds must be looked at afresh.
     async fn recover(&self, e: redis::RedisError) -> Result<(), Error> {
         if e.code() == Some("NOGROUP") {
             log::warning!(
@@ -284,12 +285,19 @@ impl StreamSource {
             );
             return self.create_group().await;
         }
-        if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
-            let mut state = self.state();
-            state.reader_id = None;
-            state.own_checked = false;
+        let error = super::error(e);
+        if error.is_connection_lost() {
+            self.forget_connection();
         }
-        Err(super::error(e))
+        Err(error)
+    }
+
+    /// After a lost connection: the reader's client id changed, and a reply the connection
+    /// dropped may have delivered entries nothing here holds.
+    fn forget_connection(&self) {
+        let mut state = self.state();
+        state.reader_id = None;
+        state.own_checked = false;
     }
 
     fn delivery(&self, id: EntryId, fields: Value, attempt: u32) -> Delivery<Token> {
@@ -402,16 +410,17 @@ impl StreamSource {
     /// Takes over entries idle for longer than `min_idle`.
     async fn claim_idle(&self, max: usize, out: &mut Vec<Delivery<Token>>) -> Result<(), Error> {
         let cursor = self.state().claim_cursor.clone();
-        let mut invocation = scripts::CLAIM.prepare_invoke();
-        invocation
+        let reply: Value = match scripts::CLAIM
             .key(&self.options.stream)
             .arg(&self.options.group)
             .arg(&self.consumer)
             .arg(self.options.min_idle.as_millis() as u64)
             .arg(&cursor)
-            .arg(max);
-        invocation.arg(PARKING);
-        let reply: Value = match invocation.invoke_async(&mut self.conn.clone()).await {
+            .arg(max)
+            .arg(PARKING)
+            .invoke_async(&mut self.conn.clone())
+            .await
+        {
             Ok(v) => v,
             Err(e) => return self.recover(e).await,
         };
@@ -440,24 +449,24 @@ impl StreamSource {
             };
             state.claim_cursor = next;
         }
-        let claimed: Vec<_> = entries(claimed)
+        let counts = counts
             .into_iter()
-            .zip(
-                counts
-                    .into_iter()
-                    .map(|c| match c {
-                        Value::Int(n) => u32::try_from(n).unwrap_or(u32::MAX),
-                        _ => 1,
-                    })
-                    .chain(std::iter::repeat(1)),
-            )
-            .collect();
+            .map(|c| match c {
+                Value::Int(n) => u32::try_from(n).unwrap_or(u32::MAX),
+                _ => 1,
+            })
+            .chain(std::iter::repeat(1));
+        let claimed: Vec<_> = {
+            let state = self.state();
+            entries(claimed)
+                .into_iter()
+                .zip(counts)
+                // A receiver here that outlasted min_idle still holds it: claiming it reset
+                // its idle time, and a second delivery here would only run it twice at once.
+                .filter(|((id, _), _)| !state.in_flight.contains(id))
+                .collect()
+        };
         for ((id, fields), count) in claimed {
-            // A receiver here that outlasted min_idle still holds it: claiming it reset its
-            // idle time, and a second delivery here would only run it twice at once.
-            if self.state().in_flight.contains(&id) {
-                continue;
-            }
             out.push(self.delivery(id, fields, count));
         }
         Ok(())
@@ -602,7 +611,7 @@ impl StreamSource {
         if !self.state().unacked.is_empty() {
             self.ack(Vec::new()).await?;
         }
-        let (redeliver, claim_due, promote_due, next_timer) = {
+        let (redeliver, claim_due, promote_due) = {
             let mut state = self.state();
             let n = max.min(state.redeliver.len());
             let redeliver: Vec<_> = state.redeliver.drain(..n).collect();
@@ -611,7 +620,6 @@ impl StreamSource {
                 redeliver,
                 state.next_claim <= now,
                 state.next_promote <= now,
-                state.next_claim.min(state.next_promote),
             )
         };
         if !redeliver.is_empty() {
@@ -635,12 +643,10 @@ impl StreamSource {
             let next = self.promote().await?;
             self.state().next_promote = next;
         }
+        // Block no longer than until the next takeover pass or delayed message is due.
         let next_timer = {
             let state = self.state();
-            state
-                .next_claim
-                .min(state.next_promote)
-                .min(next_timer.max(Instant::now()))
+            state.next_claim.min(state.next_promote)
         };
         let block = next_timer
             .saturating_duration_since(Instant::now())
@@ -701,11 +707,7 @@ impl Source for StreamSource {
     }
 
     async fn reconnect(&self) -> Result<(), Error> {
-        {
-            let mut state = self.state();
-            state.reader_id = None;
-            state.own_checked = false;
-        }
+        self.forget_connection();
         let _: Value = redis::cmd("PING")
             .query_async(&mut self.conn.clone())
             .await
