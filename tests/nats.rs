@@ -183,6 +183,7 @@ async fn headers_carry_multi_valued_attributes_and_a_line_break_is_refused_by_ke
     let mut msg = Message::new(vec![0u8, 0xff, 0]);
     msg.attributes.add("X-Tag", "a");
     msg.attributes.add("X-Tag", "b");
+    msg.attributes.set("Nats-Note", "kept: only the topic's Nats-Msg-Id is dropped");
     topic.publish(&Context::background(), msg).await.unwrap();
     let mut bad = Message::new("x");
     bad.attributes.set("X-Bad", "line\nbreak");
@@ -207,6 +208,10 @@ async fn headers_carry_multi_valued_attributes_and_a_line_break_is_refused_by_ke
     );
     assert_eq!(got[0].body.as_ref(), &[0u8, 0xff, 0]);
     assert!(got[0].attributes.get("Nats-Msg-Id").is_none());
+    assert_eq!(
+        got[0].attributes.get("Nats-Note"),
+        Some("kept: only the topic's Nats-Msg-Id is dropped")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

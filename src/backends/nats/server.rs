@@ -255,11 +255,11 @@ impl ConsumerSource {
             Err(_) => (0, 1),
         };
         let mut attributes = Attributes::new();
-        let mut problem = None;
         if let Some(headers) = &message.headers {
             for (name, values) in headers.iter() {
                 let name: &str = name.as_ref();
-                if name.eq_ignore_ascii_case("Nats-Msg-Id") || name.starts_with("Nats-") {
+                // The id the topic added for the duplicate window is not the message's.
+                if name.eq_ignore_ascii_case(super::topic::MSG_ID) {
                     continue;
                 }
                 for value in values {
@@ -267,15 +267,11 @@ impl ConsumerSource {
                 }
             }
         }
-        if message.status.is_some() {
-            problem = Some("a status message, not a stored one".to_owned());
-        }
+        let problem = message
+            .status
+            .is_some()
+            .then(|| "a status message, not a stored one".to_owned());
         let body = Bytes::clone(&message.payload);
-        if let Some(reply) = &message.reply {
-            if let Ok(mut in_flight) = self.in_flight.lock() {
-                in_flight.insert(seq, reply.clone());
-            }
-        }
         let token = Token { message, seq };
         let delivery = match problem {
             None => Delivery::new(token, body).with_attributes(attributes),
@@ -284,6 +280,54 @@ impl ConsumerSource {
         delivery
             .with_message_id(seq)
             .with_attempt(u32::try_from(delivered).unwrap_or(u32::MAX))
+    }
+
+    /// Appends up to `max` messages from the pull stream (made on first use, and again
+    /// after it failed), waiting at most [`POLL`] for the first.
+    async fn pull(&self, max: usize, out: &mut Vec<Delivery<Token>>) -> Result<(), Error> {
+        let mut guard = self.messages.lock().await;
+        if guard.is_none() {
+            let stream = self
+                .consumer
+                .stream()
+                .max_messages_per_batch(self.batch)
+                .expires(Duration::from_secs(30))
+                .heartbeat(Duration::from_secs(5))
+                .messages()
+                .await
+                .map_err(|e| {
+                    Error::connection_lost(format!("pulling from {:?}: {e}", self.name))
+                })?;
+            *guard = Some(stream);
+        }
+        let messages = guard.as_mut().expect("just made");
+        // Wait (bounded) for a first message, then take what is ready, up to `max`.
+        let Ok(mut next) = tokio::time::timeout(POLL, messages.next()).await else {
+            return Ok(());
+        };
+        loop {
+            match next {
+                Some(Ok(message)) => out.push(self.delivery(message)),
+                Some(Err(e)) => {
+                    *guard = None;
+                    return Err(Error::connection_lost(format!(
+                        "pulling from {:?}: {e}",
+                        self.name
+                    )));
+                }
+                None => {
+                    *guard = None;
+                    return Ok(());
+                }
+            }
+            if out.len() >= max {
+                return Ok(());
+            }
+            match futures::FutureExt::now_or_never(messages.next()) {
+                Some(n) => next = n,
+                None => return Ok(()),
+            }
+        }
     }
 
     /// Sends in-progress signals for what receivers still hold, every half ack wait.
@@ -325,55 +369,23 @@ impl Source for ConsumerSource {
 
     async fn fetch(&self, max: usize, out: &mut Vec<Delivery<Token>>) -> Result<(), Error> {
         self.start_progress();
-        let mut guard = self.messages.lock().await;
-        if guard.is_none() {
-            let stream = self
-                .consumer
-                .stream()
-                .max_messages_per_batch(self.batch.max(1))
-                .expires(Duration::from_secs(30))
-                .heartbeat(Duration::from_secs(5))
-                .messages()
-                .await
-                .map_err(|e| {
-                    Error::connection_lost(format!("pulling from {:?}: {e}", self.name))
-                })?;
-            *guard = Some(stream);
-        }
-        let messages = guard.as_mut().expect("just made");
-        // Wait (bounded) for a first message, then take what is ready, up to `max`.
-        let first = match tokio::time::timeout(POLL, messages.next()).await {
-            Err(_) => return Ok(()),
-            Ok(next) => next,
-        };
-        let mut next = first;
-        loop {
-            match next {
-                Some(Ok(message)) => out.push(self.delivery(message)),
-                Some(Err(e)) => {
-                    *guard = None;
-                    return Err(Error::connection_lost(format!(
-                        "pulling from {:?}: {e}",
-                        self.name
-                    )));
-                }
-                None => {
-                    *guard = None;
-                    return Ok(());
+        let before = out.len();
+        let result = self.pull(max, out).await;
+        if out.len() > before {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            for delivery in &out[before..] {
+                if let Some(reply) = &delivery.token.message.reply {
+                    in_flight.insert(delivery.token.seq, reply.clone());
                 }
             }
-            if out.len() >= max {
-                return Ok(());
-            }
-            match futures::FutureExt::now_or_never(messages.next()) {
-                Some(n) => next = n,
-                None => return Ok(()),
-            }
         }
+        result
     }
 
     async fn settle(&self, batch: &mut Vec<Settlement<Token>>) -> Result<(), Error> {
-        while let Some(settlement) = batch.pop() {
+        let mut failed = None;
+        let mut done = 0;
+        for settlement in batch.iter() {
             let kind = match &settlement.action {
                 Settle::Ack => AckKind::Ack,
                 Settle::Nack { delay } => AckKind::Nak(*delay),
@@ -382,24 +394,27 @@ impl Source for ConsumerSource {
                 Settle::Defer { delay } => AckKind::Nak(Some(*delay)),
             };
             if let Err(e) = settlement.token.message.ack_with(kind).await {
-                batch.push(settlement);
-                // The engine gives these up (JetStream redelivers them after the ack
-                // wait): stop keeping them alive.
-                if let Ok(mut in_flight) = self.in_flight.lock() {
-                    for s in batch.iter() {
-                        in_flight.remove(&s.token.seq);
-                    }
-                }
-                return Err(Error::connection_lost(format!(
-                    "acknowledging on {:?}: {e}",
-                    self.name
-                )));
+                failed = Some(e);
+                break;
             }
-            if let Ok(mut in_flight) = self.in_flight.lock() {
+            done += 1;
+        }
+        // Settled, or (on a failure) given up by the engine for JetStream to redeliver
+        // after the ack wait: either way no longer kept alive.
+        {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            for settlement in batch.iter() {
                 in_flight.remove(&settlement.token.seq);
             }
         }
-        Ok(())
+        batch.drain(..done);
+        match failed {
+            None => Ok(()),
+            Some(e) => Err(Error::connection_lost(format!(
+                "acknowledging on {:?}: {e}",
+                self.name
+            ))),
+        }
     }
 
     async fn reconnect(&self) -> Result<(), Error> {

@@ -12,7 +12,7 @@ use crate::topic::{BufferedWriter, Outgoing, Publish};
 use crate::{Attributes, Context, Error, Message, Topic};
 
 /// The header JetStream dedupes on.
-const MSG_ID: &str = "Nats-Msg-Id";
+pub(super) const MSG_ID: &str = "Nats-Msg-Id";
 
 /// A topic publishing to a NATS subject through JetStream (see the [module docs](super)).
 /// Cloning shares the connection.
