@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use msgio::redis::{Redis, RedisServer, RedisTopic, StreamOptions};
-use msgio::testing::{Capabilities, Recorder, ServerProcess, Transport};
+use msgio::testing::{Capabilities, Recorder, ServerProcess, Transport, start};
 use msgio::{Context, Error, Message, MessageWriter, Server, ServerConfig, Topic, keys};
 
 fn url() -> String {
@@ -96,6 +96,7 @@ async fn redis_passes_the_conformance_kit() {
 }
 
 const WAIT: Duration = Duration::from_secs(30);
+const GRACE: Duration = Duration::from_secs(10);
 
 fn stream_name() -> String {
     format!("msgio-test:{}", msgio::testing::unique_suffix())
@@ -118,20 +119,6 @@ impl Drop for Cleanup {
             }
         }
     }
-}
-
-/// Serves `receiver` in the background; returns the server and the serving task.
-fn serve<R: msgio::Receiver + 'static>(
-    server: &RedisServer,
-    receiver: R,
-) -> tokio::task::JoinHandle<Result<(), Error>> {
-    let serving = server.clone();
-    tokio::spawn(async move { serving.serve(receiver).await })
-}
-
-async fn stop(server: &RedisServer, task: tokio::task::JoinHandle<Result<(), Error>>) {
-    server.shutdown(Duration::from_secs(10)).await.unwrap();
-    assert!(matches!(task.await.unwrap(), Err(Error::ServerClosed)));
 }
 
 /// How many entries of `stream` group `g` holds unacknowledged.
@@ -260,13 +247,13 @@ async fn malformed_entries_are_dead_lettered_with_the_reason_and_acked() {
         )
         .await
         .unwrap();
-    let task = serve(&server, called.clone());
+    let running = start(server, called.clone());
     let letters = Recorder::new();
     let dlq = redis
         .server(StreamOptions::new(&dead, "g"), ServerConfig::new())
         .await
         .unwrap();
-    let dlq_task = serve(&dlq, letters.clone());
+    let dlq_task = start(dlq, letters.clone());
     let got = letters.wait_for(2, WAIT).await.unwrap();
     let reasons: Vec<&str> = got
         .iter()
@@ -283,8 +270,8 @@ async fn malformed_entries_are_dead_lettered_with_the_reason_and_acked() {
         kept.contains(&&b"x"[..]),
         "the saved body is kept: {kept:?}"
     );
-    stop(&server, task).await;
-    stop(&dlq, dlq_task).await;
+    running.stop(GRACE).await.unwrap();
+    dlq_task.stop(GRACE).await.unwrap();
     assert_eq!(
         called.count(),
         0,
@@ -310,8 +297,7 @@ async fn delayed_messages_are_moved_once_however_many_servers_run() {
             )
             .await
             .unwrap();
-        let task = serve(&server, recorder.clone());
-        servers.push((server, task));
+        servers.push(start(server, recorder.clone()));
     }
     let published = std::time::Instant::now();
     for seq in 0..60u64 {
@@ -325,8 +311,8 @@ async fn delayed_messages_are_moved_once_however_many_servers_run() {
     recorder.wait_for(60, WAIT).await.unwrap();
     assert!(published.elapsed() >= Duration::from_millis(300));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    for (server, task) in servers {
-        stop(&server, task).await;
+    for running in servers {
+        running.stop(GRACE).await.unwrap();
     }
     let got = recorder.received();
     let mut seqs: Vec<u64> = got.iter().filter_map(|r| r.seq()).collect();
@@ -369,9 +355,9 @@ async fn idle_entries_of_a_vanished_consumer_are_taken_over_with_their_delivery_
         .server(quick(&stream, 200), ServerConfig::new())
         .await
         .unwrap();
-    let task = serve(&server, recorder.clone());
+    let running = start(server, recorder.clone());
     let got = recorder.wait_for(5, WAIT).await.unwrap();
-    stop(&server, task).await;
+    running.stop(GRACE).await.unwrap();
     assert!(
         got.iter().all(|r| r.attempt == 2),
         "second deliveries: {:?}",
@@ -402,7 +388,7 @@ async fn a_consumer_leaves_the_group_on_shutdown_only_when_it_holds_nothing() {
         .await
         .unwrap();
     let recorder = Recorder::new();
-    let task = serve(&server, recorder.clone());
+    let running = start(server, recorder.clone());
     redis
         .topic(&stream)
         .publish(&Context::background(), seq_message(1))
@@ -410,7 +396,7 @@ async fn a_consumer_leaves_the_group_on_shutdown_only_when_it_holds_nothing() {
         .unwrap();
     recorder.wait_for(1, WAIT).await.unwrap();
     assert!(consumers().await.contains("worker-1"));
-    stop(&server, task).await;
+    running.stop(GRACE).await.unwrap();
     assert!(!consumers().await.contains("worker-1"), "left the group");
 }
 
@@ -441,10 +427,10 @@ async fn a_restarted_consumer_takes_back_what_its_name_held_at_once() {
         .await
         .unwrap();
     let recorder = Recorder::new();
-    let task = serve(&server, recorder.clone());
+    let running = start(server, recorder.clone());
     let got = recorder.wait_for(1, Duration::from_secs(10)).await.unwrap();
     assert_eq!(got[0].attempt, 2);
-    stop(&server, task).await;
+    running.stop(GRACE).await.unwrap();
 }
 
 #[tokio::test]
@@ -571,7 +557,7 @@ async fn a_killed_consumers_messages_are_reclaimed_and_none_is_lost() {
         .server(quick(&stream, 500), ServerConfig::new())
         .await
         .unwrap();
-    let task = serve(&server, recorder.clone());
+    let running = start(server, recorder.clone());
     let by_child: Vec<u64> = redis::cmd("SMEMBERS")
         .arg(&done)
         .query_async(&mut conn)
@@ -586,7 +572,14 @@ async fn a_killed_consumers_messages_are_reclaimed_and_none_is_lost() {
         })
         .await
         .unwrap();
-    stop(&server, task).await;
+    // What the child held but had already processed is in `by_child` too: wait until the
+    // group holds nothing, which only taking over the child's entries achieves.
+    let deadline = std::time::Instant::now() + WAIT;
+    while pending_count(&stream).await > 0 {
+        assert!(std::time::Instant::now() < deadline, "entries stay pending");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running.stop(GRACE).await.unwrap();
     let reclaimed = recorder.received().iter().filter(|r| r.attempt > 1).count();
     assert!(
         reclaimed > 0,
@@ -666,9 +659,9 @@ async fn publish_takes_streaming_bodies_and_in_memory_bodies_alike() {
         .server(StreamOptions::new(&stream, "g"), ServerConfig::new())
         .await
         .unwrap();
-    let task = serve(&server, recorder.clone());
+    let running = start(server, recorder.clone());
     let got = recorder.wait_for(2, WAIT).await.unwrap();
-    stop(&server, task).await;
+    running.stop(GRACE).await.unwrap();
     let first = got.iter().find(|r| r.seq() == Some(1)).unwrap();
     assert_eq!(first.body.as_ref(), big.as_slice());
     let second = got.iter().find(|r| r.seq() == Some(2)).unwrap();
@@ -692,7 +685,7 @@ async fn a_retry_delay_is_waited_out_while_other_messages_flow() {
         )
         .await
         .unwrap();
-    let task = serve(&server, recorder.clone());
+    let running = start(server, recorder.clone());
     let started = std::time::Instant::now();
     for seq in 1..=3 {
         topic
@@ -702,7 +695,7 @@ async fn a_retry_delay_is_waited_out_while_other_messages_flow() {
     }
     // With one slot, 2 and 3 pass while 1 waits out its delay.
     let got = recorder.wait_for(4, WAIT).await.unwrap();
-    stop(&server, task).await;
+    running.stop(GRACE).await.unwrap();
     let order: Vec<(u64, u32)> = got.iter().map(|r| (r.seq().unwrap(), r.attempt)).collect();
     assert_eq!(order, [(1, 1), (2, 1), (3, 1), (1, 2)]);
     assert!(started.elapsed() >= Duration::from_millis(400));
@@ -758,7 +751,7 @@ async fn a_user_without_the_client_command_still_consumes() {
         )
         .await
         .unwrap();
-    let task = serve(&server, recorder.clone());
+    let running = start(server, recorder.clone());
     for seq in 1..=2 {
         redis
             .topic(&stream)
@@ -767,7 +760,7 @@ async fn a_user_without_the_client_command_still_consumes() {
             .unwrap();
     }
     let got = recorder.wait_for(3, WAIT).await.unwrap();
-    stop(&server, task).await;
+    running.stop(GRACE).await.unwrap();
     assert!(got.iter().any(|r| r.seq() == Some(1) && r.attempt == 2));
 }
 
@@ -790,7 +783,7 @@ async fn a_receiver_outlasting_min_idle_is_not_handed_its_message_twice() {
         .server(quick(&stream, 200), ServerConfig::new().concurrency(4))
         .await
         .unwrap();
-    let task = serve(&server, receiver);
+    let running = start(server, receiver);
     redis
         .topic(&stream)
         .publish(&Context::background(), seq_message(1))
@@ -802,6 +795,6 @@ async fn a_receiver_outlasting_min_idle_is_not_handed_its_message_twice() {
         assert!(std::time::Instant::now() < deadline, "never acknowledged");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    stop(&server, task).await;
+    running.stop(GRACE).await.unwrap();
     assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
 }

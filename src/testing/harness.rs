@@ -150,13 +150,20 @@ impl Receiver for Recorder {
     }
 }
 
-/// A server serving in a background task.
-pub(crate) struct Running<S: Server> {
+/// A server serving in a background task (from [`start`]).
+#[derive(Debug)]
+pub struct Running<S: Server> {
     pub(crate) server: Arc<S>,
     task: JoinHandle<Result<(), Error>>,
 }
 
-pub(crate) fn start<S, R>(server: S, receiver: R) -> Running<S>
+/// Serves `receiver` with `server` in a background task; [`Running::stop`] shuts it down
+/// and checks that `serve` ended as the contract says.
+///
+/// # Panics
+///
+/// Outside a Tokio runtime.
+pub fn start<S, R>(server: S, receiver: R) -> Running<S>
 where
     S: Server + 'static,
     R: Receiver + 'static,
@@ -168,9 +175,18 @@ where
 }
 
 impl<S: Server + 'static> Running<S> {
+    /// The server.
+    pub fn server(&self) -> &S {
+        &self.server
+    }
+
     /// Shuts down within `grace`; checks that shutdown succeeded and that `serve` returned
     /// `ServerClosed`.
-    pub(crate) async fn stop(self, grace: Duration) -> Result<(), String> {
+    ///
+    /// # Errors
+    ///
+    /// What went wrong, when either did not.
+    pub async fn stop(self, grace: Duration) -> Result<(), String> {
         let shutdown = self.server.shutdown(grace).await;
         let served = self.join().await?;
         shutdown.map_err(|e| format!("shutdown failed: {e}"))?;

@@ -52,7 +52,7 @@ use std::time::Duration;
 
 use crate::{BoxFuture, Error, Server, ServerConfig, Topic};
 
-pub use harness::{Received, Recorder};
+pub use harness::{Received, Recorder, Running, start};
 pub use process::ServerProcess;
 
 /// A transport under test: makes isolated destinations, and topics and servers on them.
