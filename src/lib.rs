@@ -68,7 +68,7 @@
 //!   policies (retry, dead-letter, dedupe, timeout, limits), routing and supervised
 //!   dispatch; [`MultiServer`] feeds several servers into one receiver.
 //! - [`mem`]: the in-memory transport (feature `mem`, on by default); `redis`: Redis
-//!   Streams (feature `redis`).
+//!   Streams (feature `redis`); `nats`: NATS JetStream (feature `nats`).
 //! - `testing`: the conformance kit every transport passes (feature `testing`).
 //!
 //! # Features

@@ -1,7 +1,10 @@
 //! Broker URLs without their secrets, for `Debug`, `Display` and logs.
 
 /// `url` with any password replaced by `***` (`redis://user:***@host:6379/0`).
-#[cfg_attr(not(any(feature = "redis", feature = "testing")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "redis", feature = "nats", feature = "testing")),
+    allow(dead_code)
+)]
 pub(crate) fn url(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return url.to_owned();

@@ -7,6 +7,7 @@ use redis::aio::MultiplexedConnection;
 
 use super::dedupe::{Claim, DedupeStore};
 use crate::Error;
+use crate::redis::error as redis_error;
 
 const CLAIMED: &str = "claimed";
 const DONE: &str = "done";
@@ -44,8 +45,6 @@ impl fmt::Debug for RedisDedupeStore {
             .finish()
     }
 }
-
-use crate::redis::error as redis_error;
 
 impl RedisDedupeStore {
     /// Connects to the Redis at `url` (its password never shows in errors or `Debug`).
