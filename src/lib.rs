@@ -68,7 +68,8 @@
 //!   policies (retry, dead-letter, dedupe, timeout, limits), routing and supervised
 //!   dispatch; [`MultiServer`] feeds several servers into one receiver.
 //! - [`mem`]: the in-memory transport (feature `mem`, on by default); `redis`: Redis
-//!   Streams (feature `redis`); `nats`: NATS JetStream (feature `nats`).
+//!   Streams (feature `redis`); `nats`: NATS JetStream (feature `nats`); `amqp`:
+//!   RabbitMQ (feature `amqp`).
 //! - `testing`: the conformance kit every transport passes (feature `testing`).
 //!
 //! # Features
@@ -82,6 +83,7 @@
 //! - `redis`: the Redis Streams transport, [`msgio::redis`](crate::redis), and the Redis
 //!   dedupe store.
 //! - `nats`: the NATS JetStream transport, [`msgio::nats`](crate::nats).
+//! - `amqp`: the RabbitMQ (AMQP 0.9.1) transport, [`msgio::amqp`](crate::amqp).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
@@ -123,6 +125,11 @@ pub mod redis;
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 #[path = "backends/nats/mod.rs"]
 pub mod nats;
+
+#[cfg(feature = "amqp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
+#[path = "backends/amqp/mod.rs"]
+pub mod amqp;
 
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]

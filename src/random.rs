@@ -10,7 +10,12 @@ pub(crate) fn u64() -> u64 {
 
 /// A fresh random 16-digit lower-case hex string.
 #[cfg_attr(
-    not(any(feature = "redis", feature = "nats", feature = "testing")),
+    not(any(
+        feature = "redis",
+        feature = "nats",
+        feature = "amqp",
+        feature = "testing"
+    )),
     allow(dead_code)
 )]
 pub(crate) fn hex() -> String {

@@ -2,7 +2,12 @@
 
 /// `url` with any password replaced by `***` (`redis://user:***@host:6379/0`).
 #[cfg_attr(
-    not(any(feature = "redis", feature = "nats", feature = "testing")),
+    not(any(
+        feature = "redis",
+        feature = "nats",
+        feature = "amqp",
+        feature = "testing"
+    )),
     allow(dead_code)
 )]
 pub(crate) fn url(url: &str) -> String {

@@ -1,0 +1,500 @@
+//! The server: basic.consume on a queue as an engine source.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+    QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection};
+
+use super::Amqp;
+use super::encoding::{self, short};
+use super::link::{self, Link, PublishError};
+use crate::engine::{Delivery, Engine, Settle, Settlement, Source};
+use crate::{Error, ServerConfig};
+
+/// A queue, declared (durable by default) by [`Amqp::declare_queue`] and by every server
+/// on it, each time it connects.
+#[derive(Clone, Debug)]
+pub struct QueueOptions {
+    name: String,
+    durable: bool,
+    quorum: bool,
+    dead_letter_exchange: Option<(String, Option<String>)>,
+    bindings: Vec<(String, String)>,
+}
+
+impl QueueOptions {
+    /// The queue `name`: durable, classic, no dead-letter exchange, no bindings (the
+    /// default exchange reaches it by its name).
+    pub fn new(name: impl Into<String>) -> Self {
+        QueueOptions {
+            name: name.into(),
+            durable: true,
+            quorum: false,
+            dead_letter_exchange: None,
+            bindings: Vec::new(),
+        }
+    }
+
+    /// Whether the queue and its messages survive a broker restart (default `true`).
+    pub fn durable(mut self, durable: bool) -> Self {
+        self.durable = durable;
+        self
+    }
+
+    /// A quorum queue (replicated, and counting deliveries in `x-delivery-count`) instead
+    /// of a classic one. Quorum queues are always durable.
+    pub fn quorum(mut self) -> Self {
+        self.quorum = true;
+        self
+    }
+
+    /// Where the broker sends what a server rejects (and what runs out of attempts when
+    /// the [`ServerConfig`] names no dead-letter topic): `exchange`, with the message's own
+    /// routing key. The exchange must exist.
+    pub fn dead_letter_exchange(mut self, exchange: impl Into<String>) -> Self {
+        self.dead_letter_exchange = Some((exchange.into(), None));
+        self
+    }
+
+    /// As [`dead_letter_exchange`](QueueOptions::dead_letter_exchange), with `routing_key`
+    /// instead of the message's own.
+    pub fn dead_letter_to(
+        mut self,
+        exchange: impl Into<String>,
+        routing_key: impl Into<String>,
+    ) -> Self {
+        self.dead_letter_exchange = Some((exchange.into(), Some(routing_key.into())));
+        self
+    }
+
+    /// Binds the queue to `exchange` (which must exist) with `routing_key`; several calls
+    /// add several bindings.
+    pub fn bind(mut self, exchange: impl Into<String>, routing_key: impl Into<String>) -> Self {
+        self.bindings.push((exchange.into(), routing_key.into()));
+        self
+    }
+
+    /// The queue's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        if self.name.is_empty() {
+            return Err(Error::invalid_config(
+                "queue",
+                "needs a name (a server-named queue would change on every reconnect)",
+            ));
+        }
+        short("queue", &self.name)?;
+        if self.quorum && !self.durable {
+            return Err(Error::invalid_config(
+                "durable",
+                "a quorum queue is always durable",
+            ));
+        }
+        if let Some((exchange, key)) = &self.dead_letter_exchange {
+            short("dead_letter_exchange", exchange)?;
+            if let Some(key) = key {
+                short("dead_letter_routing_key", key)?;
+            }
+        }
+        for (exchange, key) in &self.bindings {
+            if exchange.is_empty() {
+                return Err(Error::invalid_config(
+                    "bind",
+                    "the default exchange cannot be bound (it reaches every queue by name)",
+                ));
+            }
+            short("bind exchange", exchange)?;
+            short("bind routing_key", key)?;
+        }
+        Ok(())
+    }
+
+    /// Declares the queue and its bindings on `channel`.
+    pub(super) async fn declare(&self, channel: &Channel) -> Result<(), Error> {
+        self.validate()?;
+        let mut arguments = FieldTable::default();
+        if self.quorum {
+            arguments.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString(LongString::from("quorum")),
+            );
+        }
+        if let Some((exchange, key)) = &self.dead_letter_exchange {
+            arguments.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(LongString::from(exchange.as_str())),
+            );
+            if let Some(key) = key {
+                arguments.insert(
+                    "x-dead-letter-routing-key".into(),
+                    AMQPValue::LongString(LongString::from(key.as_str())),
+                );
+            }
+        }
+        channel
+            .queue_declare(
+                short("queue", &self.name)?,
+                QueueDeclareOptions {
+                    durable: self.durable,
+                    ..Default::default()
+                },
+                arguments,
+            )
+            .await
+            .map_err(|e| link::error(format!("declaring the queue {:?}", self.name), e))?;
+        for (exchange, key) in &self.bindings {
+            channel
+                .queue_bind(
+                    short("queue", &self.name)?,
+                    short("exchange", exchange)?,
+                    short("routing_key", key)?,
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| {
+                    link::error(
+                        format!(
+                            "binding the queue {:?} to the exchange {exchange:?} with {key:?}",
+                            self.name
+                        ),
+                        e,
+                    )
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// A server consuming a RabbitMQ queue, built on the delivery engine (see the
+/// [module docs](super)). Cloning gives another handle to the same server.
+#[derive(Clone, Debug)]
+pub struct AmqpServer {
+    engine: Engine<QueueSource>,
+}
+
+impl AmqpServer {
+    pub(super) async fn new(
+        amqp: &Amqp,
+        options: QueueOptions,
+        config: ServerConfig,
+    ) -> Result<Self, Error> {
+        options.validate()?;
+        config.validate()?;
+        let prefetch = config.get_concurrency() + config.prefetch_or_default();
+        let prefetch = u16::try_from(prefetch).map_err(|_| {
+            Error::invalid_config(
+                "concurrency",
+                format!(
+                    "concurrency plus prefetch is {prefetch}; AMQP's prefetch count stops at 65535"
+                ),
+            )
+        })?;
+        // Declared now, so that what is published from here on waits for this server.
+        amqp.declare_queue(&options).await?;
+        Ok(AmqpServer {
+            engine: Engine::new(
+                QueueSource {
+                    queue: short("queue", &options.name)?,
+                    options,
+                    link: amqp.link.clone(),
+                    prefetch,
+                    consuming: tokio::sync::Mutex::new(None),
+                    settling: Mutex::new(None),
+                    generation: AtomicU64::new(0),
+                },
+                config,
+            )?,
+        })
+    }
+}
+
+engine_server!(AmqpServer);
+
+/// A delivery's token.
+pub(super) struct Token {
+    tag: u64,
+    /// The channel it came on (deliveries of an earlier one went back to the queue when it
+    /// closed).
+    generation: u64,
+    attempt: u32,
+    /// For a republication (a retry).
+    body: Bytes,
+    properties: BasicProperties,
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("tag", &self.tag)
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+/// What consumes: its own connection, the channel and the consumer stream.
+struct Consuming {
+    connection: Connection,
+    consumer: lapin::Consumer,
+    generation: u64,
+}
+
+pub(super) struct QueueSource {
+    options: QueueOptions,
+    queue: ShortString,
+    /// Republishes retries.
+    link: Arc<Link>,
+    prefetch: u16,
+    consuming: tokio::sync::Mutex<Option<Consuming>>,
+    /// The channel settlements go on, with its generation.
+    settling: Mutex<Option<(u64, Channel)>>,
+    generation: AtomicU64,
+}
+
+impl fmt::Debug for QueueSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueueSource")
+            .field("queue", &self.options.name)
+            .field("prefetch", &self.prefetch)
+            .finish()
+    }
+}
+
+/// How long one fetch waits for a first delivery.
+const POLL: Duration = Duration::from_secs(1);
+
+impl QueueSource {
+    /// Connects, declares the queue and starts consuming with the prefetch count.
+    async fn consume(&self) -> Result<Consuming, Error> {
+        let connection =
+            link::connect(self.link.url(), self.link.shown(), "msgio consumer").await?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| link::error("opening a consumer channel", e))?;
+        self.options.declare(&channel).await?;
+        channel
+            .basic_qos(self.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(|e| link::error("setting the prefetch count", e))?;
+        let consumer = channel
+            .basic_consume(
+                self.queue.clone(),
+                ShortString::default(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| link::error(format!("consuming {:?}", self.options.name), e))?;
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        *self.settling.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, channel));
+        Ok(Consuming {
+            connection,
+            consumer,
+            generation,
+        })
+    }
+
+    fn delivery(&self, generation: u64, d: lapin::message::Delivery) -> Delivery<Token> {
+        let decoded = encoding::decode(&d.properties);
+        let redeliveries = decoded.delivery_count.unwrap_or(u32::from(d.redelivered));
+        let attempt = decoded
+            .prior_attempts
+            .saturating_add(1)
+            .saturating_add(redeliveries);
+        let body = Bytes::from(d.data);
+        let token = Token {
+            tag: d.delivery_tag,
+            generation,
+            attempt,
+            body: body.clone(),
+            properties: d.properties,
+        };
+        let delivery = Delivery::new(token, body)
+            .with_attributes(decoded.attributes)
+            .with_attempt(attempt);
+        match decoded.message_id {
+            Some(id) => delivery.with_message_id(id),
+            None => delivery,
+        }
+    }
+
+    /// Republishes `token`'s message to the queue (after `delay`), recording `attempts`.
+    async fn republish(
+        &self,
+        token: &Token,
+        attempts: u32,
+        delay: Option<Duration>,
+    ) -> Result<(), Error> {
+        let properties = encoding::for_republish(&token.properties, attempts);
+        let default = ShortString::default();
+        match delay.filter(|d| !d.is_zero()) {
+            Some(delay) => {
+                self.link
+                    .publish_delayed(&default, &self.queue, delay, &token.body, properties)
+                    .await
+            }
+            None => match self
+                .link
+                .publish(&default, &self.queue, true, &token.body, properties)
+                .await
+            {
+                Ok(()) => Ok(()),
+                Err(PublishError::Failed(e)) => Err(e),
+                Err(PublishError::Unroutable) => Err(Error::other(format!(
+                    "the queue {:?} is gone: cannot retry a message on it",
+                    self.options.name
+                ))),
+            },
+        }
+    }
+}
+
+impl Source for QueueSource {
+    type Token = Token;
+
+    fn name(&self) -> &str {
+        &self.options.name
+    }
+
+    async fn fetch(&self, max: usize, out: &mut Vec<Delivery<Token>>) -> Result<(), Error> {
+        let mut guard = self.consuming.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.consume().await?);
+        }
+        let consuming = guard.as_mut().expect("just made");
+        let generation = consuming.generation;
+        // Wait (bounded) for a first delivery, then take what is ready, up to `max`.
+        let Ok(mut next) = tokio::time::timeout(POLL, consuming.consumer.next()).await else {
+            return Ok(());
+        };
+        loop {
+            match next {
+                Some(Ok(d)) => out.push(self.delivery(generation, d)),
+                Some(Err(e)) => {
+                    *guard = None;
+                    return Err(link::error(format!("consuming {:?}", self.options.name), e));
+                }
+                None => {
+                    *guard = None;
+                    return Err(Error::connection_lost(format!(
+                        "RabbitMQ cancelled the consumer on {:?} (was the queue deleted?)",
+                        self.options.name
+                    )));
+                }
+            }
+            if out.len() >= max {
+                return Ok(());
+            }
+            match futures::FutureExt::now_or_never(consuming.consumer.next()) {
+                Some(n) => next = n,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    async fn settle(&self, batch: &mut Vec<Settlement<Token>>) -> Result<(), Error> {
+        let Some((generation, channel)) = self
+            .settling
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            batch.clear();
+            return Ok(());
+        };
+        // Deliveries of an earlier channel went back to the queue when it closed.
+        batch.retain(|s| s.token.generation == generation);
+        // Retries are republished (recording the attempts) and then acked; the rest are
+        // settled on the channel, all sent before any is awaited.
+        let outcomes = futures::future::join_all(batch.iter().map(|s| {
+            let (tag, channel) = (s.token.tag, &channel);
+            async move {
+                let result = match &s.action {
+                    Settle::Ack => Ok(()),
+                    Settle::Nack { delay } => {
+                        self.republish(&s.token, s.token.attempt, *delay).await
+                    }
+                    Settle::Defer { delay } => {
+                        self.republish(&s.token, s.token.attempt.saturating_sub(1), Some(*delay))
+                            .await
+                    }
+                    Settle::Reject => {
+                        return channel
+                            .basic_reject(tag, BasicRejectOptions { requeue: false })
+                            .await
+                            .map_err(|e| link::error("rejecting", e));
+                    }
+                    Settle::Release => {
+                        return channel
+                            .basic_nack(
+                                tag,
+                                BasicNackOptions {
+                                    multiple: false,
+                                    requeue: true,
+                                },
+                            )
+                            .await
+                            .map_err(|e| link::error("giving back", e));
+                    }
+                };
+                result?;
+                channel
+                    .basic_ack(tag, BasicAckOptions { multiple: false })
+                    .await
+                    .map_err(|e| link::error("acknowledging", e))
+            }
+        }))
+        .await;
+        let mut first_error = None;
+        let mut outcomes = outcomes.into_iter();
+        batch.retain(|_| match outcomes.next() {
+            Some(Err(e)) => {
+                first_error.get_or_insert(e);
+                true
+            }
+            _ => false,
+        });
+        match first_error {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+
+    async fn reconnect(&self) -> Result<(), Error> {
+        let mut guard = self.consuming.lock().await;
+        *guard = None;
+        *guard = Some(self.consume().await?);
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<(), Error> {
+        self.settling
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(consuming) = self.consuming.lock().await.take() {
+            // Closing gives back what was delivered and not settled (prefetched).
+            if consuming.connection.status().connected() {
+                consuming
+                    .connection
+                    .close(200, "msgio server stopped".into())
+                    .await
+                    .map_err(|e| link::error("closing the consumer connection", e))?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,172 @@
+//! The topic: publish to an exchange with a routing key, waiting for the confirmation.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::types::ShortString;
+
+use super::encoding;
+use super::link::{Link, PublishError};
+use crate::topic::{BufferedWriter, Outgoing, Publish};
+use crate::{Attributes, Context, Error, Message, Topic};
+
+/// A topic publishing to a RabbitMQ exchange with a routing key (see the
+/// [module docs](super)). Cloning shares the connection.
+#[derive(Clone)]
+pub struct AmqpTopic {
+    inner: Arc<TopicInner>,
+}
+
+struct TopicInner {
+    link: Arc<Link>,
+    exchange: ShortString,
+    routing_key: ShortString,
+    mandatory: bool,
+}
+
+impl fmt::Debug for AmqpTopic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpTopic")
+            .field("exchange", &self.inner.exchange.as_str())
+            .field("routing_key", &self.inner.routing_key.as_str())
+            .field("mandatory", &self.inner.mandatory)
+            .finish()
+    }
+}
+
+impl AmqpTopic {
+    pub(super) fn new(link: Arc<Link>, exchange: &str, routing_key: &str) -> Result<Self, Error> {
+        Ok(AmqpTopic {
+            inner: Arc::new(TopicInner {
+                link,
+                exchange: encoding::short("exchange", exchange)?,
+                routing_key: encoding::short("routing_key", routing_key)?,
+                mandatory: true,
+            }),
+        })
+    }
+
+    /// Whether a message that no queue takes is an error (`true`, the default) or dropped by
+    /// the broker (`false`, for an exchange that may have no subscribers at the time).
+    pub fn mandatory(self, mandatory: bool) -> Self {
+        AmqpTopic {
+            inner: Arc::new(TopicInner {
+                link: self.inner.link.clone(),
+                exchange: self.inner.exchange.clone(),
+                routing_key: self.inner.routing_key.clone(),
+                mandatory,
+            }),
+        }
+    }
+
+    /// The exchange this topic publishes to (`""`: the default exchange).
+    pub fn exchange(&self) -> &str {
+        self.inner.exchange.as_str()
+    }
+
+    /// The routing key this topic publishes with.
+    pub fn routing_key(&self) -> &str {
+        self.inner.routing_key.as_str()
+    }
+}
+
+impl Topic for AmqpTopic {
+    type Writer = AmqpWriter;
+
+    async fn publish(&self, ctx: &Context, message: Message) -> Result<(), Error> {
+        if let Some(body) = message.body.as_bytes() {
+            let body = body.clone();
+            return self.inner.send(ctx, &message.attributes, &body, None).await;
+        }
+        crate::topic::publish_through_writer(self, ctx, message).await
+    }
+
+    fn new_writer(&self, ctx: &Context) -> Result<AmqpWriter, Error> {
+        Ok(BufferedWriter::new(
+            AmqpPublisher {
+                inner: self.inner.clone(),
+            },
+            ctx,
+        ))
+    }
+}
+
+/// The writer of an [`AmqpTopic`]: closing it returns once the broker confirmed.
+pub type AmqpWriter = BufferedWriter<AmqpPublisher>;
+
+/// Sends whole messages with publisher confirms (for [`AmqpWriter`]).
+pub struct AmqpPublisher {
+    inner: Arc<TopicInner>,
+}
+
+impl fmt::Debug for AmqpPublisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpPublisher")
+            .field("exchange", &self.inner.exchange.as_str())
+            .field("routing_key", &self.inner.routing_key.as_str())
+            .finish()
+    }
+}
+
+impl Publish for AmqpPublisher {
+    type Future = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
+
+    fn publish(&self, ctx: &Context, message: Outgoing) -> Self::Future {
+        let inner = self.inner.clone();
+        let ctx = ctx.clone();
+        Box::pin(async move {
+            inner
+                .send(&ctx, &message.attributes, &message.body, message.delay)
+                .await
+        })
+    }
+}
+
+impl TopicInner {
+    async fn send(
+        &self,
+        ctx: &Context,
+        attributes: &Attributes,
+        body: &[u8],
+        delay: Option<Duration>,
+    ) -> Result<(), Error> {
+        let properties = encoding::properties(attributes)?;
+        let send = async {
+            match delay.filter(|d| !d.is_zero()) {
+                Some(delay) => {
+                    self.link
+                        .publish_delayed(&self.exchange, &self.routing_key, delay, body, properties)
+                        .await
+                }
+                None => match self
+                    .link
+                    .publish(
+                        &self.exchange,
+                        &self.routing_key,
+                        self.mandatory,
+                        body,
+                        properties,
+                    )
+                    .await
+                {
+                    Ok(()) => Ok(()),
+                    Err(PublishError::Failed(e)) => Err(e),
+                    Err(PublishError::Unroutable) => Err(Error::other(format!(
+                        "no queue takes messages from exchange {:?} with routing key {:?} \
+                         (declare and bind one, or make the topic not mandatory)",
+                        self.exchange.as_str(),
+                        self.routing_key.as_str()
+                    ))),
+                },
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = ctx.cancelled() => Err(Error::Cancelled),
+            result = send => result,
+        }
+    }
+}

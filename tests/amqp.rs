@@ -1,0 +1,659 @@
+//! The RabbitMQ transport against the real broker (`AMQP_URL`, default
+//! amqp://guest:guest@127.0.0.1:5672/%2f). The broker restart test is in
+//! `tests/amqp_restart.rs`: it stops the shared broker, so it runs alone.
+
+use std::time::Duration;
+
+use msgio::amqp::{Amqp, AmqpServer, AmqpTopic, ExchangeKind, QueueOptions};
+use msgio::testing::{Capabilities, Recorder, Transport, start};
+use msgio::{Context, Error, Message, Server, ServerConfig, Topic};
+
+fn url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+async fn connect() -> Option<Amqp> {
+    let url = url();
+    match Amqp::connect(&url).await {
+        Ok(amqp) => Some(amqp),
+        Err(e) => {
+            msgio::testing::skip_or_fail("RabbitMQ", &url, &e);
+            None
+        }
+    }
+}
+
+/// A raw lapin connection, to look at what the broker holds.
+struct Raw {
+    _connection: lapin::Connection,
+    channel: lapin::Channel,
+}
+
+async fn raw() -> Raw {
+    let connection = lapin::Connection::connect(&url(), lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    Raw {
+        _connection: connection,
+        channel,
+    }
+}
+
+impl Raw {
+    /// The next message on `queue`, unacknowledged (it goes back when the channel closes).
+    async fn get(&self, queue: &str) -> Option<lapin::message::BasicGetMessage> {
+        self.channel
+            .basic_get(queue.into(), lapin::options::BasicGetOptions::default())
+            .await
+            .unwrap()
+    }
+}
+
+fn queue_name() -> String {
+    format!("msgio_test_{}", msgio::testing::unique_suffix())
+}
+
+struct Rabbit {
+    amqp: Amqp,
+}
+
+impl Transport for Rabbit {
+    type Destination = String;
+    type Topic = AmqpTopic;
+    type Server = AmqpServer;
+
+    async fn destination(&self) -> Result<String, Error> {
+        let queue = queue_name();
+        self.amqp.declare_queue(&QueueOptions::new(&queue)).await?;
+        Ok(queue)
+    }
+
+    async fn topic(&self, queue: &String) -> Result<AmqpTopic, Error> {
+        self.amqp.queue_topic(queue)
+    }
+
+    async fn server(&self, queue: &String, config: ServerConfig) -> Result<AmqpServer, Error> {
+        self.amqp.server(QueueOptions::new(queue), config).await
+    }
+
+    async fn remove(&self, queue: String) -> Result<(), Error> {
+        self.amqp.delete_wait_queues("", &queue).await?;
+        self.amqp.delete_queue(&queue).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_passes_the_conformance_kit() {
+    let Some(amqp) = connect().await else { return };
+    let caps = Capabilities::new()
+        .ordering()
+        .delay()
+        .dead_letter()
+        .persistence()
+        .consumer_groups();
+    msgio::testing::run(Rabbit { amqp }, caps)
+        .await
+        .assert_passed();
+}
+
+const WAIT: Duration = Duration::from_secs(30);
+const GRACE: Duration = Duration::from_secs(10);
+
+/// A fresh queue (deleted, with its wait queues, when dropped).
+struct Fresh {
+    amqp: Amqp,
+    queue: String,
+}
+
+impl Fresh {
+    async fn new(amqp: &Amqp) -> Fresh {
+        Fresh {
+            amqp: amqp.clone(),
+            queue: queue_name(),
+        }
+    }
+
+    fn options(&self) -> QueueOptions {
+        QueueOptions::new(&self.queue)
+    }
+
+    fn topic(&self) -> AmqpTopic {
+        self.amqp.queue_topic(&self.queue).unwrap()
+    }
+}
+
+impl Drop for Fresh {
+    fn drop(&mut self) {
+        let (amqp, queue) = (self.amqp.clone(), self.queue.clone());
+        // Best effort, on a runtime of its own: the test's may be shutting down.
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|rt| {
+                    rt.block_on(async {
+                        let _ = amqp.delete_wait_queues("", &queue).await;
+                        amqp.delete_queue(&queue).await
+                    })
+                })
+        })
+        .join();
+    }
+}
+
+fn seq_message(seq: u64) -> Message {
+    let mut msg = Message::new(format!("message {seq}"));
+    msg.attributes.set("X-Kit-Seq", seq.to_string());
+    msg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attributes_are_headers_and_basic_properties() {
+    use lapin::types::AMQPValue;
+    let Some(amqp) = connect().await else { return };
+    let fresh = Fresh::new(&amqp).await;
+    amqp.declare_queue(&fresh.options()).await.unwrap();
+    let mut attributes = msgio::Attributes::new();
+    attributes.set("Content-Type", "application/octet-stream");
+    attributes.set("Content-Encoding", "identity");
+    attributes.set("Message-Id", "m-1");
+    attributes.set("Timestamp", "1700000000");
+    attributes.add("X-Tag", "a");
+    attributes.add("X-Tag", "b");
+    attributes.set("X-One", "1");
+    let topic = fresh.topic();
+    for _ in 0..2 {
+        let mut msg = Message::new(vec![0u8, 0xff, 0]);
+        msg.attributes = attributes.clone();
+        topic.publish(&Context::background(), msg).await.unwrap();
+    }
+
+    // What the broker holds: properties, persistence, an array header.
+    let raw = raw().await;
+    let got = raw.get(&fresh.queue).await.expect("a message on the queue");
+    let props = &got.delivery.properties;
+    assert_eq!(
+        props.content_type().as_ref().map(|s| s.as_str()),
+        Some("application/octet-stream")
+    );
+    assert_eq!(
+        props.content_encoding().as_ref().map(|s| s.as_str()),
+        Some("identity")
+    );
+    assert_eq!(props.message_id().as_ref().map(|s| s.as_str()), Some("m-1"));
+    assert_eq!(*props.timestamp(), Some(1_700_000_000));
+    assert_eq!(*props.delivery_mode(), Some(2), "persistent");
+    let headers = props.headers().as_ref().unwrap().inner();
+    match headers.get("X-Tag") {
+        Some(AMQPValue::FieldArray(values)) => assert_eq!(values.as_slice().len(), 2),
+        other => panic!("X-Tag should be an array, is {other:?}"),
+    }
+    assert!(matches!(
+        headers.get("X-One"),
+        Some(AMQPValue::LongString(_))
+    ));
+    assert!(
+        !headers.contains_key("Content-Type"),
+        "a property, not a header"
+    );
+    drop(raw);
+
+    // What a server hands its receiver: the same attributes, and the id.
+    let recorder = Recorder::new();
+    let server = amqp
+        .server(fresh.options(), ServerConfig::new())
+        .await
+        .unwrap();
+    let running = start(server, recorder.clone());
+    let got = recorder.wait_for(2, WAIT).await.unwrap();
+    running.stop(GRACE).await.unwrap();
+    for got in got {
+        assert_eq!(got.body.as_ref(), &[0u8, 0xff, 0]);
+        assert_eq!(
+            got.attributes.get_all("X-Tag").collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert_eq!(got.attributes.get("Timestamp"), Some("1700000000"));
+        assert_eq!(
+            got.attributes.get("Content-Type"),
+            Some("application/octet-stream")
+        );
+        assert_eq!(
+            got.message_id.map(|m| m.to_string()).as_deref(),
+            Some("m-1")
+        );
+        assert!(got.attributes.get("x-msgio-attempts").is_none());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_no_queue_takes_is_an_error_unless_the_topic_is_not_mandatory() {
+    let Some(amqp) = connect().await else { return };
+    let exchange = format!("msgio_test_x_{}", msgio::testing::unique_suffix());
+    amqp.declare_exchange(&exchange, ExchangeKind::Direct)
+        .await
+        .unwrap();
+    let topic = amqp.topic(&exchange, "nobody").unwrap();
+    let err = topic
+        .publish(&Context::background(), Message::new("lost?"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains(&exchange), "{err}");
+    assert!(err.to_string().contains("nobody"), "{err}");
+    topic
+        .mandatory(false)
+        .publish(&Context::background(), Message::new("dropped by choice"))
+        .await
+        .unwrap();
+    amqp.delete_exchange(&exchange).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_nack_is_an_error_and_the_topic_goes_on() {
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+    let Some(amqp) = connect().await else { return };
+    let fresh = Fresh::new(&amqp).await;
+    // A queue that refuses (nacks) what does not fit.
+    let raw = raw().await;
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(1));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString(LongString::from("reject-publish")),
+    );
+    raw.channel
+        .queue_declare(
+            fresh.queue.as_str().into(),
+            lapin::options::QueueDeclareOptions::default(),
+            args,
+        )
+        .await
+        .unwrap();
+    let topic = fresh.topic();
+    topic
+        .publish(&Context::background(), seq_message(1))
+        .await
+        .unwrap();
+    let err = topic
+        .publish(&Context::background(), seq_message(2))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("nack"), "{err}");
+    // The channel is still good: once there is room, publishing works.
+    raw.get(&fresh.queue)
+        .await
+        .unwrap()
+        .delivery
+        .acker
+        .ack(Default::default())
+        .await
+        .unwrap();
+    topic
+        .publish(&Context::background(), seq_message(3))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejects_and_spent_attempts_go_to_the_queues_dead_letter_exchange() {
+    let Some(amqp) = connect().await else { return };
+    let fresh = Fresh::new(&amqp).await;
+    let dead = Fresh::new(&amqp).await;
+    amqp.declare_queue(&dead.options()).await.unwrap();
+    let recorder = Recorder::with(|r, _| match r.seq() {
+        Some(1) => Err(Error::reject("not for us")),
+        _ => Err(Error::other("always fails")),
+    });
+    let server = amqp
+        .server(
+            fresh.options().dead_letter_to("", &dead.queue),
+            ServerConfig::new().max_attempts(2),
+        )
+        .await
+        .unwrap();
+    let running = start(server, recorder.clone());
+    let topic = fresh.topic();
+    for seq in [1, 2] {
+        let mut msg = seq_message(seq);
+        msg.attributes.add("X-Tag", "a");
+        msg.attributes.add("X-Tag", "b");
+        topic.publish(&Context::background(), msg).await.unwrap();
+    }
+    let letters = Recorder::new();
+    let reader = start(
+        amqp.server(dead.options(), ServerConfig::new())
+            .await
+            .unwrap(),
+        letters.clone(),
+    );
+    let got = letters.wait_for(2, WAIT).await.unwrap();
+    running.stop(GRACE).await.unwrap();
+    reader.stop(GRACE).await.unwrap();
+    let mut seqs: Vec<u64> = got.iter().filter_map(|r| r.seq()).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, [1, 2]);
+    for letter in &got {
+        assert_eq!(
+            letter.attributes.get_all("X-Tag").collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+    }
+    // Message 1 once (rejected), message 2 twice (attempts spent).
+    assert_eq!(recorder.count(), 3);
+}
+
+/// Gives a message back to `queue` once, unacknowledged, as a consumer that died would.
+async fn deliver_and_drop(queue: &str) {
+    let raw = raw().await;
+    raw.get(queue).await.expect("a message to take");
+    raw.channel.close(200, "dropped".into()).await.unwrap();
+}
+
+async fn attempts_are_counted(quorum: bool) {
+    let Some(amqp) = connect().await else { return };
+    let fresh = Fresh::new(&amqp).await;
+    let options = if quorum {
+        fresh.options().quorum()
+    } else {
+        fresh.options()
+    };
+    amqp.declare_queue(&options).await.unwrap();
+    let topic = fresh.topic();
+    topic
+        .publish(&Context::background(), seq_message(1))
+        .await
+        .unwrap();
+    // Delivered once to a consumer that went away without settling it.
+    deliver_and_drop(&fresh.queue).await;
+    // Then failing twice with a retry, succeeding on the next.
+    let recorder = Recorder::with(|r, _| {
+        if r.attempt < 4 {
+            Err(Error::other("not yet"))
+        } else {
+            Ok(())
+        }
+    });
+    let server = amqp
+        .server(options, ServerConfig::new().max_attempts(10))
+        .await
+        .unwrap();
+    let running = start(server, recorder.clone());
+    recorder
+        .wait_until("the fourth attempt", WAIT, |r| {
+            r.iter().any(|r| r.attempt == 4)
+        })
+        .await
+        .unwrap();
+    running.stop(GRACE).await.unwrap();
+    let attempts: Vec<u32> = recorder.received().iter().map(|r| r.attempt).collect();
+    assert_eq!(attempts, [2, 3, 4]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_are_counted_on_a_classic_queue_from_the_redelivered_flag_and_a_header() {
+    attempts_are_counted(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_are_counted_on_a_quorum_queue_from_x_delivery_count_and_a_header() {
+    attempts_are_counted(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_delay_is_waited_out_in_a_wait_queue_while_other_messages_flow() {
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+    const DELAY: Duration = Duration::from_millis(700);
+    let Some(amqp) = connect().await else { return };
+    let fresh = Fresh::new(&amqp).await;
+    let seen: Arc<Mutex<Vec<(u64, u32, Instant)>>> = Arc::default();
+    let s = seen.clone();
+    let receiver = msgio::ReceiverFunc::new(move |ctx: Context, msg: Message| {
+        let s = s.clone();
+        async move {
+            let seq: u64 = msg.attributes.get("X-Kit-Seq").unwrap().parse().unwrap();
+            s.lock().unwrap().push((seq, ctx.attempt(), Instant::now()));
+            if seq == 1 && ctx.attempt() == 1 {
+                return Err(Error::retry_after(DELAY, "later"));
+            }
+            Ok(())
+        }
+    });
+    let server = amqp
+        .server(fresh.options(), ServerConfig::new())
+        .await
+        .unwrap();
+    let running = start(server, receiver);
+    let topic = fresh.topic();
+    topic
+        .publish(&Context::background(), seq_message(1))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while seen.lock().unwrap().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    topic
+        .publish(&Context::background(), seq_message(2))
+        .await
+        .unwrap();
+    while seen.lock().unwrap().len() < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    running.stop(GRACE).await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let order: Vec<(u64, u32)> = seen.iter().map(|&(s, a, _)| (s, a)).collect();
+    assert_eq!(order, [(1, 1), (2, 1), (1, 2)]);
+    assert!(
+        seen[2].2 - seen[0].2 >= DELAY,
+        "the retry came after {:?}",
+        seen[2].2 - seen[0].2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_queue_is_declared_again_and_consuming_goes_on() {
+    let Some(amqp) = connect().await else { return };
+    let fresh = Fresh::new(&amqp).await;
+    let recorder = Recorder::new();
+    let server = amqp
+        .server(fresh.options(), ServerConfig::new())
+        .await
+        .unwrap();
+    let running = start(server, recorder.clone());
+    let topic = fresh.topic();
+    topic
+        .publish(&Context::background(), seq_message(1))
+        .await
+        .unwrap();
+    recorder.wait_for(1, WAIT).await.unwrap();
+    // The broker cancels the consumer of a deleted queue.
+    amqp.delete_queue(&fresh.queue).await.unwrap();
+    // Publishing fails (mandatory) until the server declared the queue again.
+    let deadline = std::time::Instant::now() + WAIT;
+    while topic
+        .publish(&Context::background(), seq_message(2))
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the queue never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    recorder
+        .wait_until("message 2 after the queue came back", WAIT, |r| {
+            r.iter().any(|r| r.seq() == Some(2))
+        })
+        .await
+        .unwrap();
+    running.stop(GRACE).await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_options_are_refused_by_name() {
+    let Some(amqp) = connect().await else { return };
+    let long = "q".repeat(300);
+    for (options, config, field) in [
+        (QueueOptions::new(""), ServerConfig::new(), "queue"),
+        (QueueOptions::new(&long), ServerConfig::new(), "queue"),
+        (
+            QueueOptions::new("q").quorum().durable(false),
+            ServerConfig::new(),
+            "durable",
+        ),
+        (
+            QueueOptions::new("q").bind("", "k"),
+            ServerConfig::new(),
+            "bind",
+        ),
+        (
+            QueueOptions::new("q").dead_letter_exchange(&long),
+            ServerConfig::new(),
+            "dead_letter_exchange",
+        ),
+        (
+            QueueOptions::new("q"),
+            ServerConfig::new().concurrency(70_000),
+            "concurrency",
+        ),
+    ] {
+        let err = amqp.server(options, config).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig { .. }), "{err:?}");
+        assert!(err.to_string().contains(field), "{err} should name {field}");
+    }
+    let err = amqp.topic(&long, "k").unwrap_err();
+    assert!(err.to_string().contains("exchange"), "{err}");
+    let mut msg = Message::new("x");
+    msg.attributes.set("k".repeat(300), "v");
+    let err = amqp
+        .queue_topic("q")
+        .unwrap()
+        .publish(&Context::background(), msg)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidAttribute { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_refused_login_does_not_show_the_password() {
+    for url in [
+        "amqp://guest:s3cret@127.0.0.1:5672/%2f",
+        "amqp://guest:s3cret@127.0.0.1:1/%2f",
+    ] {
+        let err = Amqp::connect(url).await.unwrap_err();
+        assert!(err.is_connection_lost(), "{err:?}");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        assert!(err.to_string().contains("guest:***"), "{err}");
+    }
+    // With the default URL, the password is "guest".
+    let Some(amqp) = connect().await else { return };
+    let shown = format!("{amqp:?} {}", amqp.url());
+    assert!(!shown.contains(":guest@"), "{shown}");
+}
+
+// ---- Chaos: a consumer killed with SIGKILL. ----
+
+/// Where the kill test's child consumer works: its queue (it reports on `<queue>.done`).
+const CHILD_QUEUE: &str = "MSGIO_AMQP_CHILD_QUEUE";
+
+/// Not a test of its own: the consumer process the kill test starts (and kills).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the child process of a_killed_consumers_messages_are_redelivered_and_none_is_lost"]
+async fn child_consumer() {
+    let Ok(queue) = std::env::var(CHILD_QUEUE) else {
+        return;
+    };
+    let amqp = Amqp::connect(&url()).await.unwrap();
+    let reports = amqp.queue_topic(&format!("{queue}.done")).unwrap();
+    let server = amqp
+        .server(
+            QueueOptions::new(&queue),
+            ServerConfig::new().concurrency(8),
+        )
+        .await
+        .unwrap();
+    let receiver = msgio::ReceiverFunc::new(move |ctx: Context, msg: Message| {
+        let reports = reports.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let seq = msg.attributes.get("X-Kit-Seq").unwrap_or("?").to_owned();
+            reports.publish(&ctx, Message::new(seq)).await
+        }
+    });
+    server.serve(receiver).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_consumers_messages_are_redelivered_and_none_is_lost() {
+    const N: u64 = 300;
+    let Some(amqp) = connect().await else { return };
+    let fresh = Fresh::new(&amqp).await;
+    let done = Fresh {
+        amqp: amqp.clone(),
+        queue: format!("{}.done", fresh.queue),
+    };
+    amqp.declare_queue(&fresh.options()).await.unwrap();
+    amqp.declare_queue(&done.options()).await.unwrap();
+    let topic = fresh.topic();
+    for seq in 0..N {
+        topic
+            .publish(&Context::background(), seq_message(seq))
+            .await
+            .unwrap();
+    }
+    let reports = Recorder::new();
+    let reader = start(
+        amqp.server(done.options(), ServerConfig::new())
+            .await
+            .unwrap(),
+        reports.clone(),
+    );
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "child_consumer", "--nocapture"])
+        .env(CHILD_QUEUE, &fresh.queue)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it mid-stream, holding messages.
+    reports.wait_for(50, WAIT).await.unwrap();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // Reports already on their way still count.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    reader.stop(GRACE).await.unwrap();
+    let by_child: std::collections::BTreeSet<u64> = reports
+        .received()
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).parse::<u64>().unwrap())
+        .collect();
+    assert!(
+        by_child.len() < N as usize,
+        "the child finished before the kill"
+    );
+
+    let recorder = Recorder::new();
+    let server = amqp
+        .server(fresh.options(), ServerConfig::new())
+        .await
+        .unwrap();
+    let running = start(server, recorder.clone());
+    recorder
+        .wait_until("every message once the child died", WAIT, |r| {
+            let mut all = by_child.clone();
+            all.extend(r.iter().filter_map(|r| r.seq()));
+            all.len() == N as usize
+        })
+        .await
+        .unwrap();
+    // What the child held unacknowledged came back at once, as a second attempt.
+    recorder
+        .wait_until("a message back from the killed consumer", WAIT, |r| {
+            r.iter().any(|r| r.attempt > 1)
+        })
+        .await
+        .unwrap();
+    running.stop(GRACE).await.unwrap();
+}
