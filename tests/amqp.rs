@@ -4,24 +4,13 @@
 
 use std::time::Duration;
 
-use msgio::amqp::{Amqp, AmqpServer, AmqpTopic, ExchangeKind, QueueOptions};
-use msgio::testing::{Capabilities, Recorder, Transport, start};
+use msgio::amqp::{Amqp, AmqpTopic, ExchangeKind, QueueOptions};
+use msgio::testing::{Capabilities, Recorder, start};
+
+#[path = "support/amqp.rs"]
+mod support;
 use msgio::{Context, Error, Message, Server, ServerConfig, Topic};
-
-fn url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
-}
-
-async fn connect() -> Option<Amqp> {
-    let url = url();
-    match Amqp::connect(&url).await {
-        Ok(amqp) => Some(amqp),
-        Err(e) => {
-            msgio::testing::skip_or_fail("RabbitMQ", &url, &e);
-            None
-        }
-    }
-}
+use support::{Rabbit, connect, queue_name, url};
 
 /// A raw lapin connection, to look at what the broker holds.
 struct Raw {
@@ -47,39 +36,6 @@ impl Raw {
             .basic_get(queue.into(), lapin::options::BasicGetOptions::default())
             .await
             .unwrap()
-    }
-}
-
-fn queue_name() -> String {
-    format!("msgio_test_{}", msgio::testing::unique_suffix())
-}
-
-struct Rabbit {
-    amqp: Amqp,
-}
-
-impl Transport for Rabbit {
-    type Destination = String;
-    type Topic = AmqpTopic;
-    type Server = AmqpServer;
-
-    async fn destination(&self) -> Result<String, Error> {
-        let queue = queue_name();
-        self.amqp.declare_queue(&QueueOptions::new(&queue)).await?;
-        Ok(queue)
-    }
-
-    async fn topic(&self, queue: &String) -> Result<AmqpTopic, Error> {
-        self.amqp.queue_topic(queue)
-    }
-
-    async fn server(&self, queue: &String, config: ServerConfig) -> Result<AmqpServer, Error> {
-        self.amqp.server(QueueOptions::new(queue), config).await
-    }
-
-    async fn remove(&self, queue: String) -> Result<(), Error> {
-        self.amqp.delete_wait_queues("", &queue).await?;
-        self.amqp.delete_queue(&queue).await
     }
 }
 
