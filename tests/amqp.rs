@@ -206,6 +206,28 @@ async fn a_message_no_queue_takes_is_an_error_unless_the_topic_is_not_mandatory(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_exchange_is_an_error_naming_it_and_other_topics_go_on() {
+    let Some(amqp) = connect().await else { return };
+    let fresh = Fresh::new(&amqp).await;
+    amqp.declare_queue(&fresh.options()).await.unwrap();
+    let missing = format!("msgio_test_missing_{}", msgio::testing::unique_suffix());
+    let good = fresh.topic();
+    let bad = amqp.topic(&missing, "k").unwrap();
+    // Publishing on both at once: the bad one fails alone.
+    let ctx = Context::background();
+    let (bad_result, good_results) = tokio::join!(
+        bad.publish(&ctx, Message::new("nowhere")),
+        futures::future::join_all((0..20).map(|seq| good.publish(&ctx, seq_message(seq)))),
+    );
+    let err = bad_result.unwrap_err();
+    assert!(err.to_string().contains(&missing), "{err}");
+    assert!(!err.is_connection_lost(), "{err:?}");
+    for result in good_results {
+        result.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_nack_is_an_error_and_the_topic_goes_on() {
     use lapin::types::{AMQPValue, FieldTable, LongString};
     let Some(amqp) = connect().await else { return };

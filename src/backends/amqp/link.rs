@@ -161,6 +161,37 @@ impl Link {
         result
     }
 
+    /// Checks that `exchange` exists, on a channel of its own: publishing to a missing
+    /// exchange would close the shared publishing channel, failing every publication in
+    /// flight on it.
+    pub(super) async fn check_exchange(&self, exchange: &ShortString) -> Result<(), Error> {
+        let name = exchange.clone();
+        self.declare(|channel| async move {
+            let shown = name.to_string();
+            channel
+                .exchange_declare(
+                    name,
+                    lapin::ExchangeKind::Direct,
+                    lapin::options::ExchangeDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| {
+                    error(
+                        format!(
+                            "the exchange {shown:?} must exist before publishing to it \
+                             (declare it, with Amqp::declare_exchange say)"
+                        ),
+                        e,
+                    )
+                })
+        })
+        .await
+    }
+
     /// Publishes and waits for the broker's confirmation. `mandatory`: a message no queue
     /// takes is [`PublishError::Unroutable`] instead of being dropped by the broker.
     pub(super) async fn publish(

@@ -35,7 +35,9 @@
 //!   confirmed the message; a broker nack is an error, and so (by default, see
 //!   [`AmqpTopic::mandatory`]) is a message that no queue takes. Every topic of one
 //!   [`Amqp`] publishes on one channel, concurrent writers keeping their confirms in flight
-//!   together.
+//!   together. A topic checks once, on a channel of its own, that its exchange exists:
+//!   publishing to a missing exchange would make the broker close the shared channel
+//!   under the other publications in flight.
 //! - Delays ([`set_delay`](crate::MessageWriter::set_delay), and retries with a delay)
 //!   need no plugin: the message waits in a durable wait queue
 //!   (`msgio.wait.<band>ms.<exchange>.<routing key>`) with its delay as its expiration,

@@ -25,6 +25,8 @@ struct TopicInner {
     exchange: ShortString,
     routing_key: ShortString,
     mandatory: bool,
+    /// Set once the exchange was found to exist (see [`Link::check_exchange`]).
+    exchange_exists: tokio::sync::OnceCell<()>,
 }
 
 impl fmt::Debug for AmqpTopic {
@@ -45,6 +47,7 @@ impl AmqpTopic {
                 exchange: encoding::short("exchange", exchange)?,
                 routing_key: encoding::short("routing_key", routing_key)?,
                 mandatory: true,
+                exchange_exists: tokio::sync::OnceCell::new(),
             }),
         })
     }
@@ -58,6 +61,7 @@ impl AmqpTopic {
                 exchange: self.inner.exchange.clone(),
                 routing_key: self.inner.routing_key.clone(),
                 mandatory,
+                exchange_exists: tokio::sync::OnceCell::new(),
             }),
         }
     }
@@ -135,6 +139,11 @@ impl TopicInner {
     ) -> Result<(), Error> {
         let properties = encoding::properties(attributes)?;
         let send = async {
+            if !self.exchange.as_str().is_empty() {
+                self.exchange_exists
+                    .get_or_try_init(|| self.link.check_exchange(&self.exchange))
+                    .await?;
+            }
             match delay.filter(|d| !d.is_zero()) {
                 Some(delay) => {
                     self.link

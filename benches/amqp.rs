@@ -1,0 +1,342 @@
+//! RabbitMQ, msgio against raw lapin doing the same work, in the same run.
+//!
+//! Publish with confirms: 500 concurrent publishers share one confirm-mode channel, each
+//! message a persistent, mandatory publish of a 100-byte body with a content type and one
+//! header to a durable queue, waiting for its confirmation (so up to 500 confirms are in
+//! flight). msgio publishes through `AmqpTopic::publish`; raw lapin calls `basic_publish`
+//! with the same properties and awaits the same confirmation.
+//!
+//! Consume with ack: the queue is filled beforehand; the clock runs until every message
+//! was handed to a receiver and acknowledged. msgio serves with concurrency 64 (prefetch
+//! 128); raw lapin consumes with prefetch 128, turns the headers into attributes and acks
+//! each delivery where it reads it.
+//!
+//! Prints the median of several rounds of each (alternating), and their ratio.
+//!
+//! ```sh
+//! cargo bench --bench amqp --features amqp,testing   # AMQP_URL overrides the local broker
+//! ```
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use msgio::amqp::{Amqp, QueueOptions};
+use msgio::{Attributes, Context, Message, ReceiverFunc, Server, ServerConfig, Topic};
+
+mod common;
+use common::{Done, median};
+
+const PUBLISHERS: usize = 500;
+const CONCURRENCY: usize = 64;
+const PREFETCH: u16 = 128;
+const BODY: [u8; 100] = [b'x'; 100];
+const ROUNDS: usize = 7;
+
+fn url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+fn queue_name() -> String {
+    format!("msgio_bench_{}", msgio::testing::unique_suffix())
+}
+
+/// The properties msgio sends for message `seq`, written by hand.
+fn properties(seq: usize) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "X-Seq".into(),
+        AMQPValue::LongString(LongString::from(seq.to_string())),
+    );
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("text/plain".into())
+        .with_headers(headers)
+}
+
+async fn declare(channel: &Channel, queue: &str) {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+}
+
+async fn delete(channel: &Channel, queue: &str) {
+    channel
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+}
+
+/// msgio: `n` messages from 500 concurrent publishers; messages per second.
+async fn msgio_publish(amqp: &Amqp, admin: &Channel, n: usize) -> f64 {
+    let queue = queue_name();
+    declare(admin, &queue).await;
+    let topic = amqp.queue_topic(&queue).unwrap();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            let topic = topic.clone();
+            tokio::spawn(async move {
+                let ctx = Context::background();
+                for seq in (p..n).step_by(PUBLISHERS) {
+                    let mut msg = Message::new(Bytes::from_static(&BODY));
+                    msg.attributes.set("Content-Type", "text/plain");
+                    msg.attributes.set("X-Seq", seq.to_string());
+                    topic.publish(&ctx, msg).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    delete(admin, &queue).await;
+    rate
+}
+
+/// Raw lapin: the same publishes on one confirm-mode channel, from 500 concurrent tasks.
+async fn raw_publish(publisher: &Channel, admin: &Channel, n: usize) -> f64 {
+    let queue = queue_name();
+    declare(admin, &queue).await;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            let (channel, queue) = (publisher.clone(), queue.clone());
+            tokio::spawn(async move {
+                for seq in (p..n).step_by(PUBLISHERS) {
+                    let confirm = channel
+                        .basic_publish(
+                            "".into(),
+                            queue.as_str().into(),
+                            BasicPublishOptions {
+                                mandatory: true,
+                                immediate: false,
+                            },
+                            &BODY,
+                            properties(seq),
+                        )
+                        .await
+                        .unwrap()
+                        .await
+                        .unwrap();
+                    assert!(confirm.is_ack() && confirm.take_message().is_none());
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    delete(admin, &queue).await;
+    rate
+}
+
+/// A durable queue holding `n` messages as msgio publishes them.
+async fn filled(publisher: &Channel, admin: &Channel, n: usize) -> String {
+    let queue = queue_name();
+    declare(admin, &queue).await;
+    let mut confirms = Vec::with_capacity(1000);
+    for seq in 0..n {
+        confirms.push(
+            publisher
+                .basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &BODY,
+                    properties(seq),
+                )
+                .await
+                .unwrap(),
+        );
+        if confirms.len() == 1000 {
+            for c in confirms.drain(..) {
+                c.await.unwrap();
+            }
+        }
+    }
+    for c in confirms {
+        c.await.unwrap();
+    }
+    queue
+}
+
+/// msgio: serve `n` messages with concurrency 64 until all are acknowledged (the server's
+/// shutdown sends the last acks).
+async fn msgio_consume(amqp: &Amqp, publisher: &Channel, admin: &Channel, n: usize) -> f64 {
+    let queue = filled(publisher, admin, n).await;
+    let done = Done::new(n);
+    let d = done.clone();
+    let receiver = ReceiverFunc::new(move |_: Context, mut msg: Message| {
+        let d = d.clone();
+        async move {
+            let body = msg.body.read_to_bytes(1024).await?;
+            std::hint::black_box((body, msg.attributes.get("X-Seq").is_some()));
+            d.one();
+            Ok(())
+        }
+    });
+    let server = amqp
+        .server(
+            QueueOptions::new(&queue),
+            ServerConfig::new().concurrency(CONCURRENCY),
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let serving = server.clone();
+    let task = tokio::spawn(async move { serving.serve(receiver).await });
+    done.wait().await;
+    server.shutdown(Duration::from_secs(10)).await.unwrap();
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let _ = task.await;
+    delete(admin, &queue).await;
+    rate
+}
+
+/// Raw lapin: consume with prefetch 128, decode the headers, ack each delivery inline.
+async fn raw_consume(
+    connection: &Connection,
+    publisher: &Channel,
+    admin: &Channel,
+    n: usize,
+) -> f64 {
+    let queue = filled(publisher, admin, n).await;
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    for _ in 0..n {
+        let delivery = consumer.next().await.unwrap().unwrap();
+        let mut attributes = Attributes::new();
+        if let Some(headers) = delivery.properties.headers() {
+            for (name, value) in headers {
+                if let AMQPValue::LongString(s) = value {
+                    attributes.add(name.as_str(), String::from_utf8_lossy(s.as_bytes()));
+                }
+            }
+        }
+        std::hint::black_box((Bytes::from(delivery.data), attributes));
+        channel
+            .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
+            .await
+            .unwrap();
+    }
+    channel.close(200, "done".into()).await.unwrap();
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    delete(admin, &queue).await;
+    rate
+}
+
+fn main() {
+    let runtime = common::runtime();
+    let n = common::messages(50_000);
+    runtime.block_on(async {
+        let (amqp, connection) = match (
+            Amqp::connect(&url()).await,
+            Connection::connect(&url(), ConnectionProperties::default()).await,
+        ) {
+            (Ok(amqp), Ok(connection)) => (amqp, connection),
+            (Err(e), _) => {
+                eprintln!("SKIPPED: RabbitMQ at {} did not answer: {e}", amqp_shown());
+                return;
+            }
+            (_, Err(e)) => {
+                eprintln!("SKIPPED: RabbitMQ at {} did not answer: {e}", amqp_shown());
+                return;
+            }
+        };
+        let admin = connection.create_channel().await.unwrap();
+        let publisher = connection.create_channel().await.unwrap();
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        // Warm up both paths once.
+        msgio_publish(&amqp, &admin, n / 10).await;
+        raw_publish(&publisher, &admin, n / 10).await;
+        msgio_consume(&amqp, &publisher, &admin, n / 10).await;
+        raw_consume(&connection, &publisher, &admin, n / 10).await;
+
+        let only = std::env::var("MSGIO_BENCH_ONLY").ok();
+        if only.as_deref().is_none_or(|o| o == "publish") {
+            let (mut ours, mut raw, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+            for round in 0..ROUNDS {
+                // Back to back, in alternating order, so that drift hits both alike.
+                let (o, r) = if round % 2 == 0 {
+                    let o = msgio_publish(&amqp, &admin, n).await;
+                    (o, raw_publish(&publisher, &admin, n).await)
+                } else {
+                    let r = raw_publish(&publisher, &admin, n).await;
+                    (msgio_publish(&amqp, &admin, n).await, r)
+                };
+                ours.push(o);
+                raw.push(r);
+                ratios.push(o / r);
+            }
+            println!("amqp publish with confirms, {n} messages x {ROUNDS} rounds, {PUBLISHERS} concurrent publishers, 100-byte persistent body, 2 attributes");
+            println!("  msgio AmqpTopic                     {:>10.0} msgs/s (median)", median(ours));
+            println!("  raw lapin                           {:>10.0} msgs/s (median)", median(raw));
+            println!("  ratio msgio/raw (median of rounds)  {:>10.2}", median(ratios));
+        }
+        if only.as_deref().is_none_or(|o| o == "consume") {
+            let (mut ours, mut raw, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+            for round in 0..ROUNDS {
+                let (o, r) = if round % 2 == 0 {
+                    let o = msgio_consume(&amqp, &publisher, &admin, n).await;
+                    (o, raw_consume(&connection, &publisher, &admin, n).await)
+                } else {
+                    let r = raw_consume(&connection, &publisher, &admin, n).await;
+                    (msgio_consume(&amqp, &publisher, &admin, n).await, r)
+                };
+                ours.push(o);
+                raw.push(r);
+                ratios.push(o / r);
+            }
+            println!("amqp consume + ack, {n} messages x {ROUNDS} rounds, prefetch {PREFETCH}");
+            println!("  msgio AmqpServer, concurrency {CONCURRENCY}    {:>10.0} msgs/s (median)", median(ours));
+            println!("  raw lapin, handled inline           {:>10.0} msgs/s (median)", median(raw));
+            println!("  ratio msgio/raw (median of rounds)  {:>10.2}", median(ratios));
+        }
+    });
+}
+
+/// The broker's URL, password hidden.
+fn amqp_shown() -> String {
+    let url = url();
+    match url.split_once("://").and_then(|(s, rest)| {
+        let (auth, host) = rest.split_once('@')?;
+        let user = auth.split(':').next()?;
+        Some(format!("{s}://{user}:***@{host}"))
+    }) {
+        Some(shown) => shown,
+        None => url,
+    }
+}
