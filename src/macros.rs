@@ -72,3 +72,60 @@ macro_rules! engine_server {
         }
     };
 }
+
+/// The `Topic` and `Publish` impls of a transport topic that sends whole messages: `$topic`
+/// and `$publisher` each hold `inner: Arc<_>` whose
+/// `async fn send(&self, &Context, &Attributes, &Bytes, Option<Duration>)` sends one
+/// message. `publish` sends a body held in memory at once, without a writer; a streaming
+/// body and a writer's close go through a [`BufferedWriter`](crate::topic::BufferedWriter).
+#[cfg_attr(
+    not(any(feature = "redis", feature = "nats", feature = "amqp")),
+    allow(unused_macros)
+)]
+macro_rules! whole_message_topic {
+    ($topic:ty, $publisher:ident) => {
+        impl $crate::Topic for $topic {
+            type Writer = $crate::topic::BufferedWriter<$publisher>;
+
+            async fn publish(
+                &self,
+                ctx: &$crate::Context,
+                message: $crate::Message,
+            ) -> Result<(), $crate::Error> {
+                if let Some(body) = message.body.as_bytes() {
+                    return self.inner.send(ctx, &message.attributes, body, None).await;
+                }
+                $crate::topic::publish_through_writer(self, ctx, message).await
+            }
+
+            fn new_writer(&self, ctx: &$crate::Context) -> Result<Self::Writer, $crate::Error> {
+                Ok($crate::topic::BufferedWriter::new(
+                    $publisher {
+                        inner: self.inner.clone(),
+                    },
+                    ctx,
+                ))
+            }
+        }
+
+        impl $crate::topic::Publish for $publisher {
+            type Future = ::std::pin::Pin<
+                Box<dyn ::std::future::Future<Output = Result<(), $crate::Error>> + Send>,
+            >;
+
+            fn publish(
+                &self,
+                ctx: &$crate::Context,
+                message: $crate::topic::Outgoing,
+            ) -> Self::Future {
+                let inner = self.inner.clone();
+                let ctx = ctx.clone();
+                Box::pin(async move {
+                    inner
+                        .send(&ctx, &message.attributes, &message.body, message.delay)
+                        .await
+                })
+            }
+        }
+    };
+}

@@ -1,8 +1,6 @@
 //! The topic: publish to an exchange with a routing key, waiting for the confirmation.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,8 +8,8 @@ use lapin::types::ShortString;
 
 use super::encoding;
 use super::link::{Link, PublishError};
-use crate::topic::{BufferedWriter, Outgoing, Publish};
-use crate::{Attributes, Context, Error, Message, Topic};
+use crate::topic::BufferedWriter;
+use crate::{Attributes, Context, Error};
 
 /// A topic publishing to a RabbitMQ exchange with a routing key (see the
 /// [module docs](super)). Cloning shares the connection.
@@ -77,26 +75,7 @@ impl AmqpTopic {
     }
 }
 
-impl Topic for AmqpTopic {
-    type Writer = AmqpWriter;
-
-    async fn publish(&self, ctx: &Context, message: Message) -> Result<(), Error> {
-        if let Some(body) = message.body.as_bytes() {
-            let body = body.clone();
-            return self.inner.send(ctx, &message.attributes, &body, None).await;
-        }
-        crate::topic::publish_through_writer(self, ctx, message).await
-    }
-
-    fn new_writer(&self, ctx: &Context) -> Result<AmqpWriter, Error> {
-        Ok(BufferedWriter::new(
-            AmqpPublisher {
-                inner: self.inner.clone(),
-            },
-            ctx,
-        ))
-    }
-}
+whole_message_topic!(AmqpTopic, AmqpPublisher);
 
 /// The writer of an [`AmqpTopic`]: closing it returns once the broker confirmed.
 pub type AmqpWriter = BufferedWriter<AmqpPublisher>;
@@ -112,20 +91,6 @@ impl fmt::Debug for AmqpPublisher {
             .field("exchange", &self.inner.exchange.as_str())
             .field("routing_key", &self.inner.routing_key.as_str())
             .finish()
-    }
-}
-
-impl Publish for AmqpPublisher {
-    type Future = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
-
-    fn publish(&self, ctx: &Context, message: Outgoing) -> Self::Future {
-        let inner = self.inner.clone();
-        let ctx = ctx.clone();
-        Box::pin(async move {
-            inner
-                .send(&ctx, &message.attributes, &message.body, message.delay)
-                .await
-        })
     }
 }
 

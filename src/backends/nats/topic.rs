@@ -1,15 +1,13 @@
 //! The topic: JetStream publish with headers, waiting for the stream's acknowledgement.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
 
-use crate::topic::{BufferedWriter, Outgoing, Publish};
-use crate::{Attributes, Context, Error, Message, Topic};
+use crate::topic::BufferedWriter;
+use crate::{Attributes, Context, Error};
 
 /// The header JetStream dedupes on.
 pub(super) const MSG_ID: &str = "Nats-Msg-Id";
@@ -65,26 +63,7 @@ impl NatsTopic {
     }
 }
 
-impl Topic for NatsTopic {
-    type Writer = NatsWriter;
-
-    async fn publish(&self, ctx: &Context, message: Message) -> Result<(), Error> {
-        if let Some(body) = message.body.as_bytes() {
-            let body = body.clone();
-            return self.inner.send(ctx, message.attributes, body, None).await;
-        }
-        crate::topic::publish_through_writer(self, ctx, message).await
-    }
-
-    fn new_writer(&self, ctx: &Context) -> Result<NatsWriter, Error> {
-        Ok(BufferedWriter::new(
-            NatsPublisher {
-                inner: self.inner.clone(),
-            },
-            ctx,
-        ))
-    }
-}
+whole_message_topic!(NatsTopic, NatsPublisher);
 
 /// The writer of a [`NatsTopic`]: closing it returns once the stream acknowledged.
 pub type NatsWriter = BufferedWriter<NatsPublisher>;
@@ -99,20 +78,6 @@ impl fmt::Debug for NatsPublisher {
         f.debug_struct("NatsPublisher")
             .field("subject", &self.inner.subject)
             .finish()
-    }
-}
-
-impl Publish for NatsPublisher {
-    type Future = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
-
-    fn publish(&self, ctx: &Context, message: Outgoing) -> Self::Future {
-        let inner = self.inner.clone();
-        let ctx = ctx.clone();
-        Box::pin(async move {
-            inner
-                .send(&ctx, message.attributes, message.body, message.delay)
-                .await
-        })
     }
 }
 
@@ -153,10 +118,12 @@ impl TopicInner {
     async fn send(
         &self,
         ctx: &Context,
-        mut attributes: Attributes,
-        body: bytes::Bytes,
+        attributes: &Attributes,
+        body: &bytes::Bytes,
         delay: Option<Duration>,
     ) -> Result<(), Error> {
+        // Clones share their entries: only a delayed message's attributes are copied.
+        let mut attributes = attributes.clone();
         if let Some(delay) = delay {
             crate::engine::stamp_not_before(&mut attributes, delay);
         }
@@ -168,7 +135,7 @@ impl TopicInner {
         let send = async {
             let ack = self
                 .jetstream
-                .publish_with_headers(subject.clone(), headers, body)
+                .publish_with_headers(subject.clone(), headers, body.clone())
                 .await
                 .map_err(|e| publish_error(subject, e))?;
             ack.await.map(drop).map_err(|e| publish_error(subject, e))

@@ -1,18 +1,16 @@
 //! The topic: `XADD`, or the delayed set for a writer with a delay.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use redis::aio::ConnectionManager;
 
 use super::{encoding, scripts};
-use crate::topic::{BufferedWriter, Outgoing, Publish};
+use crate::topic::BufferedWriter;
 use std::time::Duration;
 
-use crate::{Attributes, Context, Error, Message, Topic};
+use crate::{Attributes, Context, Error};
 
 /// A topic adding messages to a Redis stream (see the [module docs](super) for the
 /// layout). Cloning shares the connection; concurrent writers pipeline on it.
@@ -78,27 +76,7 @@ pub(super) fn delayed_key(stream: &str) -> String {
     format!("{stream}:delayed")
 }
 
-impl Topic for RedisTopic {
-    type Writer = RedisWriter;
-
-    /// Sends a message held in memory straight to Redis, without a writer; a streaming body
-    /// goes through one.
-    async fn publish(&self, ctx: &Context, message: Message) -> Result<(), Error> {
-        if let Some(body) = message.body.as_bytes() {
-            return self.inner.send(ctx, &message.attributes, body, None).await;
-        }
-        crate::topic::publish_through_writer(self, ctx, message).await
-    }
-
-    fn new_writer(&self, ctx: &Context) -> Result<RedisWriter, Error> {
-        Ok(BufferedWriter::new(
-            RedisPublisher {
-                inner: self.inner.clone(),
-            },
-            ctx,
-        ))
-    }
-}
+whole_message_topic!(RedisTopic, RedisPublisher);
 
 /// The writer of a [`RedisTopic`]: closing it returns once Redis stored the message.
 pub type RedisWriter = BufferedWriter<RedisPublisher>;
@@ -113,20 +91,6 @@ impl fmt::Debug for RedisPublisher {
         f.debug_struct("RedisPublisher")
             .field("stream", &self.inner.stream)
             .finish()
-    }
-}
-
-impl Publish for RedisPublisher {
-    type Future = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
-
-    fn publish(&self, ctx: &Context, message: Outgoing) -> Self::Future {
-        let inner = self.inner.clone();
-        let ctx = ctx.clone();
-        Box::pin(async move {
-            inner
-                .send(&ctx, &message.attributes, &message.body, message.delay)
-                .await
-        })
     }
 }
 
