@@ -226,62 +226,30 @@ fn number(value: &AMQPValue) -> Option<u32> {
 }
 
 /// `props` for republishing a delivery after `attempts` attempts: the broker's dead-letter
-/// bookkeeping and any expiration dropped, the attempt count recorded.
+/// bookkeeping dropped, the attempt count recorded. (A delay, when there is one, replaces
+/// any expiration.)
 pub(super) fn for_republish(props: &BasicProperties, attempts: u32) -> BasicProperties {
-    let mut headers = props.headers().clone().unwrap_or_default();
-    let mut kept: std::collections::BTreeMap<ShortString, AMQPValue> = headers
-        .inner()
-        .iter()
-        .filter(|(k, _)| !BROKER_HEADERS.contains(&k.as_str()) && k.as_str() != "x-delivery-count")
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let mut kept: std::collections::BTreeMap<ShortString, AMQPValue> = props
+        .headers()
+        .as_ref()
+        .map(|h| {
+            h.inner()
+                .iter()
+                .filter(|(k, _)| {
+                    !BROKER_HEADERS.contains(&k.as_str()) && k.as_str() != "x-delivery-count"
+                })
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
     kept.insert(
         ShortString::from(ATTEMPTS_HEADER),
         AMQPValue::LongUInt(attempts),
     );
-    headers = FieldTable::from(kept);
-    let mut out = props.clone().with_headers(headers).with_delivery_mode(2);
-    // BasicProperties has no way to clear one field: rebuild without the expiration.
-    if out.expiration().is_some() {
-        let mut fresh = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_headers(out.headers().clone().unwrap_or_default());
-        if let Some(v) = out.content_type() {
-            fresh = fresh.with_content_type(v.clone());
-        }
-        if let Some(v) = out.content_encoding() {
-            fresh = fresh.with_content_encoding(v.clone());
-        }
-        if let Some(v) = out.priority() {
-            fresh = fresh.with_priority(*v);
-        }
-        if let Some(v) = out.correlation_id() {
-            fresh = fresh.with_correlation_id(v.clone());
-        }
-        if let Some(v) = out.reply_to() {
-            fresh = fresh.with_reply_to(v.clone());
-        }
-        if let Some(v) = out.message_id() {
-            fresh = fresh.with_message_id(v.clone());
-        }
-        if let Some(v) = out.timestamp() {
-            fresh = fresh.with_timestamp(*v);
-        }
-        if let Some(v) = out.kind() {
-            fresh = fresh.with_type(v.clone());
-        }
-        if let Some(v) = out.user_id() {
-            fresh = fresh.with_user_id(v.clone());
-        }
-        if let Some(v) = out.app_id() {
-            fresh = fresh.with_app_id(v.clone());
-        }
-        if let Some(v) = out.cluster_id() {
-            fresh = fresh.with_cluster_id(v.clone());
-        }
-        out = fresh;
-    }
-    out
+    props
+        .clone()
+        .with_headers(FieldTable::from(kept))
+        .with_delivery_mode(2)
 }
 
 #[cfg(test)]
@@ -357,10 +325,8 @@ mod tests {
         headers.insert("X-Keep".into(), AMQPValue::LongString("yes".into()));
         let props = BasicProperties::default()
             .with_headers(headers)
-            .with_expiration("500".into())
             .with_content_type("text/plain".into());
         let out = for_republish(&props, 3);
-        assert!(out.expiration().is_none());
         assert_eq!(out.content_type().as_ref().unwrap().as_str(), "text/plain");
         let decoded = decode(&out);
         assert_eq!(decoded.prior_attempts, 3);
