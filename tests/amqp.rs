@@ -191,6 +191,22 @@ async fn a_message_no_queue_takes_is_an_error_unless_the_topic_is_not_mandatory(
         .await
         .unwrap();
     let topic = amqp.topic(&exchange, "nobody").unwrap();
+    // Once a queue is bound with that key, the same topic delivers there.
+    let fresh = Fresh::new(&amqp).await;
+    amqp.declare_queue(&fresh.options()).await.unwrap();
+    amqp.bind(&fresh.queue, &exchange, "somebody")
+        .await
+        .unwrap();
+    amqp.topic(&exchange, "somebody")
+        .unwrap()
+        .publish(&Context::background(), Message::new("routed"))
+        .await
+        .unwrap();
+    let err = amqp
+        .bind(&fresh.queue, &format!("{exchange}_missing"), "k")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("_missing"), "{err}");
     let err = topic
         .publish(&Context::background(), Message::new("lost?"))
         .await

@@ -207,6 +207,37 @@ impl Amqp {
             .await
     }
 
+    /// Binds the queue `queue` to `exchange` with `routing_key` (both must exist; a no-op
+    /// when the binding exists). A server re-creates only the bindings its
+    /// [`QueueOptions::bind`] lists.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for a name longer than 255 bytes; [`Error::Other`] when the
+    /// broker refuses (a missing queue or exchange).
+    pub async fn bind(&self, queue: &str, exchange: &str, routing_key: &str) -> Result<(), Error> {
+        let (q, x, k) = (
+            short("queue", queue)?,
+            short("exchange", exchange)?,
+            short("routing_key", routing_key)?,
+        );
+        self.link
+            .declare(|channel| async move {
+                channel
+                    .queue_bind(q, x, k, Default::default(), FieldTable::default())
+                    .await
+                    .map_err(|e| {
+                        link::error(
+                            format!(
+                                "binding the queue {queue:?} to the exchange {exchange:?} with {routing_key:?}"
+                            ),
+                            e,
+                        )
+                    })
+            })
+            .await
+    }
+
     /// Deletes the queue `name` and what it holds (a no-op when it does not exist).
     ///
     /// # Errors
