@@ -12,7 +12,11 @@
 )]
 pub(crate) fn url(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
+        // Not `scheme://...`: whatever comes before an `@` may be a password.
+        return match url.rfind('@') {
+            Some(at) => format!("***{}", &url[at..]),
+            None => url.to_owned(),
+        };
     };
     let rest = &url[scheme_end..];
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
@@ -42,6 +46,8 @@ mod tests {
                 "amqp://guest:***@127.0.0.1:5672/%2f",
             ),
             ("nats://user@host", "nats://user@host"),
+            ("amqp:guest:s3cret@host", "***@host"),
+            ("no-url-at-all", "no-url-at-all"),
             ("redis://u:p@ss@host/x?y=@z", "redis://u:***@host/x?y=@z"),
             ("not a url", "not a url"),
         ] {

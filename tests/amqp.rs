@@ -542,6 +542,11 @@ async fn a_refused_login_does_not_show_the_password() {
         assert!(!err.to_string().contains("s3cret"), "{err}");
         assert!(err.to_string().contains("guest:***"), "{err}");
     }
+    // A URL lapin cannot parse is quoted in its error: still without the password.
+    let err = Amqp::connect("amqp:guest:s3cret@127.0.0.1:5672")
+        .await
+        .unwrap_err();
+    assert!(!err.to_string().contains("s3cret"), "{err}");
     // With the default URL, the password is "guest".
     let Some(amqp) = connect().await else { return };
     let shown = format!("{amqp:?} {}", amqp.url());

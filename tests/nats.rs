@@ -269,6 +269,10 @@ async fn a_refused_connection_does_not_show_the_password() {
         .unwrap_err();
     assert!(err.is_connection_lost(), "{err:?}");
     assert!(!err.to_string().contains("s3cret"), "{err}");
+    let err = Nats::connect("nats:user:s3cret@127.0.0.1:1")
+        .await
+        .unwrap_err();
+    assert!(!err.to_string().contains("s3cret"), "{err}");
 }
 
 // ---- Chaos: a consumer killed with SIGKILL, and a nats-server restarted mid-stream. ----

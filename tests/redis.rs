@@ -468,6 +468,8 @@ async fn a_bad_url_is_refused_without_showing_the_password() {
     assert!(!format!("{err:?}").contains("s3cret"), "{err:?}");
     let err = Redis::connect("nonsense://:s3cret@x").await.unwrap_err();
     assert!(!err.to_string().contains("s3cret"), "{err}");
+    let err = Redis::connect("redis:user:s3cret@x").await.unwrap_err();
+    assert!(!err.to_string().contains("s3cret"), "{err}");
 }
 
 // ---- Chaos: a consumer killed with SIGKILL, and a Redis restarted mid-stream. ----

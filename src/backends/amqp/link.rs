@@ -21,8 +21,10 @@ pub(super) async fn connect(url: &str, shown: &str, name: &str) -> Result<Connec
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties)).await {
         Ok(Ok(connection)) => Ok(connection),
+        // lapin quotes a URL it cannot parse whole: show it without its password.
         Ok(Err(e)) => Err(Error::connection_lost(format!(
-            "cannot connect to RabbitMQ at {shown}: {e}"
+            "cannot connect to RabbitMQ at {shown}: {}",
+            e.to_string().replace(url, shown)
         ))),
         Err(_) => Err(Error::connection_lost(format!(
             "cannot connect to RabbitMQ at {shown}: no answer in {CONNECT_TIMEOUT:?}"
