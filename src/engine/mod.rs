@@ -55,6 +55,7 @@ mod serve;
 mod settle;
 #[cfg(test)]
 mod tests;
+mod workers;
 
 use std::future::Future;
 use std::time::Duration;

@@ -5,11 +5,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::health::HealthCell;
 use super::settle::{SettleSender, Settler, settle_channel};
+use super::workers::Workers;
 use super::{Delivery, Health, HealthState, ServerConfig, Settle, Settlement, Source};
 use crate::backoff::Delays;
 use crate::receiver::catch_panic;
@@ -177,8 +178,8 @@ impl<S: Source> Server for Engine<S> {
     }
 }
 
-/// What every message task shares.
-struct Dispatch<S: Source, R> {
+/// What every message shares.
+pub(super) struct Dispatch<S: Source, R> {
     receiver: R,
     name: Arc<str>,
     settle_tx: SettleSender<S::Token>,
@@ -220,11 +221,14 @@ impl<S: Source> Inner<S> {
             not_before: self.source.not_before(),
         });
 
-        self.fetch_loop(&dispatch).await;
+        let workers = Workers::new(dispatch);
+        self.fetch_loop(&workers).await;
 
         self.health.set_state(HealthState::Draining);
         let abandoned = self.drain(&abort).await;
-        drop(dispatch);
+        // Idle workers end now; an abandoned one ends when its receiver returns.
+        workers.close();
+        drop(workers);
         if abandoned {
             finish_settling.cancel();
         }
@@ -236,7 +240,8 @@ impl<S: Source> Inner<S> {
     }
 
     /// Fetches and dispatches until shutdown begins.
-    async fn fetch_loop<R: Receiver + 'static>(&self, dispatch: &Arc<Dispatch<S, R>>) {
+    async fn fetch_loop<R: Receiver + 'static>(&self, workers: &Arc<Workers<S, R>>) {
+        let dispatch = workers.dispatch();
         let prefetch = self.config.prefetch_or_default();
         let mut buf: Vec<Delivery<S::Token>> = Vec::new();
         let mut delays = self.config.reconnect.delays();
@@ -289,7 +294,7 @@ impl<S: Source> Inner<S> {
                         }
                     },
                 };
-                spawn_message(dispatch, delivery, slot);
+                workers.run(delivery, slot);
             }
             drop(deliveries);
 
@@ -375,14 +380,13 @@ impl<S: Source> Inner<S> {
     }
 }
 
-/// Runs one message in its own task, holding `slot` until it is settled.
-fn spawn_message<S: Source, R: Receiver + 'static>(
-    dispatch: &Arc<Dispatch<S, R>>,
-    delivery: Delivery<S::Token>,
-    slot: OwnedSemaphorePermit,
-) {
-    let dispatch = dispatch.clone();
-    tokio::spawn(async move {
+impl<S: Source, R: Receiver> Dispatch<S, R> {
+    fn settle(&self, token: S::Token, action: Settle) {
+        self.settle_tx.send(Settlement { token, action });
+    }
+
+    /// Runs one delivery to its settlement.
+    pub(super) async fn run_message(&self, delivery: Delivery<S::Token>) {
         let Delivery {
             token,
             message_id,
@@ -393,21 +397,14 @@ fn spawn_message<S: Source, R: Receiver + 'static>(
             ..
         } = delivery;
         let action = match malformed {
-            None => dispatch.handle(message_id, attempt, attributes, body).await,
+            None => self.handle(message_id, attempt, attributes, body).await,
             Some(why) => {
                 let reason = format!("malformed delivery: {why}");
                 let kept = Some((attributes, body));
-                Box::pin(dispatch.give_up(reason, message_id, attempt, kept)).await
+                Box::pin(self.give_up(reason, message_id, attempt, kept)).await
             }
         };
-        dispatch.settle(token, action);
-        drop(slot);
-    });
-}
-
-impl<S: Source, R: Receiver> Dispatch<S, R> {
-    fn settle(&self, token: S::Token, action: Settle) {
-        self.settle_tx.send(Settlement { token, action });
+        self.settle(token, action);
     }
 
     /// Runs the receiver and decides the message's fate.

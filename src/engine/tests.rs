@@ -994,3 +994,40 @@ async fn malformed_deliveries_are_dead_lettered_without_reaching_the_receiver() 
     assert_eq!(source.settled(), [(3, Settle::Reject)]);
     stop(&engine, task).await;
 }
+
+#[tokio::test]
+async fn messages_run_on_at_most_concurrency_tasks_and_none_outlives_serving() {
+    let ids: Vec<u64> = (1..=200).collect();
+    let source = Scripted::with(ids.chunks(4).map(|c| Step::Deliver(c.to_vec())).collect());
+    let engine = Engine::new(source.clone(), fast().concurrency(4)).unwrap();
+    let before = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    let tasks = Arc::new(Mutex::new(std::collections::HashSet::new()));
+    let t = tasks.clone();
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(move |_: Context, _: Message| {
+            let t = t.clone();
+            async move {
+                t.lock().unwrap().insert(tokio::task::id());
+                tokio::task::yield_now().await;
+                Ok(())
+            }
+        }),
+    );
+    eventually("every message was settled", || {
+        source.settled().len() == 200
+    })
+    .await;
+    stop(&engine, task).await;
+    let used = tasks.lock().unwrap().len();
+    assert!((1..=4).contains(&used), "{used} tasks ran messages");
+    eventually("the workers ended with serving", || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+            <= before
+    })
+    .await;
+}
