@@ -274,6 +274,8 @@ impl fmt::Debug for QueueSource {
 
 /// How long one fetch waits for a first delivery.
 const POLL: Duration = Duration::from_secs(1);
+/// How long closing the consumer connection may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl QueueSource {
     /// Connects, declares the queue and starts consuming with the prefetch count.
@@ -487,12 +489,22 @@ impl Source for QueueSource {
             .take();
         if let Some(consuming) = self.consuming.lock().await.take() {
             // Closing gives back what was delivered and not settled (prefetched).
+            // Bounded: a broker that stopped answering must not hold up the shutdown (the
+            // connection goes when dropped either way).
             if consuming.connection.status().connected() {
-                consuming
+                let close = consuming
                     .connection
-                    .close(200, "msgio server stopped".into())
-                    .await
-                    .map_err(|e| link::error("closing the consumer connection", e))?;
+                    .close(200, "msgio server stopped".into());
+                match tokio::time::timeout(CLOSE_TIMEOUT, close).await {
+                    Ok(result) => {
+                        result.map_err(|e| link::error("closing the consumer connection", e))?;
+                    }
+                    Err(_) => {
+                        return Err(Error::connection_lost(format!(
+                            "RabbitMQ did not confirm closing the consumer connection in {CLOSE_TIMEOUT:?}"
+                        )));
+                    }
+                }
             }
         }
         Ok(())
