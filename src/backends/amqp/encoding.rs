@@ -55,7 +55,8 @@ pub(super) fn short(what: &'static str, value: &str) -> Result<ShortString, Erro
 ///
 /// [`Error::InvalidAttribute`] for a key longer than 255 bytes.
 pub(super) fn properties(attributes: &Attributes) -> Result<BasicProperties, Error> {
-    let mut props = BasicProperties::default().with_delivery_mode(2);
+    let (mut content_type, mut content_encoding, mut message_id, mut timestamp) =
+        (None, None, None, None);
     let mut headers = FieldTable::default();
     for key in attributes.keys() {
         let mut values = attributes.get_all(key);
@@ -63,22 +64,23 @@ pub(super) fn properties(attributes: &Attributes) -> Result<BasicProperties, Err
         let single = values.next().is_none();
         if single {
             let property = match key {
-                CONTENT_TYPE => short("Content-Type", first).ok().map(|v| {
-                    props = std::mem::take(&mut props).with_content_type(v);
-                }),
-                CONTENT_ENCODING => short("Content-Encoding", first).ok().map(|v| {
-                    props = std::mem::take(&mut props).with_content_encoding(v);
-                }),
-                MESSAGE_ID => short("Message-Id", first).ok().map(|v| {
-                    props = std::mem::take(&mut props).with_message_id(v);
-                }),
-                TIMESTAMP => first.parse::<u64>().ok().map(|v| {
-                    props = std::mem::take(&mut props).with_timestamp(v);
-                }),
+                CONTENT_TYPE => Some(&mut content_type),
+                CONTENT_ENCODING => Some(&mut content_encoding),
+                MESSAGE_ID => Some(&mut message_id),
                 _ => None,
             };
-            if property.is_some() {
-                continue;
+            if let Some(property) = property {
+                // A value too long for a property stays a header.
+                if let Ok(value) = ShortString::try_new(first) {
+                    *property = Some(value);
+                    continue;
+                }
+            } else if key == TIMESTAMP {
+                // One that is not a number of seconds stays a header.
+                if let Ok(seconds) = first.parse() {
+                    timestamp = Some(seconds);
+                    continue;
+                }
             }
         }
         let name = ShortString::try_new(key).map_err(|_| {
@@ -96,8 +98,17 @@ pub(super) fn properties(attributes: &Attributes) -> Result<BasicProperties, Err
         };
         headers.insert(name, value);
     }
-    if props.message_id().is_none() {
-        props = props.with_message_id(crate::random::hex().into());
+    let mut props = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_message_id(message_id.unwrap_or_else(|| crate::random::hex().into()));
+    if let Some(v) = content_type {
+        props = props.with_content_type(v);
+    }
+    if let Some(v) = content_encoding {
+        props = props.with_content_encoding(v);
+    }
+    if let Some(v) = timestamp {
+        props = props.with_timestamp(v);
     }
     if !headers.inner().is_empty() {
         props = props.with_headers(headers);
