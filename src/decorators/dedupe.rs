@@ -251,9 +251,10 @@ impl Generation {
     }
 }
 
-/// Hashes a fingerprint by taking bits of its keyed (SipHash) half, rotated so that the
-/// bits that chose the shard are not the ones the table indexes by. Taking the FNV half
-/// instead would let crafted keys pile into one bucket.
+/// Hashes a fingerprint by taking its keyed (SipHash) half, rotated so that the four top
+/// bits that chose the shard land in the middle: a table indexes by a hash's low bits and
+/// tags slots with its top seven, and within a shard those four bits never change. Taking
+/// the FNV half instead would let crafted keys pile into one bucket.
 #[derive(Default)]
 struct Passthrough(u64);
 
@@ -270,7 +271,7 @@ impl Hasher for Passthrough {
     }
 
     fn write_u128(&mut self, n: u128) {
-        self.0 = ((n >> 64) as u64).rotate_left(8);
+        self.0 = ((n >> 64) as u64).rotate_right(8);
     }
 }
 
@@ -449,6 +450,8 @@ impl DedupeStore for MemoryDedupeStore {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     fn keys(half: usize) -> Keys {
@@ -491,6 +494,26 @@ mod tests {
             "a forgotten key is claimed afresh"
         );
         assert!(k.current.map.len() + k.previous.map.len() <= 8);
+    }
+
+    #[test]
+    fn a_shards_keys_spread_over_its_table() {
+        // The table of one shard indexes by a hash's low bits and tags slots with its top
+        // seven: neither may be the bits that chose the shard, or a shard's keys would
+        // start their probes in a sixteenth of the table.
+        let store = MemoryDedupeStore::new(1000);
+        let table = BuildHasherDefault::<Passthrough>::default();
+        let (mut low, mut top) = (HashSet::new(), HashSet::new());
+        for i in 0..20_000 {
+            let (shard, fingerprint) = store.locate(&format!("key-{i}"));
+            if shard == 3 {
+                let hash = table.hash_one(fingerprint);
+                low.insert(hash & 0xff);
+                top.insert(hash >> 57);
+            }
+        }
+        assert!(low.len() > 200, "{} of 256 low bytes", low.len());
+        assert!(top.len() > 100, "{} of 128 tags", top.len());
     }
 
     #[test]
