@@ -43,6 +43,7 @@ pub mod codec;
 mod compress;
 mod dead_letter;
 mod dedupe;
+mod dedupe_memory;
 #[cfg(feature = "redis")]
 mod dedupe_redis;
 mod group;
@@ -65,7 +66,8 @@ pub use compress::lz4;
 #[cfg(feature = "zstd")]
 pub use compress::zstd;
 pub use dead_letter::DeadLetter;
-pub use dedupe::{Claim, Dedupe, DedupeStore, MemoryClaim, MemoryDedupeStore};
+pub use dedupe::{Claim, Dedupe, DedupeStore};
+pub use dedupe_memory::{MemoryClaim, MemoryDedupeStore};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use dedupe_redis::RedisDedupeStore;
