@@ -8,6 +8,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::Error;
+
 /// What a receiver or a writer is given alongside the message: a cancellation signal, an
 /// optional deadline, the facts of the delivery (message id, attempt number, source) and typed
 /// values (go's `context.Context`).
@@ -108,6 +110,27 @@ impl Context {
                     _ = tokio::time::sleep_until(deadline) => {}
                 }
             }
+        }
+    }
+
+    /// Runs `work` unless the context is cancelled first: `Err(Error::Cancelled)` without
+    /// starting `work` when it already is, and dropping `work` when it is cancelled
+    /// meanwhile.
+    ///
+    /// `work` is polled before the context is watched, so work that finishes at its first
+    /// poll never registers with the context's token, and work that waits registers once:
+    /// a publish pays for watching its context once, not at every wake-up.
+    pub(crate) async fn unless_cancelled<T>(
+        &self,
+        work: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        if self.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        tokio::select! {
+            biased;
+            result = work => result,
+            _ = self.cancelled() => Err(Error::Cancelled),
         }
     }
 

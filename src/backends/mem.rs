@@ -321,6 +321,10 @@ impl Publish for MemPublisher {
     type Future = MemPublish;
 
     fn publish(&self, ctx: &Context, message: Outgoing) -> MemPublish {
+        if ctx.is_cancelled() {
+            // As every transport: a cancelled context publishes nothing.
+            return MemPublish::Waiting(Box::pin(async { Err(Error::Cancelled) }));
+        }
         match self.queue.capacity.try_acquire() {
             Ok(permit) => {
                 permit.forget();

@@ -89,6 +89,10 @@ pub(crate) const ALL: &[Case] = &[
         needs: always,
     },
     Case {
+        name: "cancelled_context_publishes_nothing",
+        needs: always,
+    },
+    Case {
         name: "topic_isolation",
         needs: always,
     },
@@ -144,6 +148,7 @@ async fn dispatch<T: Transport>(name: &str, t: &T, caps: &Capabilities) -> Resul
         "shutdown_deadline_cancels_context" => shutdown_deadline_cancels_context(t, &dest).await,
         "serve_twice_and_after_shutdown" => serve_twice_and_after_shutdown(t, &dest).await,
         "closed_writer" => closed_writer(t, &dest).await,
+        "cancelled_context_publishes_nothing" => cancelled_context_publishes_nothing(t, &dest).await,
         "topic_isolation" => topic_isolation(t, &dest).await,
         "ordering" => ordering(t, &dest).await,
         "delay" => delay(t, &dest).await,
@@ -624,6 +629,52 @@ async fn closed_writer<T: Transport>(t: &T, dest: &T::Destination) -> Result<(),
         received[0].body == "once",
         "the body was {:?}",
         received[0].body
+    );
+    Ok(())
+}
+
+/// A publish whose context is already cancelled fails with `Cancelled` and sends nothing,
+/// through `publish` and through a writer alike.
+async fn cancelled_context_publishes_nothing<T: Transport>(
+    t: &T,
+    dest: &T::Destination,
+) -> Result<(), String> {
+    let topic = topic(t, dest).await?;
+    let cancelled = Context::background();
+    cancelled.cancel();
+    let mut msg = Message::new("cancelled");
+    msg.attributes.set(SEQ, "1");
+    let published = topic.publish(&cancelled, msg).await;
+    ensure!(
+        matches!(published, Err(Error::Cancelled)),
+        "publish with a cancelled context gave {published:?}, not Cancelled"
+    );
+    let mut writer = topic
+        .new_writer(&cancelled)
+        .map_err(|e| format!("new_writer: {e}"))?;
+    writer.attributes_mut().set(SEQ, "2");
+    let closed = match writer.write_all(b"cancelled").await {
+        Ok(()) => writer.close().await.map_err(Error::from),
+        Err(e) => Err(Error::from(e)),
+    };
+    ensure!(
+        matches!(closed, Err(Error::Cancelled)),
+        "a writer with a cancelled context gave {closed:?}, not Cancelled"
+    );
+    publish_seq(&topic, 3, "after", &Attributes::new()).await?;
+    let recorder = Recorder::new();
+    let running = start(
+        server(t, dest, ServerConfig::new()).await?,
+        recorder.clone(),
+    );
+    let got = recorder.wait_for(1, patience()).await;
+    tokio::time::sleep(QUIET).await;
+    running.stop(GRACE).await?;
+    got?;
+    ensure!(
+        seqs(&recorder.received()) == BTreeSet::from([3]),
+        "received {:?}, expected only message 3",
+        seqs(&recorder.received())
     );
     Ok(())
 }

@@ -137,10 +137,6 @@ impl TopicInner {
                 },
             }
         };
-        tokio::select! {
-            biased;
-            _ = ctx.cancelled() => Err(Error::Cancelled),
-            result = send => result,
-        }
+        ctx.unless_cancelled(send).await
     }
 }

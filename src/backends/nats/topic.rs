@@ -140,11 +140,7 @@ impl TopicInner {
                 .map_err(|e| publish_error(subject, e))?;
             ack.await.map(drop).map_err(|e| publish_error(subject, e))
         };
-        tokio::select! {
-            biased;
-            _ = ctx.cancelled() => Err(Error::Cancelled),
-            result = send => result,
-        }
+        ctx.unless_cancelled(send).await
     }
 }
 

@@ -129,10 +129,7 @@ impl TopicInner {
                 }
             }
         };
-        tokio::select! {
-            biased;
-            _ = ctx.cancelled() => Err(Error::Cancelled),
-            result = send => result.map(drop).map_err(super::error),
-        }
+        ctx.unless_cancelled(async { send.await.map(drop).map_err(super::error) })
+            .await
     }
 }
