@@ -135,10 +135,9 @@ struct Gate<R> {
 
 impl<R: Receiver> Receiver for Gate<R> {
     async fn receive(&self, ctx: Context, msg: Message) -> Result<(), Error> {
-        let _slot = tokio::select! {
-            slot = self.scheduler.acquire(self.index) => slot,
-            _ = ctx.cancelled() => return Err(Error::Cancelled),
-        };
+        let _slot = ctx
+            .unless_cancelled(async { Ok(self.scheduler.acquire(self.index).await) })
+            .await?;
         self.receiver.receive(ctx, msg).await
     }
 }

@@ -335,15 +335,14 @@ impl Publish for MemPublisher {
                 let queue = self.queue.clone();
                 let ctx = ctx.clone();
                 MemPublish::Waiting(Box::pin(async move {
-                    tokio::select! {
-                        biased;
-                        permit = queue.capacity.acquire() => {
-                            permit.expect("the queue never closes its semaphore").forget();
-                            queue.push_new(message);
-                            Ok(())
-                        }
-                        _ = ctx.cancelled() => Err(Error::Cancelled),
-                    }
+                    let permit = ctx
+                        .unless_cancelled(async { Ok(queue.capacity.acquire().await) })
+                        .await?;
+                    permit
+                        .expect("the queue never closes its semaphore")
+                        .forget();
+                    queue.push_new(message);
+                    Ok(())
                 }))
             }
             Err(TryAcquireError::Closed) => unreachable!("the queue never closes its semaphore"),

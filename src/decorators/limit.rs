@@ -52,10 +52,9 @@ inner_accessors!([R] ConcurrencyLimit<R>, R, "receiver");
 
 impl<R: Receiver> Receiver for ConcurrencyLimit<R> {
     async fn receive(&self, ctx: Context, msg: Message) -> Result<(), Error> {
-        let _permit = tokio::select! {
-            permit = self.permits.acquire() => permit.expect("never closed"),
-            _ = ctx.cancelled() => return Err(Error::Cancelled),
-        };
+        let _permit = ctx
+            .unless_cancelled(async { Ok(self.permits.acquire().await.expect("never closed")) })
+            .await?;
         self.inner.receive(ctx, msg).await
     }
 }
