@@ -148,7 +148,9 @@ async fn dispatch<T: Transport>(name: &str, t: &T, caps: &Capabilities) -> Resul
         "shutdown_deadline_cancels_context" => shutdown_deadline_cancels_context(t, &dest).await,
         "serve_twice_and_after_shutdown" => serve_twice_and_after_shutdown(t, &dest).await,
         "closed_writer" => closed_writer(t, &dest).await,
-        "cancelled_context_publishes_nothing" => cancelled_context_publishes_nothing(t, &dest).await,
+        "cancelled_context_publishes_nothing" => {
+            cancelled_context_publishes_nothing(t, &dest).await
+        }
         "topic_isolation" => topic_isolation(t, &dest).await,
         "ordering" => ordering(t, &dest).await,
         "delay" => delay(t, &dest).await,
