@@ -112,59 +112,146 @@ fn is_token_byte(c: u8) -> bool {
 /// ```
 #[derive(Clone, Default)]
 pub struct Attributes {
-    /// Entries grouped by key (all values of one key are adjacent), in first-insertion order.
     /// `None` stands for no entries, so that empty attributes never allocate.
-    entries: Option<Arc<Vec<(String, String)>>>,
+    table: Option<Arc<Table>>,
+}
+
+/// Every key and value in one string, and where each entry's key and value are in it:
+/// building attributes costs a few allocations however many they are, and reading them
+/// touches a few cache lines, where a string per key and per value would cost one of each
+/// apiece.
+#[derive(Clone, Default)]
+struct Table {
+    text: String,
+    /// Entries grouped by key (all values of one key are adjacent, and share the key's
+    /// bytes), in first-insertion order.
+    entries: Vec<Entry>,
+    /// Bytes of `text` no entry points at any more.
+    garbage: usize,
+}
+
+/// Where an entry's key and value are in [`Table::text`].
+#[derive(Clone, Copy)]
+struct Entry {
+    key: (usize, usize),
+    value: (usize, usize),
+}
+
+impl Table {
+    fn str(&self, (start, end): (usize, usize)) -> &str {
+        &self.text[start..end]
+    }
+
+    fn key(&self, entry: &Entry) -> &str {
+        self.str(entry.key)
+    }
+
+    fn value(&self, entry: &Entry) -> &str {
+        self.str(entry.value)
+    }
+
+    fn push(&mut self, s: &str) -> (usize, usize) {
+        let start = self.text.len();
+        self.text.push_str(s);
+        (start, self.text.len())
+    }
+
+    /// Marks the bytes of `entries`' values (and of their key, when `key_too`) unused, and
+    /// rewrites the text once more than half of it is.
+    fn forget(&mut self, entries: impl IntoIterator<Item = Entry>, key_too: bool) {
+        let mut first = true;
+        for e in entries {
+            self.garbage += e.value.1 - e.value.0;
+            if key_too && std::mem::take(&mut first) {
+                self.garbage += e.key.1 - e.key.0;
+            }
+        }
+        if self.garbage >= 64 && 2 * self.garbage > self.text.len() {
+            self.compact();
+        }
+    }
+
+    fn compact(&mut self) {
+        let mut text = String::with_capacity(self.text.len() - self.garbage);
+        let mut last_key: Option<((usize, usize), (usize, usize))> = None;
+        for e in &mut self.entries {
+            let key = match last_key {
+                Some((old, new)) if old == e.key => new,
+                _ => {
+                    let start = text.len();
+                    text.push_str(&self.text[e.key.0..e.key.1]);
+                    let new = (start, text.len());
+                    last_key = Some((e.key, new));
+                    new
+                }
+            };
+            let start = text.len();
+            text.push_str(&self.text[e.value.0..e.value.1]);
+            *e = Entry {
+                key,
+                value: (start, text.len()),
+            };
+        }
+        self.text = text;
+        self.garbage = 0;
+    }
 }
 
 impl Attributes {
     /// Empty attributes. Does not allocate.
     pub fn new() -> Self {
-        Attributes { entries: None }
+        Attributes { table: None }
     }
 
-    fn entries(&self) -> &[(String, String)] {
-        self.entries.as_deref().map_or(&[], Vec::as_slice)
+    fn entries(&self) -> &[Entry] {
+        self.table.as_deref().map_or(&[], |t| t.entries.as_slice())
     }
 
-    fn entries_mut(&mut self) -> &mut Vec<(String, String)> {
-        Arc::make_mut(self.entries.get_or_insert_with(Default::default))
+    /// The table, to change (copied first if a clone shares it).
+    fn table_mut(&mut self) -> &mut Table {
+        Arc::make_mut(self.table.get_or_insert_with(|| {
+            Arc::new(Table {
+                text: String::with_capacity(64),
+                entries: Vec::with_capacity(4),
+                garbage: 0,
+            })
+        }))
     }
 
     /// The index range holding the values of the canonical key `key`.
     fn group(&self, key: &str) -> Option<std::ops::Range<usize>> {
-        let entries = self.entries();
-        let start = entries.iter().position(|(k, _)| k == key)?;
+        let table = self.table.as_deref()?;
+        let entries = &table.entries;
+        let start = entries.iter().position(|e| table.key(e) == key)?;
+        // A group's entries share their key's bytes.
         let len = entries[start..]
             .iter()
-            .take_while(|(k, _)| k == key)
+            .take_while(|e| e.key == entries[start].key)
             .count();
         Some(start..start + len)
     }
 
     /// The first value of `key` (any case), if there is one.
     pub fn get(&self, key: &str) -> Option<&str> {
-        let key = canonical_key(key);
-        self.entries()
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| v.as_str())
+        self.get_canonical(&canonical_key(key))
     }
 
     /// The first value of `key`, which the caller has already canonicalized (a decorator's
     /// configured key): no canonicalization on the hot path.
     pub(crate) fn get_canonical(&self, key: &str) -> Option<&str> {
-        debug_assert_eq!(canonical_key(key), key);
-        self.entries()
+        let table = self.table.as_deref()?;
+        table
+            .entries
             .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+            .find(|e| table.key(e) == key)
+            .map(|e| table.value(e))
     }
 
     /// Every value of `key` (any case), in the order they were added.
     pub fn get_all(&self, key: &str) -> GetAll<'_> {
         let range = self.group(&canonical_key(key)).unwrap_or(0..0);
         GetAll {
+            table: self.table.as_deref(),
             inner: self.entries()[range].iter(),
         }
     }
@@ -175,34 +262,42 @@ impl Attributes {
     }
 
     /// Sets `key` to the single value `value`, replacing any values it had.
-    pub fn set(&mut self, key: impl AsRef<str>, value: impl Into<String>) {
+    pub fn set(&mut self, key: impl AsRef<str>, value: impl AsRef<str>) {
         let key = canonical_key(key.as_ref());
-        let value = value.into();
+        let value = value.as_ref();
         match self.group(&key) {
             Some(range) => {
-                let entries = self.entries_mut();
-                entries[range.start].1 = value;
-                entries.drain(range.start + 1..range.end);
+                let table = self.table_mut();
+                let old = table.entries[range.start];
+                table.entries[range.start].value = table.push(value);
+                let dropped: Vec<Entry> = table.entries.drain(range.start + 1..range.end).collect();
+                table.forget(std::iter::once(old).chain(dropped), false);
             }
             None => {
-                let key = key.into_owned();
-                self.entries_mut().push((key, value));
+                let table = self.table_mut();
+                let key = table.push(&key);
+                let value = table.push(value);
+                table.entries.push(Entry { key, value });
             }
         }
     }
 
     /// Adds `value` to the values of `key`, after those it already has.
-    pub fn add(&mut self, key: impl AsRef<str>, value: impl Into<String>) {
+    pub fn add(&mut self, key: impl AsRef<str>, value: impl AsRef<str>) {
         let key = canonical_key(key.as_ref());
-        let value = value.into();
+        let value = value.as_ref();
         match self.group(&key) {
             Some(range) => {
-                let key = self.entries()[range.start].0.clone();
-                self.entries_mut().insert(range.end, (key, value));
+                let table = self.table_mut();
+                let key = table.entries[range.start].key;
+                let value = table.push(value);
+                table.entries.insert(range.end, Entry { key, value });
             }
             None => {
-                let key = key.into_owned();
-                self.entries_mut().push((key, value));
+                let table = self.table_mut();
+                let key = table.push(&key);
+                let value = table.push(value);
+                table.entries.push(Entry { key, value });
             }
         }
     }
@@ -210,8 +305,15 @@ impl Attributes {
     /// Removes every value of `key` (any case) and returns the first one.
     pub fn remove(&mut self, key: &str) -> Option<String> {
         let range = self.group(&canonical_key(key))?;
-        let mut removed = self.entries_mut().drain(range);
-        removed.next().map(|(_, v)| v)
+        let table = self.table_mut();
+        let first = table.value(&table.entries[range.start]).to_owned();
+        let removed: Vec<Entry> = table.entries.drain(range).collect();
+        if table.entries.is_empty() {
+            self.table = None;
+        } else {
+            table.forget(removed, true);
+        }
+        Some(first)
     }
 
     /// The number of distinct keys (as `len` of a Go `map[string][]string`).
@@ -226,12 +328,13 @@ impl Attributes {
 
     /// Removes every attribute.
     pub fn clear(&mut self) {
-        self.entries = None;
+        self.table = None;
     }
 
     /// Every `(key, value)` pair; a key with several values appears once per value.
     pub fn iter(&self) -> Iter<'_> {
         Iter {
+            table: self.table.as_deref(),
             inner: self.entries().iter(),
         }
     }
@@ -239,6 +342,7 @@ impl Attributes {
     /// The distinct keys, in the order they were first added.
     pub fn keys(&self) -> Keys<'_> {
         Keys {
+            table: self.table.as_deref(),
             inner: self.entries(),
         }
     }
@@ -350,13 +454,13 @@ impl fmt::Debug for Attributes {
 
 impl PartialEq for Attributes {
     fn eq(&self, other: &Self) -> bool {
-        self.entries() == other.entries()
+        self.iter().eq(other.iter())
     }
 }
 
 impl Eq for Attributes {}
 
-impl<K: AsRef<str>, V: Into<String>> FromIterator<(K, V)> for Attributes {
+impl<K: AsRef<str>, V: AsRef<str>> FromIterator<(K, V)> for Attributes {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         let mut attrs = Attributes::new();
         attrs.extend(iter);
@@ -365,7 +469,7 @@ impl<K: AsRef<str>, V: Into<String>> FromIterator<(K, V)> for Attributes {
 }
 
 /// Adds every pair, as [`Attributes::add`] does.
-impl<K: AsRef<str>, V: Into<String>> Extend<(K, V)> for Attributes {
+impl<K: AsRef<str>, V: AsRef<str>> Extend<(K, V)> for Attributes {
     fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, iter: I) {
         for (k, v) in iter {
             self.add(k, v);
@@ -396,15 +500,17 @@ impl TryFrom<&HeaderMap> for Attributes {
 }
 
 /// Iterator over the `(key, value)` pairs of [`Attributes`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Iter<'a> {
-    inner: std::slice::Iter<'a, (String, String)>,
+    table: Option<&'a Table>,
+    inner: std::slice::Iter<'a, Entry>,
 }
 
 impl<'a> Iterator for Iter<'a> {
     type Item = (&'a str, &'a str);
     fn next(&mut self) -> Option<Self::Item> {
-        self.inner.next().map(|(k, v)| (k.as_str(), v.as_str()))
+        let (table, e) = (self.table?, self.inner.next()?);
+        Some((table.key(e), table.value(e)))
     }
     fn size_hint(&self) -> (usize, Option<usize>) {
         self.inner.size_hint()
@@ -413,16 +519,24 @@ impl<'a> Iterator for Iter<'a> {
 
 impl ExactSizeIterator for Iter<'_> {}
 
+impl fmt::Debug for Iter<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.clone()).finish()
+    }
+}
+
 /// Iterator over the values of one key, from [`Attributes::get_all`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct GetAll<'a> {
-    inner: std::slice::Iter<'a, (String, String)>,
+    table: Option<&'a Table>,
+    inner: std::slice::Iter<'a, Entry>,
 }
 
 impl<'a> Iterator for GetAll<'a> {
     type Item = &'a str;
     fn next(&mut self) -> Option<&'a str> {
-        self.inner.next().map(|(_, v)| v.as_str())
+        let (table, e) = (self.table?, self.inner.next()?);
+        Some(table.value(e))
     }
     fn size_hint(&self) -> (usize, Option<usize>) {
         self.inner.size_hint()
@@ -431,19 +545,32 @@ impl<'a> Iterator for GetAll<'a> {
 
 impl ExactSizeIterator for GetAll<'_> {}
 
+impl fmt::Debug for GetAll<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.clone()).finish()
+    }
+}
+
 /// Iterator over the distinct keys of [`Attributes`], from [`Attributes::keys`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Keys<'a> {
-    inner: &'a [(String, String)],
+    table: Option<&'a Table>,
+    inner: &'a [Entry],
 }
 
 impl<'a> Iterator for Keys<'a> {
     type Item = &'a str;
     fn next(&mut self) -> Option<&'a str> {
-        let (first, _) = self.inner.first()?;
-        let len = self.inner.iter().take_while(|(k, _)| k == first).count();
+        let (table, first) = (self.table?, self.inner.first()?);
+        let len = self.inner.iter().take_while(|e| e.key == first.key).count();
         self.inner = &self.inner[len..];
-        Some(first.as_str())
+        Some(table.key(first))
+    }
+}
+
+impl fmt::Debug for Keys<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.clone()).finish()
     }
 }
 
@@ -610,7 +737,10 @@ mod tests {
     #[test]
     fn behaves_like_a_model_multimap() {
         let keys = ["x-a", "X-A", "x-b", "X-B-c", "a B", "ü", ""];
-        let values = ["1", "2", "", "ünï", "a b"];
+        // One long value, so that replaced and removed bytes pile up and the text is
+        // rewritten now and then.
+        let long = "0123456789".repeat(5);
+        let values = ["1", "2", "", "ünï", "a b", long.as_str()];
         for seed in 1..200u64 {
             let mut rng = seed;
             let mut next = |n: usize| {
@@ -658,6 +788,21 @@ mod tests {
                 assert_eq!(order, expected, "seed {seed}");
             }
         }
+    }
+
+    #[test]
+    fn replaced_values_do_not_pile_up() {
+        let mut a = Attributes::new();
+        a.add("X-Tag", "a");
+        a.add("X-Tag", "b");
+        for i in 0..10_000 {
+            a.set("X-Seq", format!("{i:0100}"));
+        }
+        a.add("X-Tag", "c");
+        assert_eq!(a.get("x-seq"), Some(format!("{:0100}", 9_999).as_str()));
+        assert_eq!(a.get_all("x-tag").collect::<Vec<_>>(), ["a", "b", "c"]);
+        let text = a.table.as_ref().map_or(0, |t| t.text.len());
+        assert!(text < 1_000, "{text} bytes kept for about 120");
     }
 
     #[test]

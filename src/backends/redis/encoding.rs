@@ -94,7 +94,7 @@ pub(super) fn decode(fields: Vec<Value>) -> Decoded {
             }
             body = Some(Bytes::from(value));
         } else if let Some(key) = name.strip_prefix(ATTR) {
-            match (std::str::from_utf8(key), String::from_utf8(value)) {
+            match (std::str::from_utf8(key), std::str::from_utf8(&value)) {
                 (Ok(""), _) => note("an attribute field has an empty key".to_owned()),
                 (Ok(key), Ok(value)) => attributes.add(key, value),
                 (Ok(key), Err(_)) => note(format!("attribute {key:?} is not UTF-8")),
