@@ -6,10 +6,15 @@
 //! only while it holds a concurrency slot, and it is back among the idle ones before it
 //! frees its slot. At most [`MAX_IDLE`] wait at a time (the others end), so that a burst
 //! under a high concurrency limit does not keep its workers for as long as serving lasts.
+//!
+//! A message reaches an idle worker through the worker's mailbox: one slot under a lock
+//! and a [`Notify`]. A channel would do, but tokio's write each message into the next
+//! slot of a 32-slot block, a new block (and new cache lines) every 32 messages, and lock
+//! the channel's semaphore when the worker takes a message; the mailbox reuses one slot.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 
 use super::serve::Dispatch;
 use super::{Delivery, Source};
@@ -18,8 +23,8 @@ use crate::Receiver;
 /// How many idle workers wait for messages at most.
 const MAX_IDLE: usize = 256;
 
-/// A message for a worker: a delivery with its slot, or `None` to stop.
-type Job<T> = Option<(Delivery<T>, OwnedSemaphorePermit)>;
+/// A message for a worker: a delivery with its slot.
+type Job<T> = (Delivery<T>, OwnedSemaphorePermit);
 
 pub(super) struct Workers<S: Source, R> {
     dispatch: Arc<Dispatch<S, R>>,
@@ -29,8 +34,85 @@ pub(super) struct Workers<S: Source, R> {
 struct Idle<T> {
     /// Serving ended: workers stop instead of waiting.
     closed: bool,
-    /// How to reach each idle worker.
-    workers: Vec<mpsc::Sender<Job<T>>>,
+    /// The mailboxes of the idle workers.
+    workers: Vec<Arc<Mailbox<Job<T>>>>,
+}
+
+/// How a worker is given its next message (`J`).
+struct Mailbox<J> {
+    slot: Mutex<Slot<J>>,
+    ready: Notify,
+}
+
+enum Slot<J> {
+    /// Nothing for the worker yet.
+    Empty,
+    /// A message to run.
+    Job(J),
+    /// Serving ended: stop.
+    Stop,
+    /// The worker is gone (its task was dropped): nothing must be left here.
+    Gone,
+}
+
+impl<J> Mailbox<J> {
+    fn new() -> Self {
+        Mailbox {
+            slot: Mutex::new(Slot::Empty),
+            ready: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Slot<J>> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Leaves `job` for the worker; hands it back if the worker is gone.
+    fn give(&self, job: J) -> Result<(), J> {
+        {
+            let mut slot = self.lock();
+            if matches!(*slot, Slot::Gone) {
+                return Err(job);
+            }
+            *slot = Slot::Job(job);
+        }
+        // Stores a permit when the worker is not waiting yet: no wake-up is lost.
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    fn stop(&self) {
+        {
+            let mut slot = self.lock();
+            if matches!(*slot, Slot::Gone) {
+                return;
+            }
+            *slot = Slot::Stop;
+        }
+        self.ready.notify_one();
+    }
+
+    /// The next message, or `None` once told to stop.
+    async fn next(&self) -> Option<J> {
+        loop {
+            match std::mem::replace(&mut *self.lock(), Slot::Empty) {
+                Slot::Job(job) => return Some(job),
+                Slot::Stop | Slot::Gone => return None,
+                Slot::Empty => {}
+            }
+            self.ready.notified().await;
+        }
+    }
+}
+
+/// Marks a worker's mailbox gone when the worker's task ends, however it ends (a runtime
+/// shutting down drops tasks mid-await), so that no message is left in it.
+struct Leaving<J>(Arc<Mailbox<J>>);
+
+impl<J> Drop for Leaving<J> {
+    fn drop(&mut self) {
+        *self.0.lock() = Slot::Gone;
+    }
 }
 
 impl<S: Source, R: Receiver + 'static> Workers<S, R> {
@@ -48,7 +130,7 @@ impl<S: Source, R: Receiver + 'static> Workers<S, R> {
         &self.dispatch
     }
 
-    fn idle(&self) -> std::sync::MutexGuard<'_, Idle<S::Token>> {
+    fn idle(&self) -> MutexGuard<'_, Idle<S::Token>> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -60,18 +142,19 @@ impl<S: Source, R: Receiver + 'static> Workers<S, R> {
             let Some(worker) = self.idle().workers.pop() else {
                 break;
             };
-            match worker.try_send(Some(job)) {
+            match worker.give(job) {
                 Ok(()) => return,
-                // Only a worker that ended drops its receiver: try another.
-                Err(e) => job = e.into_inner().expect("sent a job"),
+                // Only a worker whose task was dropped is gone: try another.
+                Err(back) => job = back,
             }
         }
         tokio::spawn(self.clone().work(job));
     }
 
     /// A worker: runs `first`, then each message it is given, until serving ends.
-    async fn work(self: Arc<Self>, first: (Delivery<S::Token>, OwnedSemaphorePermit)) {
-        let (tx, mut rx) = mpsc::channel(1);
+    async fn work(self: Arc<Self>, first: Job<S::Token>) {
+        let mailbox = Arc::new(Mailbox::new());
+        let _leaving = Leaving(mailbox.clone());
         let (mut delivery, mut slot) = first;
         loop {
             self.dispatch.run_message(delivery).await;
@@ -80,13 +163,13 @@ impl<S: Source, R: Receiver + 'static> Workers<S, R> {
                 if idle.closed || idle.workers.len() >= MAX_IDLE {
                     return;
                 }
-                idle.workers.push(tx.clone());
+                idle.workers.push(mailbox.clone());
             }
             // Idle before the slot is free: whoever takes the slot finds this worker.
             drop(slot);
-            match rx.recv().await {
-                Some(Some((d, s))) => (delivery, slot) = (d, s),
-                _ => return,
+            match mailbox.next().await {
+                Some((d, s)) => (delivery, slot) = (d, s),
+                None => return,
             }
         }
     }
@@ -99,7 +182,36 @@ impl<S: Source, R: Receiver + 'static> Workers<S, R> {
             std::mem::take(&mut idle.workers)
         };
         for worker in workers {
-            let _ = worker.try_send(None);
+            worker.stop();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_mailbox_hands_over_jobs_and_refuses_them_once_its_worker_is_gone() {
+        let mailbox = Arc::new(Mailbox::new());
+        let leaving = Leaving(mailbox.clone());
+        // Given before the worker waits: the stored permit wakes it.
+        mailbox.give(1).unwrap();
+        assert_eq!(mailbox.next().await, Some(1));
+        let waiting = tokio::spawn({
+            let mailbox = mailbox.clone();
+            async move { mailbox.next().await }
+        });
+        tokio::task::yield_now().await;
+        mailbox.give(2).unwrap();
+        assert_eq!(waiting.await.unwrap(), Some(2));
+        mailbox.stop();
+        assert_eq!(mailbox.next().await, None);
+        drop(leaving);
+        assert_eq!(
+            mailbox.give(3),
+            Err(3),
+            "a job left for a worker that is gone"
+        );
     }
 }
