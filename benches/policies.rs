@@ -6,12 +6,16 @@
 //! ```sh
 //! cargo bench --bench policies
 //! ONLY=dedupe cargo bench --bench policies   # one decorator alone: router, dedupe, retry, safe
+//! ONLY=noop-store cargo bench --bench policies   # dedupe over a store that keeps nothing
 //! ```
+//!
+//! The no-op store tells the dedupe decorator's own cost (reading the key attribute, the
+//! claim and completion calls) from the in-memory store's.
 
 use std::time::{Duration, Instant};
 
 use futures::io::AsyncWriteExt;
-use msgio::decorators::{Dedupe, MemoryDedupeStore, Retry, Router};
+use msgio::decorators::{Claim, Dedupe, DedupeStore, MemoryDedupeStore, Retry, Router};
 use msgio::{
     Backoff, Context, Message, MessageWriter, Receiver, ReceiverFunc, SafeReceiver, Server,
     ServerConfig, Topic,
@@ -70,6 +74,7 @@ async fn stacked(n: usize) -> f64 {
         return match only.as_str() {
             "router" => run(n, done, Router::new("Type").route("order.*", h)).await,
             "dedupe" => run(n, done, Dedupe::new(h, MemoryDedupeStore::new(1 << 20))).await,
+            "noop-store" => run(n, done, Dedupe::new(h, NoopStore)).await,
             "retry" => run(n, done, Retry::new(h, Backoff::default(), 5)).await,
             _ => run(n, done, SafeReceiver::new(h)).await,
         };
@@ -83,6 +88,26 @@ async fn stacked(n: usize) -> f64 {
         5,
     ));
     run(n, done, stack).await
+}
+
+/// A dedupe store that keeps nothing: every key is new.
+struct NoopStore;
+
+impl DedupeStore for NoopStore {
+    type Claimed = ();
+
+    async fn claim(&self, key: &str, _: Duration) -> Result<Claim<()>, msgio::Error> {
+        std::hint::black_box(key);
+        Ok(Claim::Acquired(()))
+    }
+
+    async fn complete(&self, _: (), _: Duration) -> Result<(), msgio::Error> {
+        Ok(())
+    }
+
+    async fn release(&self, _: ()) -> Result<(), msgio::Error> {
+        Ok(())
+    }
 }
 
 fn main() {
