@@ -220,6 +220,26 @@ async fn max_len_keeps_the_stream_near_its_bound() {
     assert!((10..=200).contains(&len), "the stream holds {len} entries");
 }
 
+#[tokio::test]
+async fn an_error_reply_is_a_publish_error() {
+    let Some(redis) = connect().await else { return };
+    let stream = stream_name();
+    let _cleanup = Cleanup(vec![stream.clone()]);
+    // A string where the stream should be: Redis answers XADD with WRONGTYPE.
+    let _: () = redis::cmd("SET")
+        .arg(&stream)
+        .arg("not a stream")
+        .query_async(&mut raw().await)
+        .await
+        .unwrap();
+    let err = redis
+        .topic(&stream)
+        .publish(&Context::background(), seq_message(1))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("WRONGTYPE"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_entries_are_dead_lettered_with_the_reason_and_acked() {
     let Some(redis) = connect().await else { return };
