@@ -156,16 +156,22 @@ impl Table {
         (start, self.text.len())
     }
 
-    /// Marks the bytes of `entries`' values (and of their key, when `key_too`) unused, and
-    /// rewrites the text once more than half of it is.
-    fn forget(&mut self, entries: impl IntoIterator<Item = Entry>, key_too: bool) {
-        let mut first = true;
-        for e in entries {
-            self.garbage += e.value.1 - e.value.0;
-            if key_too && std::mem::take(&mut first) {
-                self.garbage += e.key.1 - e.key.0;
-            }
-        }
+    /// Adds an entry for a key the table does not hold yet.
+    fn push_entry(&mut self, key: &str, value: &str) {
+        let key = self.push(key);
+        let value = self.push(value);
+        self.entries.push(Entry { key, value });
+    }
+
+    /// The bytes the values of `entries` take in the text.
+    fn value_bytes(entries: &[Entry]) -> usize {
+        entries.iter().map(|e| e.value.1 - e.value.0).sum()
+    }
+
+    /// Counts `bytes` of the text as unused, and rewrites the text once more than half of
+    /// it is.
+    fn forget(&mut self, bytes: usize) {
+        self.garbage += bytes;
         if self.garbage >= 64 && 2 * self.garbage > self.text.len() {
             self.compact();
         }
@@ -239,6 +245,7 @@ impl Attributes {
     /// The first value of `key`, which the caller has already canonicalized (a decorator's
     /// configured key): no canonicalization on the hot path.
     pub(crate) fn get_canonical(&self, key: &str) -> Option<&str> {
+        debug_assert_eq!(canonical_key(key), key);
         let table = self.table.as_deref()?;
         table
             .entries
@@ -268,17 +275,12 @@ impl Attributes {
         match self.group(&key) {
             Some(range) => {
                 let table = self.table_mut();
-                let old = table.entries[range.start];
+                let unused = Table::value_bytes(&table.entries[range.clone()]);
                 table.entries[range.start].value = table.push(value);
-                let dropped: Vec<Entry> = table.entries.drain(range.start + 1..range.end).collect();
-                table.forget(std::iter::once(old).chain(dropped), false);
+                table.entries.drain(range.start + 1..range.end);
+                table.forget(unused);
             }
-            None => {
-                let table = self.table_mut();
-                let key = table.push(&key);
-                let value = table.push(value);
-                table.entries.push(Entry { key, value });
-            }
+            None => self.table_mut().push_entry(&key, value),
         }
     }
 
@@ -293,12 +295,7 @@ impl Attributes {
                 let value = table.push(value);
                 table.entries.insert(range.end, Entry { key, value });
             }
-            None => {
-                let table = self.table_mut();
-                let key = table.push(&key);
-                let value = table.push(value);
-                table.entries.push(Entry { key, value });
-            }
+            None => self.table_mut().push_entry(&key, value),
         }
     }
 
@@ -307,11 +304,13 @@ impl Attributes {
         let range = self.group(&canonical_key(key))?;
         let table = self.table_mut();
         let first = table.value(&table.entries[range.start]).to_owned();
-        let removed: Vec<Entry> = table.entries.drain(range).collect();
+        let key = table.entries[range.start].key;
+        let unused = Table::value_bytes(&table.entries[range.clone()]) + (key.1 - key.0);
+        table.entries.drain(range);
         if table.entries.is_empty() {
             self.table = None;
         } else {
-            table.forget(removed, true);
+            table.forget(unused);
         }
         Some(first)
     }
