@@ -369,11 +369,7 @@ async fn a_killed_consumers_messages_come_back_and_none_is_lost() {
     let server = nats.server(options, ServerConfig::new()).await.unwrap();
     let running = start(server, recorder.clone());
     recorder
-        .wait_until("every message once the child died", WAIT, |r| {
-            let mut all = by_child.clone();
-            all.extend(r.iter().filter_map(|r| r.seq()));
-            all.len() == N as usize
-        })
+        .wait_for_the_rest(&by_child, N as usize, WAIT)
         .await
         .unwrap();
     // What the child held but had already processed is in `by_child` too: what it held

@@ -587,11 +587,7 @@ async fn a_killed_consumers_messages_are_reclaimed_and_none_is_lost() {
         .unwrap();
     let by_child: std::collections::BTreeSet<u64> = by_child.into_iter().collect();
     recorder
-        .wait_until("every message once the child died", WAIT, |r| {
-            let mut all = by_child.clone();
-            all.extend(r.iter().filter_map(|r| r.seq()));
-            all.len() == N as usize
-        })
+        .wait_for_the_rest(&by_child, N as usize, WAIT)
         .await
         .unwrap();
     // What the child held but had already processed is in `by_child` too: wait until the

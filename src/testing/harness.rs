@@ -128,6 +128,31 @@ impl Recorder {
         self.wait_until(&format!("{n} deliveries"), timeout, |seen| seen.len() >= n)
             .await
     }
+
+    /// Waits until the sequence numbers (the kit's `X-Kit-Seq`) delivered here, together
+    /// with `elsewhere` (those a consumer that died had handled, say), make `n` distinct
+    /// ones, for at most `timeout`: every message was handled by one or the other.
+    ///
+    /// # Errors
+    ///
+    /// A description of what had arrived when the time ran out.
+    pub async fn wait_for_the_rest(
+        &self,
+        elsewhere: &std::collections::BTreeSet<u64>,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<Vec<Received>, String> {
+        let what = format!(
+            "{n} messages with the {} handled elsewhere",
+            elsewhere.len()
+        );
+        self.wait_until(&what, timeout, |seen| {
+            let mut all = elsewhere.clone();
+            all.extend(seen.iter().filter_map(Received::seq));
+            all.len() >= n
+        })
+        .await
+    }
 }
 
 impl Receiver for Recorder {
@@ -219,4 +244,35 @@ pub(crate) async fn publish_seq<T: Topic>(
         .publish(&Context::background(), msg)
         .await
         .map_err(|e| format!("publishing message {seq} failed: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_rest_counts_what_was_handled_elsewhere() {
+        let recorder = Recorder::new();
+        let elsewhere = BTreeSet::from([1, 2]);
+        let short = Duration::from_millis(20);
+        let mut msg = Message::new("x");
+        msg.attributes.set(SEQ, "2");
+        recorder.receive(Context::background(), msg).await.unwrap();
+        assert!(
+            recorder
+                .wait_for_the_rest(&elsewhere, 3, short)
+                .await
+                .is_err(),
+            "message 2 counted twice"
+        );
+        let mut msg = Message::new("x");
+        msg.attributes.set(SEQ, "3");
+        recorder.receive(Context::background(), msg).await.unwrap();
+        recorder
+            .wait_for_the_rest(&elsewhere, 3, short)
+            .await
+            .unwrap();
+    }
 }
