@@ -38,14 +38,26 @@ use crate::Error;
 /// ```
 #[derive(Clone)]
 pub struct Context {
-    /// Shared rather than cloned: cloning a `CancellationToken` locks its node, and the
-    /// engine makes a context for every message.
-    token: Arc<CancellationToken>,
+    origin: Arc<Origin>,
     deadline: Option<Instant>,
     message_id: Option<MessageId>,
     attempt: u32,
-    source: Option<Arc<str>>,
     values: http::Extensions,
+}
+
+/// What the contexts of one server's messages share: the token that cancels them and the
+/// source's name. One `Arc` rather than cloning each (cloning a `CancellationToken` locks
+/// its node), and an engine worker keeps its own, so that making a message's context
+/// touches no memory the other cores write.
+pub(crate) struct Origin {
+    token: CancellationToken,
+    source: Option<Arc<str>>,
+}
+
+impl Origin {
+    pub(crate) fn new(token: CancellationToken, source: Option<Arc<str>>) -> Arc<Self> {
+        Arc::new(Origin { token, source })
+    }
 }
 
 impl Context {
@@ -57,43 +69,42 @@ impl Context {
 
     /// A context cancelled by `token`.
     pub fn with_cancellation_token(token: CancellationToken) -> Self {
-        Context::with_shared_token(Arc::new(token))
+        Context::with_origin(Origin::new(token, None))
     }
 
-    /// A context cancelled by a token shared with others (without cloning the token).
-    pub(crate) fn with_shared_token(token: Arc<CancellationToken>) -> Self {
+    /// A context with the token and source name of `origin` (shared, not cloned).
+    pub(crate) fn with_origin(origin: Arc<Origin>) -> Self {
         Context {
-            token,
+            origin,
             deadline: None,
             message_id: None,
             attempt: 1,
-            source: None,
             values: http::Extensions::new(),
         }
     }
 
     /// The token that cancels this context.
     pub fn cancellation_token(&self) -> &CancellationToken {
-        &self.token
+        &self.origin.token
     }
 
     /// A context with the same facts and values, cancelled when this one is and also on its
     /// own (through [`cancel`](Context::cancel) on the child).
     pub fn child(&self) -> Context {
         Context {
-            token: Arc::new(self.token.child_token()),
+            origin: Origin::new(self.origin.token.child_token(), self.origin.source.clone()),
             ..self.clone()
         }
     }
 
     /// Cancels this context and every context derived from it with [`child`](Context::child).
     pub fn cancel(&self) {
-        self.token.cancel();
+        self.origin.token.cancel();
     }
 
     /// Whether the context was cancelled or its deadline has passed.
     pub fn is_cancelled(&self) -> bool {
-        self.token.is_cancelled() || self.deadline.is_some_and(|d| Instant::now() >= d)
+        self.origin.token.is_cancelled() || self.deadline.is_some_and(|d| Instant::now() >= d)
     }
 
     /// Completes when the context is cancelled or its deadline passes.
@@ -103,10 +114,10 @@ impl Context {
     /// Cancellation safe.
     pub async fn cancelled(&self) {
         match self.deadline {
-            None => self.token.cancelled().await,
+            None => self.origin.token.cancelled().await,
             Some(deadline) => {
                 tokio::select! {
-                    _ = self.token.cancelled() => {}
+                    _ = self.origin.token.cancelled() => {}
                     _ = tokio::time::sleep_until(deadline) => {}
                 }
             }
@@ -165,7 +176,7 @@ impl Context {
 
     /// The name of the transport source the message came from (a queue, stream or subject).
     pub fn source(&self) -> Option<&str> {
-        self.source.as_deref()
+        self.origin.source.as_deref()
     }
 
     /// This context with the given message id (set by servers).
@@ -182,7 +193,7 @@ impl Context {
 
     /// This context with the given source name (set by servers).
     pub fn with_source(mut self, source: impl Into<Arc<str>>) -> Self {
-        self.source = Some(source.into());
+        self.origin = Origin::new(self.origin.token.clone(), Some(source.into()));
         self
     }
 
@@ -207,11 +218,11 @@ impl Default for Context {
 impl fmt::Debug for Context {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Context")
-            .field("cancelled", &self.token.is_cancelled())
+            .field("cancelled", &self.origin.token.is_cancelled())
             .field("deadline", &self.deadline)
             .field("message_id", &self.message_id)
             .field("attempt", &self.attempt)
-            .field("source", &self.source)
+            .field("source", &self.origin.source)
             .finish_non_exhaustive()
     }
 }
@@ -225,7 +236,8 @@ pub(crate) fn far_future() -> Instant {
 /// a string.
 ///
 /// A string of decimal digits with no leading zero is stored as the number, so
-/// `MessageId::from("42") == MessageId::from(42)`.
+/// `MessageId::from("42") == MessageId::from(42)`; two such numbers joined by a `-` (a
+/// stream entry id) are stored as the pair, without an allocation.
 ///
 /// ```
 /// use msgio::MessageId;
@@ -238,6 +250,8 @@ pub struct MessageId(IdRepr);
 #[derive(Clone, PartialEq, Eq, Hash)]
 enum IdRepr {
     Num(u64),
+    /// `<first>-<second>`, both numbers written as above.
+    Pair(u64, u64),
     Str(Arc<str>),
 }
 
@@ -246,9 +260,22 @@ impl MessageId {
     pub fn as_u64(&self) -> Option<u64> {
         match self.0 {
             IdRepr::Num(n) => Some(n),
-            IdRepr::Str(_) => None,
+            IdRepr::Pair(..) | IdRepr::Str(_) => None,
         }
     }
+
+    /// The id `<first>-<second>` (a stream entry id), without formatting it.
+    pub(crate) fn pair(first: u64, second: u64) -> Self {
+        MessageId(IdRepr::Pair(first, second))
+    }
+}
+
+/// `s` as a number when it is one written the one way [`Display`](fmt::Display) writes it:
+/// decimal digits, no sign and no leading zero.
+fn canonical_number(s: &str) -> Option<u64> {
+    let canonical =
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
+    if canonical { s.parse().ok() } else { None }
 }
 
 impl From<u64> for MessageId {
@@ -259,12 +286,15 @@ impl From<u64> for MessageId {
 
 impl From<&str> for MessageId {
     fn from(s: &str) -> Self {
-        let numeric = !s.is_empty()
-            && s.bytes().all(|b| b.is_ascii_digit())
-            && (s == "0" || !s.starts_with('0'));
-        match s.parse::<u64>() {
-            Ok(n) if numeric => MessageId(IdRepr::Num(n)),
-            _ => MessageId(IdRepr::Str(s.into())),
+        if let Some(n) = canonical_number(s) {
+            return MessageId(IdRepr::Num(n));
+        }
+        let pair = s.split_once('-').and_then(|(first, second)| {
+            Some((canonical_number(first)?, canonical_number(second)?))
+        });
+        match pair {
+            Some((first, second)) => MessageId::pair(first, second),
+            None => MessageId(IdRepr::Str(s.into())),
         }
     }
 }
@@ -279,6 +309,7 @@ impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
             IdRepr::Num(n) => fmt::Display::fmt(n, f),
+            IdRepr::Pair(first, second) => write!(f, "{first}-{second}"),
             IdRepr::Str(s) => f.write_str(s),
         }
     }
@@ -301,6 +332,39 @@ mod tests {
         assert_eq!(MessageId::from("007").to_string(), "007");
         assert_eq!(MessageId::from("18446744073709551616").as_u64(), None);
         assert_eq!(MessageId::from("").to_string(), "");
+    }
+
+    #[test]
+    fn stream_entry_ids_are_pairs_equal_to_their_text() {
+        assert_eq!(
+            MessageId::from("1700000000000-7"),
+            MessageId::pair(1_700_000_000_000, 7)
+        );
+        assert_eq!(
+            MessageId::pair(1_700_000_000_000, 7).to_string(),
+            "1700000000000-7"
+        );
+        assert_eq!(MessageId::pair(0, 0).to_string(), "0-0");
+        assert_eq!(MessageId::pair(5, 0).as_u64(), None);
+        // Not written the one way a pair is: kept as text, and so not equal to the pair.
+        for text in [
+            "01-0",
+            "1-00",
+            "1-",
+            "-1",
+            "1-2-3",
+            "1--2",
+            "+1-2",
+            "1-18446744073709551616",
+        ] {
+            let id = MessageId::from(text);
+            assert_eq!(id.to_string(), text);
+            assert_ne!(id, MessageId::pair(1, 0), "{text}");
+            assert!(
+                matches!(id.0, IdRepr::Str(_)),
+                "{text} read as a number or a pair"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -53,6 +53,7 @@ mod delivery;
 mod health;
 mod serve;
 mod settle;
+mod slots;
 #[cfg(test)]
 mod tests;
 mod workers;

@@ -5,14 +5,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::health::HealthCell;
 use super::settle::{SettleSender, Settler, settle_channel};
+use super::slots::Slots;
 use super::workers::Workers;
 use super::{Delivery, Health, HealthState, ServerConfig, Settle, Settlement, Source};
 use crate::backoff::Delays;
+use crate::context::Origin;
 use crate::receiver::catch_panic;
 use crate::{
     Attributes, BoxTopic, Context, Error, Message, MessageId, Receiver, Server, Topic, keys, log,
@@ -62,8 +64,8 @@ struct Inner<S: Source> {
     cancel: CancellationToken,
     /// Becomes true once serving has fully stopped.
     done: watch::Sender<bool>,
-    /// One permit per message that may be in flight.
-    permits: Arc<Semaphore>,
+    /// One slot per message that may be in flight.
+    slots: Arc<Slots>,
     health: Arc<HealthCell>,
 }
 
@@ -80,7 +82,7 @@ impl<S: Source> Engine<S> {
             inner: Arc::new(Inner {
                 source: Arc::new(source),
                 name,
-                permits: Arc::new(Semaphore::new(config.concurrency)),
+                slots: Arc::new(Slots::new(config.concurrency)),
                 config,
                 state: Mutex::new(RunState::Idle),
                 stop: CancellationToken::new(),
@@ -103,12 +105,7 @@ impl<S: Source> Engine<S> {
 
     /// A snapshot of the server's health.
     pub fn health(&self) -> Health {
-        let in_flight = self
-            .inner
-            .config
-            .concurrency
-            .saturating_sub(self.inner.permits.available_permits());
-        self.inner.health.snapshot(in_flight)
+        self.inner.health.snapshot(self.inner.slots.taken())
     }
 }
 
@@ -183,8 +180,8 @@ pub(super) struct Dispatch<S: Source, R> {
     receiver: R,
     name: Arc<str>,
     settle_tx: SettleSender<S::Token>,
-    /// Cancels the receivers' contexts, shared by every message's context.
-    cancel: Arc<CancellationToken>,
+    /// Cancels the receivers' contexts.
+    cancel: CancellationToken,
     abort: CancellationToken,
     max_attempts: Option<u32>,
     dead_letter: Option<BoxTopic>,
@@ -213,7 +210,7 @@ impl<S: Source> Inner<S> {
             receiver,
             name: self.name.clone(),
             settle_tx,
-            cancel: Arc::new(self.cancel.clone()),
+            cancel: self.cancel.clone(),
             abort: abort.clone(),
             max_attempts: self.config.max_attempts,
             dead_letter: self.config.dead_letter.clone(),
@@ -221,7 +218,7 @@ impl<S: Source> Inner<S> {
             not_before: self.source.not_before(),
         });
 
-        let workers = Workers::new(dispatch);
+        let workers = Workers::new(dispatch, self.slots.clone());
         self.fetch_loop(&workers).await;
 
         self.health.set_state(HealthState::Draining);
@@ -246,16 +243,14 @@ impl<S: Source> Inner<S> {
         let mut buf: Vec<Delivery<S::Token>> = Vec::new();
         let mut delays = self.config.reconnect.delays();
         loop {
-            // Wait for a free slot. Only this loop takes permits, so the slot stays free
+            // Wait for a free slot. Only this loop takes slots, so the slot stays free
             // while fetching; holding it meanwhile would count the fetch as in flight.
             tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => return,
-                permit = self.permits.acquire() => {
-                    drop(permit.expect("the engine never closes its semaphore"));
-                }
+                _ = self.slots.any_free() => {}
             }
-            let max = self.permits.available_permits() + prefetch;
+            let max = self.slots.free() + prefetch;
             let fetched = tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => {
@@ -278,9 +273,8 @@ impl<S: Source> Inner<S> {
             // Dispatch what was fetched, waiting for a free slot for each.
             let mut deliveries = buf.drain(..);
             while let Some(delivery) = deliveries.next() {
-                let slot = match self.permits.clone().try_acquire_owned() {
-                    Ok(p) => p,
-                    Err(_) => tokio::select! {
+                if !self.slots.try_take() {
+                    tokio::select! {
                         biased;
                         _ = self.stop.cancelled() => {
                             // Fetched ahead but never started: give them back untouched.
@@ -289,12 +283,11 @@ impl<S: Source> Inner<S> {
                             }
                             return;
                         }
-                        p = self.permits.clone().acquire_owned() => {
-                            p.expect("the engine never closes its semaphore")
-                        }
-                    },
-                };
-                workers.run(delivery, slot);
+                        _ = self.slots.take() => {}
+                    }
+                }
+                // The worker frees the slot once the delivery is settled.
+                workers.run(delivery);
             }
             drop(deliveries);
 
@@ -351,21 +344,20 @@ impl<S: Source> Inner<S> {
     /// their messages released, and they get `cancel_grace` once more to settle. Returns
     /// whether some never did.
     async fn drain(&self, abort: &CancellationToken) -> bool {
-        let all = u32::try_from(self.config.concurrency).expect("validated to fit");
         let grace = self.config.cancel_grace;
         tokio::select! {
             biased;
-            _ = self.permits.acquire_many(all) => return false,
+            _ = self.slots.all_free() => return false,
             _ = self.cancel.cancelled() => {}
         }
-        if tokio::time::timeout(grace, self.permits.acquire_many(all))
+        if tokio::time::timeout(grace, self.slots.all_free())
             .await
             .is_ok()
         {
             return false;
         }
         abort.cancel();
-        if tokio::time::timeout(grace, self.permits.acquire_many(all))
+        if tokio::time::timeout(grace, self.slots.all_free())
             .await
             .is_ok()
         {
@@ -373,7 +365,7 @@ impl<S: Source> Inner<S> {
         }
         log::warning!(
             "msgio: {} receivers on {:?} ignored cancellation and blocked their thread; abandoning them",
-            self.config.concurrency - self.permits.available_permits(),
+            self.slots.taken(),
             self.name
         );
         true
@@ -385,8 +377,14 @@ impl<S: Source, R: Receiver> Dispatch<S, R> {
         self.settle_tx.send(Settlement { token, action });
     }
 
-    /// Runs one delivery to its settlement.
-    pub(super) async fn run_message(&self, delivery: Delivery<S::Token>) {
+    /// What the contexts of the messages a worker runs share: each worker makes its own,
+    /// so that the count of its references stays in its core's cache.
+    pub(super) fn origin(&self) -> Arc<Origin> {
+        Origin::new(self.cancel.clone(), Some(self.name.clone()))
+    }
+
+    /// Runs one delivery to its settlement, with contexts sharing `origin`.
+    pub(super) async fn run_message(&self, delivery: Delivery<S::Token>, origin: &Arc<Origin>) {
         let Delivery {
             token,
             message_id,
@@ -397,7 +395,10 @@ impl<S: Source, R: Receiver> Dispatch<S, R> {
             ..
         } = delivery;
         let action = match malformed {
-            None => self.handle(message_id, attempt, attributes, body).await,
+            None => {
+                self.handle(origin, message_id, attempt, attributes, body)
+                    .await
+            }
             Some(why) => {
                 let reason = format!("malformed delivery: {why}");
                 let kept = Some((attributes, body));
@@ -410,6 +411,7 @@ impl<S: Source, R: Receiver> Dispatch<S, R> {
     /// Runs the receiver and decides the message's fate.
     async fn handle(
         &self,
+        origin: &Arc<Origin>,
         message_id: Option<MessageId>,
         attempt: u32,
         attributes: Attributes,
@@ -420,9 +422,7 @@ impl<S: Source, R: Receiver> Dispatch<S, R> {
                 return Settle::Defer { delay };
             }
         }
-        let mut ctx = Context::with_shared_token(self.cancel.clone())
-            .with_attempt(attempt)
-            .with_source(self.name.clone());
+        let mut ctx = Context::with_origin(origin.clone()).with_attempt(attempt);
         if let Some(id) = &message_id {
             ctx = ctx.with_message_id(id.clone());
         }

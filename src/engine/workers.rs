@@ -14,20 +14,23 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::sync::Notify;
 
 use super::serve::Dispatch;
+use super::slots::Slots;
 use super::{Delivery, Source};
 use crate::Receiver;
 
 /// How many idle workers wait for messages at most.
 const MAX_IDLE: usize = 256;
 
-/// A message for a worker: a delivery with its slot.
-type Job<T> = (Delivery<T>, OwnedSemaphorePermit);
+/// A message for a worker: a delivery that holds a concurrency slot.
+type Job<T> = Delivery<T>;
 
 pub(super) struct Workers<S: Source, R> {
     dispatch: Arc<Dispatch<S, R>>,
+    /// The concurrency slots: each job holds one, which its worker frees.
+    slots: Arc<Slots>,
     idle: Mutex<Idle<S::Token>>,
 }
 
@@ -106,19 +109,37 @@ impl<J> Mailbox<J> {
 }
 
 /// Marks a worker's mailbox gone when the worker's task ends, however it ends (a runtime
-/// shutting down drops tasks mid-await), so that no message is left in it.
-struct Leaving<J>(Arc<Mailbox<J>>);
+/// shutting down drops tasks mid-await), so that no message is left in it; the slot of a
+/// message given just before is freed.
+struct Leaving<'a, J> {
+    mailbox: Arc<Mailbox<J>>,
+    slots: &'a Slots,
+}
 
-impl<J> Drop for Leaving<J> {
+impl<J> Drop for Leaving<'_, J> {
     fn drop(&mut self) {
-        *self.0.lock() = Slot::Gone;
+        let left = std::mem::replace(&mut *self.mailbox.lock(), Slot::Gone);
+        if matches!(left, Slot::Job(_)) {
+            self.slots.release();
+        }
+    }
+}
+
+/// A concurrency slot a worker holds while it runs a message: freed when dropped, so that
+/// a worker dropped mid-message (by a runtime shutting down) frees it too.
+struct Holding<'a>(&'a Slots);
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        self.0.release();
     }
 }
 
 impl<S: Source, R: Receiver + 'static> Workers<S, R> {
-    pub(super) fn new(dispatch: Arc<Dispatch<S, R>>) -> Arc<Self> {
+    pub(super) fn new(dispatch: Arc<Dispatch<S, R>>, slots: Arc<Slots>) -> Arc<Self> {
         Arc::new(Workers {
             dispatch,
+            slots,
             idle: Mutex::new(Idle {
                 closed: false,
                 workers: Vec::new(),
@@ -134,10 +155,10 @@ impl<S: Source, R: Receiver + 'static> Workers<S, R> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs `delivery` on an idle worker, or on a new one; `slot` is freed once it is
-    /// settled.
-    pub(super) fn run(self: &Arc<Self>, delivery: Delivery<S::Token>, slot: OwnedSemaphorePermit) {
-        let mut job = (delivery, slot);
+    /// Runs `delivery`, for which the caller took a slot, on an idle worker or on a new
+    /// one; the slot is freed once the delivery is settled.
+    pub(super) fn run(self: &Arc<Self>, delivery: Delivery<S::Token>) {
+        let mut job = delivery;
         loop {
             let Some(worker) = self.idle().workers.pop() else {
                 break;
@@ -148,16 +169,23 @@ impl<S: Source, R: Receiver + 'static> Workers<S, R> {
                 Err(back) => job = back,
             }
         }
+        // A spawned task is dropped before its first poll only when the runtime shuts
+        // down, which ends serving too: its slot is not needed back then.
         tokio::spawn(self.clone().work(job));
     }
 
     /// A worker: runs `first`, then each message it is given, until serving ends.
     async fn work(self: Arc<Self>, first: Job<S::Token>) {
         let mailbox = Arc::new(Mailbox::new());
-        let _leaving = Leaving(mailbox.clone());
-        let (mut delivery, mut slot) = first;
+        let _leaving = Leaving {
+            mailbox: mailbox.clone(),
+            slots: &self.slots,
+        };
+        let origin = self.dispatch.origin();
+        let mut delivery = first;
         loop {
-            self.dispatch.run_message(delivery).await;
+            let slot = Holding(&self.slots);
+            self.dispatch.run_message(delivery, &origin).await;
             {
                 let mut idle = self.idle();
                 if idle.closed || idle.workers.len() >= MAX_IDLE {
@@ -168,7 +196,7 @@ impl<S: Source, R: Receiver + 'static> Workers<S, R> {
             // Idle before the slot is free: whoever takes the slot finds this worker.
             drop(slot);
             match mailbox.next().await {
-                Some((d, s)) => (delivery, slot) = (d, s),
+                Some(next) => delivery = next,
                 None => return,
             }
         }
@@ -194,7 +222,11 @@ mod tests {
     #[tokio::test]
     async fn a_mailbox_hands_over_jobs_and_refuses_them_once_its_worker_is_gone() {
         let mailbox = Arc::new(Mailbox::new());
-        let leaving = Leaving(mailbox.clone());
+        let slots = Slots::new(1);
+        let leaving = Leaving {
+            mailbox: mailbox.clone(),
+            slots: &slots,
+        };
         // Given before the worker waits: the stored permit wakes it.
         mailbox.give(1).unwrap();
         assert_eq!(mailbox.next().await, Some(1));
@@ -207,7 +239,11 @@ mod tests {
         assert_eq!(waiting.await.unwrap(), Some(2));
         mailbox.stop();
         assert_eq!(mailbox.next().await, None);
+        // A job given just before the worker leaves: its slot is freed with it.
+        assert!(slots.try_take());
+        mailbox.give(9).unwrap();
         drop(leaving);
+        assert_eq!(slots.free(), 1, "the slot of a job left in the mailbox");
         assert_eq!(
             mailbox.give(3),
             Err(3),
