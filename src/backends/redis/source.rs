@@ -331,7 +331,7 @@ impl StreamSource {
             ),
         };
         delivery
-            .with_message_id(id.write(&mut [0; 41]))
+            .with_message_id(crate::MessageId::pair(id.ms, id.seq))
             .with_attempt(attempt)
     }
 
@@ -831,7 +831,7 @@ impl EntryId {
 
 impl EntryId {
     /// Writes `<ms>-<seq>` into `buf` (without the formatting machinery: this runs for
-    /// every message twice).
+    /// every message, in its `XACK`).
     fn write<'a>(&self, buf: &'a mut [u8; 41]) -> &'a str {
         fn digits(mut n: u64, out: &mut [u8]) -> usize {
             let mut tmp = [0u8; 20];
