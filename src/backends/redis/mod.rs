@@ -70,6 +70,7 @@
 //! when it holds nothing pending.
 
 mod encoding;
+mod read;
 mod scripts;
 mod source;
 mod topic;

@@ -10,6 +10,7 @@ use redis::aio::ConnectionManager;
 use tokio::time::Instant;
 
 use super::encoding::{self, Decoded};
+use super::read::Read;
 use super::{Redis, scripts, topic::delayed_key};
 use crate::engine::{Delivery, Engine, Settle, Settlement, Source};
 use crate::{Error, ServerConfig, log};
@@ -217,11 +218,11 @@ pub(super) struct StreamSource {
     /// The blocking `XREADGROUP`, alone on its connection.
     reader: ConnectionManager,
     state: Arc<Mutex<LocalState>>,
-    /// The read in flight, which [`close`](Source::close) waits for.
+    /// The read a stopped fetch left to finish, which [`close`](Source::close) waits for.
     reading: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-struct LocalState {
+pub(super) struct LocalState {
     /// Failed attempts to claim back for their next attempt, with that attempt's number.
     redeliver: VecDeque<(EntryId, u32)>,
     next_claim: Instant,
@@ -530,25 +531,24 @@ impl StreamSource {
             .arg("STREAMS")
             .arg(&self.options.stream)
             .arg(">");
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let state = self.state.clone();
-        state.lock().unwrap_or_else(|p| p.into_inner()).blocked = true;
-        let task = tokio::spawn(async move {
-            let reply: Result<Value, _> = cmd.query_async(&mut reader).await;
-            let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
-            state.blocked = false;
-            if let Err(Ok(unclaimed)) = tx.send(reply) {
+        self.state().blocked = true;
+        let read = Read::new(
+            async move { cmd.query_async(&mut reader).await },
+            &self.state,
+            &self.reading,
+            |state, unclaimed| {
+                state.blocked = false;
                 // Nobody waits any more: keep them to hand back (first attempts).
                 for (id, _) in read_entries(unclaimed) {
                     state.redeliver.push_back((id, 1));
                 }
-            }
-        });
-        *self.reading.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
-        let reply = match rx.await {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => return self.recover(e).await,
-            Err(_) => return Err(Error::other("the stream read task ended without a reply")),
+            },
+        );
+        let reply = read.reply().await;
+        self.state().blocked = false;
+        let reply = match reply {
+            Ok(v) => v,
+            Err(e) => return self.recover(e).await,
         };
         for (id, fields) in read_entries(reply) {
             out.push(self.delivery(id, fields, 1));
