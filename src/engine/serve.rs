@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::health::HealthCell;
 use super::settle::{SettleSender, Settler, settle_channel};
 use super::slots::Slots;
-use super::workers::Workers;
+use super::workers::{Pool, Workers};
 use super::{Delivery, Health, HealthState, ServerConfig, Settle, Settlement, Source};
 use crate::backoff::Delays;
 use crate::context::Origin;
@@ -64,8 +64,10 @@ struct Inner<S: Source> {
     cancel: CancellationToken,
     /// Becomes true once serving has fully stopped.
     done: watch::Sender<bool>,
-    /// One slot per message that may be in flight.
+    /// One slot per delivery that may be held: the concurrency plus the prefetch.
     slots: Arc<Slots>,
+    /// Fetched deliveries waiting for a worker.
+    pool: Arc<Pool<S::Token>>,
     health: Arc<HealthCell>,
 }
 
@@ -82,7 +84,10 @@ impl<S: Source> Engine<S> {
             inner: Arc::new(Inner {
                 source: Arc::new(source),
                 name,
-                slots: Arc::new(Slots::new(config.concurrency)),
+                slots: Arc::new(Slots::new(
+                    config.concurrency + config.prefetch_or_default(),
+                )),
+                pool: Arc::new(Pool::new(config.concurrency)),
                 config,
                 state: Mutex::new(RunState::Idle),
                 stop: CancellationToken::new(),
@@ -105,7 +110,10 @@ impl<S: Source> Engine<S> {
 
     /// A snapshot of the server's health.
     pub fn health(&self) -> Health {
-        self.inner.health.snapshot(self.inner.slots.taken())
+        // Held and not queued: running.
+        let held = self.inner.slots.taken();
+        let in_flight = held.saturating_sub(self.inner.pool.queued());
+        self.inner.health.snapshot(in_flight)
     }
 }
 
@@ -218,7 +226,7 @@ impl<S: Source> Inner<S> {
             not_before: self.source.not_before(),
         });
 
-        let workers = Workers::new(dispatch, self.slots.clone());
+        let workers = Workers::new(dispatch, self.pool.clone(), self.slots.clone());
         self.fetch_loop(&workers).await;
 
         self.health.set_state(HealthState::Draining);
@@ -236,31 +244,29 @@ impl<S: Source> Inner<S> {
         }
     }
 
-    /// Fetches and dispatches until shutdown begins.
+    /// Fetches and queues for the workers until shutdown begins.
+    ///
+    /// A fetch asks for as many deliveries as there are free slots (the concurrency plus
+    /// the prefetch, less what is queued or running), and starts once a worker could take
+    /// one more with the whole prefetch behind it: while the workers run what the last
+    /// fetch brought, and never for a few deliveries at a time.
     async fn fetch_loop<R: Receiver + 'static>(&self, workers: &Arc<Workers<S, R>>) {
         let dispatch = workers.dispatch();
-        let prefetch = self.config.prefetch_or_default();
+        let ahead = self.config.prefetch_or_default().saturating_add(1);
         let mut buf: Vec<Delivery<S::Token>> = Vec::new();
         let mut delays = self.config.reconnect.delays();
         loop {
-            // Wait for a free slot. Only this loop takes slots, so the slot stays free
-            // while fetching; holding it meanwhile would count the fetch as in flight.
             tokio::select! {
                 biased;
-                _ = self.stop.cancelled() => return,
-                _ = self.slots.any_free() => {}
+                _ = self.stop.cancelled() => break,
+                _ = self.slots.until_free(ahead) => {}
             }
-            let max = self.slots.free() + prefetch;
+            let room = self.slots.free();
             let fetched = tokio::select! {
                 biased;
-                _ = self.stop.cancelled() => {
-                    // A source may have appended some before it was stopped.
-                    for d in buf.drain(..) {
-                        dispatch.settle(d.token, Settle::Release);
-                    }
-                    return;
-                }
-                result = self.source.fetch(max, &mut buf) => result,
+                // A source may have appended some before it was stopped: released below.
+                _ = self.stop.cancelled() => break,
+                result = self.source.fetch(room, &mut buf) => result,
             };
             match &fetched {
                 Ok(()) => {
@@ -269,34 +275,31 @@ impl<S: Source> Inner<S> {
                 }
                 Err(e) => self.health.failure(e),
             }
-
-            // Dispatch what was fetched, waiting for a free slot for each.
-            let mut deliveries = buf.drain(..);
-            while let Some(delivery) = deliveries.next() {
-                if !self.slots.try_take() {
-                    tokio::select! {
-                        biased;
-                        _ = self.stop.cancelled() => {
-                            // Fetched ahead but never started: give them back untouched.
-                            for d in std::iter::once(delivery).chain(deliveries) {
-                                dispatch.settle(d.token, Settle::Release);
-                            }
-                            return;
-                        }
-                        _ = self.slots.take() => {}
-                    }
+            if buf.len() > room {
+                log::warning!(
+                    "msgio: source {:?} returned {} deliveries when asked for {room}; releasing the rest",
+                    self.name,
+                    buf.len()
+                );
+                for d in buf.drain(room..) {
+                    dispatch.settle(d.token, Settle::Release);
                 }
-                // The worker frees the slot once the delivery is settled.
-                workers.run(delivery);
             }
-            drop(deliveries);
-
+            self.slots.take(buf.len());
+            workers.run(buf.drain(..));
             if let Err(e) = fetched {
                 if !self.recover(&e, &mut delays).await {
-                    return;
+                    break;
                 }
             }
         }
+        // Fetched ahead but never started: given back untouched.
+        let queued = self.pool.take_queued();
+        let n = queued.len();
+        for d in queued.into_iter().chain(buf.drain(..)) {
+            dispatch.settle(d.token, Settle::Release);
+        }
+        self.slots.release(n);
     }
 
     /// Waits out a failed fetch: reconnects after a lost connection, otherwise just backs

@@ -1,21 +1,21 @@
-//! The concurrency bound: how many messages may be in flight.
+//! How many deliveries the engine may hold: fetched and waiting, or running.
 //!
 //! Only the fetch loop takes slots (and, once it has stopped, the drain waits for all of
 //! them), while every worker frees one per message. A semaphore would do, but tokio's
-//! locks its waiter list on every release and its owned permit clones an `Arc`: four
-//! read-modify-writes of lines both cores write, per message. Here a release is one
-//! atomic add, plus a wake-up only when the one taker waits.
+//! locks its waiter list on every release: here a release is one atomic add, plus a
+//! wake-up only when the one waiter's wait is over (it says how many free slots it waits
+//! for, so that it is not woken at every release).
 
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
 use tokio::sync::Notify;
 
 pub(super) struct Slots {
     total: usize,
     free: AtomicUsize,
-    /// The taker is waiting for a slot to be freed.
-    waiting: AtomicBool,
+    /// How many free slots the waiter waits for; 0 when nobody waits.
+    want: AtomicUsize,
     freed: Notify,
 }
 
@@ -24,7 +24,7 @@ impl Slots {
         Slots {
             total,
             free: AtomicUsize::new(total),
-            waiting: AtomicBool::new(false),
+            want: AtomicUsize::new(0),
             freed: Notify::new(),
         }
     }
@@ -39,60 +39,48 @@ impl Slots {
         self.total.saturating_sub(self.free())
     }
 
-    /// Takes a slot if one is free. Only one task may take slots.
-    pub(super) fn try_take(&self) -> bool {
-        // Others only add: a slot seen free stays free until taken here.
-        if self.free.load(SeqCst) == 0 {
-            return false;
-        }
-        self.free.fetch_sub(1, SeqCst);
-        true
+    /// Takes `n` slots, which must be free (seen by [`free`](Slots::free) or waited for):
+    /// only one task takes slots, and the others only free them.
+    pub(super) fn take(&self, n: usize) {
+        let before = self.free.fetch_sub(n, SeqCst);
+        debug_assert!(before >= n, "took {n} slots of {before} free");
     }
 
-    /// Takes a slot, waiting for one to be freed. Only one task may take slots.
-    ///
-    /// Cancellation safe: dropped while waiting, it takes nothing.
-    pub(super) async fn take(&self) {
-        self.until(|free| free > 0).await;
-        self.free.fetch_sub(1, SeqCst);
-    }
-
-    /// Waits until a slot is free, without taking it.
-    pub(super) async fn any_free(&self) {
-        self.until(|free| free > 0).await;
-    }
-
-    /// Waits until every slot is free.
-    pub(super) async fn all_free(&self) {
-        self.until(|free| free == self.total).await;
-    }
-
-    /// Frees a slot taken with [`take`](Slots::take) or [`try_take`](Slots::try_take).
-    pub(super) fn release(&self) {
-        let before = self.free.fetch_add(1, SeqCst);
-        debug_assert!(before < self.total, "a slot freed twice");
-        // Paired with `until`: it sets `waiting` and then reads `free`, this adds to `free`
-        // and then reads `waiting` (all sequentially consistent), so either it sees the
-        // slot or this sees it waiting.
-        if self.waiting.load(SeqCst) && self.waiting.swap(false, SeqCst) {
+    /// Frees `n` slots.
+    pub(super) fn release(&self, n: usize) {
+        let now = self.free.fetch_add(n, SeqCst) + n;
+        debug_assert!(now <= self.total, "more slots freed than taken");
+        // Paired with `until`: it sets `want` and then reads `free`, this adds to `free`
+        // and then reads `want` (all sequentially consistent), so either it sees the
+        // slots or this sees it waiting.
+        let want = self.want.load(SeqCst);
+        if want != 0 && now >= want && self.want.swap(0, SeqCst) != 0 {
             self.freed.notify_one();
         }
     }
 
-    async fn until(&self, ready: impl Fn(usize) -> bool) {
+    /// Waits until at least `n` slots (at least one, at most all) are free, without taking
+    /// them. Only one task may wait at a time. Cancellation safe.
+    pub(super) async fn until_free(&self, n: usize) {
+        let n = n.clamp(1, self.total);
         loop {
-            if ready(self.free.load(SeqCst)) {
+            if self.free.load(SeqCst) >= n {
                 return;
             }
             let mut notified = pin!(self.freed.notified());
             notified.as_mut().enable();
-            self.waiting.store(true, SeqCst);
-            if ready(self.free.load(SeqCst)) {
-                self.waiting.store(false, SeqCst);
+            self.want.store(n, SeqCst);
+            if self.free.load(SeqCst) >= n {
+                self.want.store(0, SeqCst);
                 return;
             }
             notified.await;
         }
+    }
+
+    /// Waits until every slot is free.
+    pub(super) async fn all_free(&self) {
+        self.until_free(self.total).await;
     }
 }
 
@@ -103,48 +91,54 @@ mod tests {
     use std::time::Duration;
 
     #[tokio::test]
-    async fn taking_waits_for_a_release_and_all_free_for_every_one() {
-        let slots = Arc::new(Slots::new(2));
-        assert!(slots.try_take());
-        slots.take().await;
-        assert!(!slots.try_take(), "a third slot out of two");
-        assert_eq!(slots.taken(), 2);
+    async fn a_waiter_wakes_once_as_many_as_it_waits_for_are_free() {
+        let slots = Arc::new(Slots::new(4));
+        slots.take(4);
+        assert_eq!(slots.taken(), 4);
 
-        let taker = tokio::spawn({
+        let waiter = tokio::spawn({
             let slots = slots.clone();
-            async move { slots.take().await }
+            async move { slots.until_free(2).await }
         });
         tokio::task::yield_now().await;
-        assert!(!taker.is_finished(), "took a slot while none was free");
-        slots.release();
-        tokio::time::timeout(Duration::from_secs(5), taker)
+        slots.release(1);
+        tokio::task::yield_now().await;
+        assert!(
+            !waiter.is_finished(),
+            "woke with one free of the two waited for"
+        );
+        slots.release(1);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
             .await
-            .expect("a freed slot did not wake the taker")
+            .expect("two free slots did not wake the waiter")
             .unwrap();
 
         let drain = tokio::spawn({
             let slots = slots.clone();
             async move { slots.all_free().await }
         });
-        slots.release();
+        slots.release(1);
         tokio::task::yield_now().await;
         assert!(!drain.is_finished(), "all free with one still taken");
-        slots.release();
+        slots.release(1);
         tokio::time::timeout(Duration::from_secs(5), drain)
             .await
             .expect("the last release did not wake the drain")
             .unwrap();
-        assert_eq!(slots.free(), 2);
+        assert_eq!(slots.free(), 4);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn releases_from_other_threads_always_wake_the_taker() {
-        let slots = Arc::new(Slots::new(1));
+    async fn releases_from_other_threads_always_wake_the_waiter() {
+        let slots = Arc::new(Slots::new(2));
         let rounds = async {
             for _ in 0..20_000 {
-                slots.take().await;
-                let slots = slots.clone();
-                tokio::spawn(async move { slots.release() });
+                slots.until_free(2).await;
+                slots.take(2);
+                for _ in 0..2 {
+                    let slots = slots.clone();
+                    tokio::spawn(async move { slots.release(1) });
+                }
             }
             slots.all_free().await;
         };

@@ -15,6 +15,8 @@ use crate::{Backoff, Context, Message, ReceiverFunc, Server, TopicFunc};
 /// What one call to `fetch` does.
 enum Step {
     Deliver(Vec<u64>),
+    /// Appends these even when asked for fewer (a source that breaks its contract).
+    Overdeliver(Vec<u64>),
     /// Appends these, then never returns (until the fetch is dropped).
     DeliverThenHang(Vec<u64>),
     /// One delivery the source could not decode.
@@ -76,9 +78,10 @@ impl Source for Scripted {
     async fn fetch(&self, max: usize, out: &mut Vec<Delivery<u64>>) -> Result<(), Error> {
         self.0.fetch_max.lock().unwrap().push(max);
         let step = self.0.steps.lock().unwrap().pop_front();
+        let over = matches!(step, Some(Step::Overdeliver(_)));
         let deliver = |ids: Vec<u64>, out: &mut Vec<Delivery<u64>>| {
             assert!(
-                ids.len() <= max,
+                over || ids.len() <= max,
                 "script delivers {} but max is {max}",
                 ids.len()
             );
@@ -99,7 +102,7 @@ impl Source for Scripted {
             }
         };
         match step {
-            Some(Step::Deliver(ids)) => {
+            Some(Step::Deliver(ids) | Step::Overdeliver(ids)) => {
                 deliver(ids, out);
                 Ok(())
             }
@@ -578,6 +581,61 @@ async fn concurrency_and_prefetch_are_bounded() {
         "fetch max {maxes:?}"
     );
     stop(&engine, task).await;
+}
+
+/// A source that returns more than it was asked for: the rest goes back untouched, and what
+/// is held stays within the bound.
+#[tokio::test]
+async fn deliveries_beyond_what_was_asked_for_are_released() {
+    let source = Scripted::with(vec![Step::Overdeliver((1..=5).collect())]);
+    let engine = Engine::new(source.clone(), fast().concurrency(2).prefetch(1)).unwrap();
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
+    );
+    eventually("all five settled", || source.settled().len() == 5).await;
+    assert_eq!(source.0.fetch_max.lock().unwrap()[0], 3);
+    assert_eq!(
+        source.settled(),
+        [
+            (1, Settle::Ack),
+            (2, Settle::Ack),
+            (3, Settle::Ack),
+            (4, Settle::Release),
+            (5, Settle::Release)
+        ]
+    );
+    stop(&engine, task).await;
+}
+
+/// Every slot of the concurrency is used: eight receivers that each wait until all eight
+/// run finish only if the engine runs eight at once, whether the deliveries come together
+/// or one fetch at a time.
+#[tokio::test]
+async fn receivers_run_up_to_the_concurrency_at_once() {
+    for steps in [
+        vec![Step::Deliver((1..=8).collect())],
+        (1..=8).map(|id| Step::Deliver(vec![id])).collect(),
+    ] {
+        let source = Scripted::with(steps);
+        let engine = Engine::new(source.clone(), fast().concurrency(8).prefetch(0)).unwrap();
+        let all_running = Arc::new(tokio::sync::Barrier::new(8));
+        let task = serve_in_background(
+            &engine,
+            ReceiverFunc::new(move |_: Context, _: Message| {
+                let all_running = all_running.clone();
+                async move {
+                    all_running.wait().await;
+                    Ok(())
+                }
+            }),
+        );
+        eventually("all eight ran at once and were acked", || {
+            source.settled().len() == 8
+        })
+        .await;
+        stop(&engine, task).await;
+    }
 }
 
 #[tokio::test]

@@ -1,17 +1,17 @@
-//! Worker tasks that run messages one after another, so that a message does not pay for
-//! a task of its own (an allocation, and registering and removing a task, per message).
+//! Worker tasks that take fetched deliveries from one queue and run them one after
+//! another, so that a message pays for no task of its own and, while the queue holds
+//! work, for no wake-up either: a worker that finished a message takes the next itself.
 //!
-//! A worker is spawned when a message finds none idle; a worker that finished a message
-//! waits for the next. There are never more workers than the concurrency: a worker is busy
-//! only while it holds a concurrency slot, and it is back among the idle ones before it
-//! frees its slot. At most [`MAX_IDLE`] wait at a time (the others end), so that a burst
-//! under a high concurrency limit does not keep its workers for as long as serving lasts.
-//!
-//! A message reaches an idle worker through the worker's mailbox: one slot under a lock
-//! and a [`Notify`]. A channel would do, but tokio's write each message into the next
-//! slot of a 32-slot block, a new block (and new cache lines) every 32 messages, and lock
-//! the channel's semaphore when the worker takes a message; the mailbox reuses one slot.
+//! There are never more workers than the concurrency, and a worker runs one message at a
+//! time: that is the concurrency bound. Workers are started (spawned, or woken when idle)
+//! one at a time: when deliveries are queued and no started worker has come for them
+//! yet, one more is started, and each one that comes starts the next while work is left.
+//! A burst of quick messages is run by the few workers it takes, not by one woken per
+//! message; slow ones soon have every worker busy. At most [`MAX_IDLE`] wait idle (the
+//! others end), so that a burst under a high concurrency limit does not keep its workers
+//! for as long as serving lasts.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -24,126 +24,190 @@ use crate::Receiver;
 /// How many idle workers wait for messages at most.
 const MAX_IDLE: usize = 256;
 
-/// A message for a worker: a delivery that holds a concurrency slot.
-type Job<T> = Delivery<T>;
-
-pub(super) struct Workers<S: Source, R> {
-    dispatch: Arc<Dispatch<S, R>>,
-    /// The concurrency slots: each job holds one, which its worker frees.
-    slots: Arc<Slots>,
-    idle: Mutex<Idle<S::Token>>,
+/// The queue of fetched deliveries and the workers' states, apart from the receiver (so
+/// that the engine can count what is queued without knowing it).
+pub(super) struct Pool<T> {
+    limit: usize,
+    shared: Mutex<Shared<T>>,
 }
 
-struct Idle<T> {
+struct Shared<T> {
+    /// Fetched, not started, in the order fetched.
+    queue: VecDeque<Delivery<T>>,
+    /// The idle workers' wake-up signals, the last idle first (its memory is warmest).
+    idle: Vec<Arc<Notify>>,
+    /// Worker tasks alive.
+    workers: usize,
+    /// Workers started (spawned or woken) that have not come for a delivery yet.
+    coming: usize,
     /// Serving ended: workers stop instead of waiting.
     closed: bool,
-    /// The mailboxes of the idle workers.
-    workers: Vec<Arc<Mailbox<Job<T>>>>,
 }
 
-/// How a worker is given its next message (`J`).
-struct Mailbox<J> {
-    slot: Mutex<Slot<J>>,
-    ready: Notify,
+/// A worker to start.
+enum Start {
+    Spawn,
+    Wake(Arc<Notify>),
 }
 
-enum Slot<J> {
-    /// Nothing for the worker yet.
-    Empty,
-    /// A message to run.
-    Job(J),
-    /// Serving ended: stop.
+/// What a worker does next.
+enum Next<T> {
+    Run(Delivery<T>),
+    Wait,
     Stop,
-    /// The worker is gone (its task was dropped): nothing must be left here.
+}
+
+impl<T> Pool<T> {
+    pub(super) fn new(limit: usize) -> Self {
+        Pool {
+            limit,
+            shared: Mutex::new(Shared {
+                queue: VecDeque::new(),
+                idle: Vec::new(),
+                workers: 0,
+                coming: 0,
+                closed: false,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared<T>> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many deliveries wait for a worker.
+    pub(super) fn queued(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    /// Takes every delivery that waits for a worker (serving stops).
+    pub(super) fn take_queued(&self) -> VecDeque<Delivery<T>> {
+        std::mem::take(&mut self.lock().queue)
+    }
+
+    /// Queues `deliveries`; the worker to start for them, if one is needed.
+    fn push(&self, deliveries: impl Iterator<Item = Delivery<T>>) -> Option<Start> {
+        let mut shared = self.lock();
+        shared.queue.extend(deliveries);
+        if shared.queue.is_empty() {
+            return None;
+        }
+        shared.start(self.limit)
+    }
+
+    /// The next delivery for a worker (`arrived`: it was just started), or that it waits or
+    /// stops; and a worker to start when work is left.
+    fn next(&self, arrived: bool, signal: &Arc<Notify>) -> (Next<T>, Option<Start>) {
+        let mut shared = self.lock();
+        if arrived {
+            shared.coming -= 1;
+        }
+        if let Some(delivery) = shared.queue.pop_front() {
+            let start = if shared.queue.is_empty() {
+                None
+            } else {
+                shared.start(self.limit)
+            };
+            return (Next::Run(delivery), start);
+        }
+        if shared.closed || shared.idle.len() >= MAX_IDLE {
+            shared.workers -= 1;
+            return (Next::Stop, None);
+        }
+        shared.idle.push(signal.clone());
+        (Next::Wait, None)
+    }
+}
+
+impl<T> Shared<T> {
+    /// One more worker for the queue, unless one is on its way already or every worker is
+    /// busy (each comes back for the queue when its message is done).
+    fn start(&mut self, limit: usize) -> Option<Start> {
+        if self.coming > 0 {
+            return None;
+        }
+        let start = match self.idle.pop() {
+            Some(signal) => Start::Wake(signal),
+            None if self.workers < limit => {
+                self.workers += 1;
+                Start::Spawn
+            }
+            None => return None,
+        };
+        self.coming += 1;
+        Some(start)
+    }
+}
+
+/// Where a worker is, for [`Leaving`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Started, not come for a delivery yet: counted in [`Shared::coming`].
+    Coming,
+    Running,
+    /// Idle, or taken out of the idle ones to be started (then counted as coming).
+    Waiting,
+    /// Counted itself out.
     Gone,
 }
 
-impl<J> Mailbox<J> {
-    fn new() -> Self {
-        Mailbox {
-            slot: Mutex::new(Slot::Empty),
-            ready: Notify::new(),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Slot<J>> {
-        self.slot.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Leaves `job` for the worker; hands it back if the worker is gone.
-    fn give(&self, job: J) -> Result<(), J> {
-        {
-            let mut slot = self.lock();
-            if matches!(*slot, Slot::Gone) {
-                return Err(job);
-            }
-            *slot = Slot::Job(job);
-        }
-        // Stores a permit when the worker is not waiting yet: no wake-up is lost.
-        self.ready.notify_one();
-        Ok(())
-    }
-
-    fn stop(&self) {
-        {
-            let mut slot = self.lock();
-            if matches!(*slot, Slot::Gone) {
-                return;
-            }
-            *slot = Slot::Stop;
-        }
-        self.ready.notify_one();
-    }
-
-    /// The next message, or `None` once told to stop.
-    async fn next(&self) -> Option<J> {
-        loop {
-            match std::mem::replace(&mut *self.lock(), Slot::Empty) {
-                Slot::Job(job) => return Some(job),
-                Slot::Stop | Slot::Gone => return None,
-                Slot::Empty => {}
-            }
-            self.ready.notified().await;
-        }
-    }
+/// Takes a worker out of the pool when its task ends however it ends (a runtime shutting
+/// down drops tasks mid-await), so that no wake-up is sent to it and the counts stay true.
+struct Leaving<'a, T> {
+    pool: &'a Pool<T>,
+    signal: Arc<Notify>,
+    state: State,
 }
 
-/// Marks a worker's mailbox gone when the worker's task ends, however it ends (a runtime
-/// shutting down drops tasks mid-await), so that no message is left in it; the slot of a
-/// message given just before is freed.
-struct Leaving<'a, J> {
-    mailbox: Arc<Mailbox<J>>,
-    slots: &'a Slots,
-}
-
-impl<J> Drop for Leaving<'_, J> {
+impl<T> Drop for Leaving<'_, T> {
     fn drop(&mut self) {
-        let left = std::mem::replace(&mut *self.mailbox.lock(), Slot::Gone);
-        if matches!(left, Slot::Job(_)) {
-            self.slots.release();
+        if self.state == State::Gone {
+            return;
+        }
+        let mut shared = self.pool.lock();
+        shared.workers -= 1;
+        let was_idle = shared.idle.len();
+        shared.idle.retain(|s| !Arc::ptr_eq(s, &self.signal));
+        let coming = match self.state {
+            State::Coming => true,
+            State::Waiting => shared.idle.len() == was_idle,
+            State::Running | State::Gone => false,
+        };
+        if coming {
+            shared.coming -= 1;
         }
     }
 }
 
-/// A concurrency slot a worker holds while it runs a message: freed when dropped, so that
-/// a worker dropped mid-message (by a runtime shutting down) frees it too.
+/// A slot a worker holds while it runs a message: freed when dropped, so that a worker
+/// dropped mid-message (by a runtime shutting down) frees it too.
 struct Holding<'a>(&'a Slots);
 
 impl Drop for Holding<'_> {
     fn drop(&mut self) {
-        self.0.release();
+        self.0.release(1);
     }
 }
 
+/// The workers of one serve: the pool, and what running a message takes.
+pub(super) struct Workers<S: Source, R> {
+    dispatch: Arc<Dispatch<S, R>>,
+    pool: Arc<Pool<S::Token>>,
+    /// Each queued or running delivery holds one; a worker frees it when its message is
+    /// settled.
+    slots: Arc<Slots>,
+}
+
 impl<S: Source, R: Receiver + 'static> Workers<S, R> {
-    pub(super) fn new(dispatch: Arc<Dispatch<S, R>>, slots: Arc<Slots>) -> Arc<Self> {
+    pub(super) fn new(
+        dispatch: Arc<Dispatch<S, R>>,
+        pool: Arc<Pool<S::Token>>,
+        slots: Arc<Slots>,
+    ) -> Arc<Self> {
         Arc::new(Workers {
             dispatch,
+            pool,
             slots,
-            idle: Mutex::new(Idle {
-                closed: false,
-                workers: Vec::new(),
-            }),
         })
     }
 
@@ -151,66 +215,69 @@ impl<S: Source, R: Receiver + 'static> Workers<S, R> {
         &self.dispatch
     }
 
-    fn idle(&self) -> MutexGuard<'_, Idle<S::Token>> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    /// Queues fetched deliveries, each holding a slot the caller took, for the workers.
+    pub(super) fn run(self: &Arc<Self>, deliveries: impl Iterator<Item = Delivery<S::Token>>) {
+        if let Some(start) = self.pool.push(deliveries) {
+            self.start(start);
+        }
     }
 
-    /// Runs `delivery`, for which the caller took a slot, on an idle worker or on a new
-    /// one; the slot is freed once the delivery is settled.
-    pub(super) fn run(self: &Arc<Self>, delivery: Delivery<S::Token>) {
-        let mut job = delivery;
-        loop {
-            let Some(worker) = self.idle().workers.pop() else {
-                break;
-            };
-            match worker.give(job) {
-                Ok(()) => return,
-                // Only a worker whose task was dropped is gone: try another.
-                Err(back) => job = back,
+    fn start(self: &Arc<Self>, start: Start) {
+        match start {
+            Start::Wake(signal) => signal.notify_one(),
+            // A spawned task is dropped before its first poll only when the runtime shuts
+            // down, which ends serving too.
+            Start::Spawn => {
+                tokio::spawn(self.clone().work());
             }
         }
-        // A spawned task is dropped before its first poll only when the runtime shuts
-        // down, which ends serving too: its slot is not needed back then.
-        tokio::spawn(self.clone().work(job));
     }
 
-    /// A worker: runs `first`, then each message it is given, until serving ends.
-    async fn work(self: Arc<Self>, first: Job<S::Token>) {
-        let mailbox = Arc::new(Mailbox::new());
-        let _leaving = Leaving {
-            mailbox: mailbox.clone(),
-            slots: &self.slots,
+    /// A worker: runs queued deliveries until serving ends.
+    async fn work(self: Arc<Self>) {
+        let signal = Arc::new(Notify::new());
+        let mut me = Leaving {
+            pool: &self.pool,
+            signal: signal.clone(),
+            state: State::Coming,
         };
         let origin = self.dispatch.origin();
-        let mut delivery = first;
         loop {
-            let slot = Holding(&self.slots);
-            self.dispatch.run_message(delivery, &origin).await;
-            {
-                let mut idle = self.idle();
-                if idle.closed || idle.workers.len() >= MAX_IDLE {
+            let (next, start) = self.pool.next(me.state == State::Coming, &signal);
+            if let Some(start) = start {
+                self.start(start);
+            }
+            match next {
+                Next::Run(delivery) => {
+                    me.state = State::Running;
+                    let _slot = Holding(&self.slots);
+                    self.dispatch.run_message(delivery, &origin).await;
+                }
+                // Woken only by `start` (or `close`), which took it out of the idle ones.
+                Next::Wait => {
+                    me.state = State::Waiting;
+                    signal.notified().await;
+                    me.state = State::Coming;
+                }
+                Next::Stop => {
+                    me.state = State::Gone;
                     return;
                 }
-                idle.workers.push(mailbox.clone());
-            }
-            // Idle before the slot is free: whoever takes the slot finds this worker.
-            drop(slot);
-            match mailbox.next().await {
-                Some(next) => delivery = next,
-                None => return,
             }
         }
     }
 
-    /// Stops the idle workers, and the busy ones once they finish.
+    /// Stops the idle workers, and the busy ones once the queue is empty.
     pub(super) fn close(&self) {
-        let workers = {
-            let mut idle = self.idle();
-            idle.closed = true;
-            std::mem::take(&mut idle.workers)
+        let idle = {
+            let mut shared = self.pool.lock();
+            shared.closed = true;
+            // Each comes back as started and finds the pool closed.
+            shared.coming += shared.idle.len();
+            std::mem::take(&mut shared.idle)
         };
-        for worker in workers {
-            worker.stop();
+        for signal in idle {
+            signal.notify_one();
         }
     }
 }
@@ -218,36 +285,99 @@ impl<S: Source, R: Receiver + 'static> Workers<S, R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
-    #[tokio::test]
-    async fn a_mailbox_hands_over_jobs_and_refuses_them_once_its_worker_is_gone() {
-        let mailbox = Arc::new(Mailbox::new());
-        let slots = Slots::new(1);
-        let leaving = Leaving {
-            mailbox: mailbox.clone(),
-            slots: &slots,
+    fn deliveries(ids: std::ops::RangeInclusive<u64>) -> impl Iterator<Item = Delivery<u64>> {
+        ids.map(|id| Delivery::new(id, Bytes::new()))
+    }
+
+    fn runs(next: Next<u64>) -> Option<u64> {
+        match next {
+            Next::Run(d) => Some(d.token),
+            Next::Wait | Next::Stop => None,
+        }
+    }
+
+    #[test]
+    fn workers_are_started_one_at_a_time_while_work_is_left_and_never_past_the_limit() {
+        let pool = Pool::new(3);
+        let (a, b, c) = (
+            Arc::new(Notify::new()),
+            Arc::new(Notify::new()),
+            Arc::new(Notify::new()),
+        );
+        assert!(matches!(pool.push(deliveries(1..=4)), Some(Start::Spawn)));
+        assert!(
+            pool.push(deliveries(5..=5)).is_none(),
+            "a second worker started before the first came"
+        );
+        // A comes, takes 1 and starts B, for the work left.
+        let (next, start) = pool.next(true, &a);
+        assert_eq!(runs(next), Some(1));
+        assert!(matches!(start, Some(Start::Spawn)));
+        // A is done before B comes: it takes 2 itself, and starts nobody (B is coming).
+        let (next, start) = pool.next(false, &a);
+        assert_eq!(runs(next), Some(2));
+        assert!(start.is_none());
+        // B comes and starts C; C comes, and a fourth would pass the limit of three.
+        let (next, start) = pool.next(true, &b);
+        assert_eq!(runs(next), Some(3));
+        assert!(matches!(start, Some(Start::Spawn)));
+        let (next, start) = pool.next(true, &c);
+        assert_eq!(runs(next), Some(4));
+        assert!(start.is_none(), "a fourth worker with a limit of three");
+        let (next, _) = pool.next(false, &a);
+        assert_eq!(runs(next), Some(5));
+        // Nothing left: they go idle, and new work wakes the last one idle.
+        assert!(matches!(pool.next(false, &b).0, Next::Wait));
+        assert!(matches!(pool.next(false, &a).0, Next::Wait));
+        assert_eq!(pool.queued(), 0);
+        match pool.push(deliveries(6..=6)) {
+            Some(Start::Wake(signal)) => assert!(Arc::ptr_eq(&signal, &a)),
+            _ => panic!("an idle worker was not woken for new work"),
+        }
+        assert_eq!(pool.queued(), 1);
+        assert_eq!(runs(pool.next(true, &a).0), Some(6));
+    }
+
+    #[test]
+    fn a_worker_dropped_anywhere_leaves_the_counts_true() {
+        let pool = Pool::<u64>::new(1);
+        let leaves = |signal: &Arc<Notify>, state| {
+            drop(Leaving {
+                pool: &pool,
+                signal: signal.clone(),
+                state,
+            })
         };
-        // Given before the worker waits: the stored permit wakes it.
-        mailbox.give(1).unwrap();
-        assert_eq!(mailbox.next().await, Some(1));
-        let waiting = tokio::spawn({
-            let mailbox = mailbox.clone();
-            async move { mailbox.next().await }
-        });
-        tokio::task::yield_now().await;
-        mailbox.give(2).unwrap();
-        assert_eq!(waiting.await.unwrap(), Some(2));
-        mailbox.stop();
-        assert_eq!(mailbox.next().await, None);
-        // A job given just before the worker leaves: its slot is freed with it.
-        assert!(slots.try_take());
-        mailbox.give(9).unwrap();
-        drop(leaving);
-        assert_eq!(slots.free(), 1, "the slot of a job left in the mailbox");
+        let (a, b) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        // Dropped before it came: another is started for the work.
+        assert!(matches!(pool.push(deliveries(1..=1)), Some(Start::Spawn)));
+        leaves(&a, State::Coming);
+        assert!(matches!(pool.push(deliveries(2..=2)), Some(Start::Spawn)));
+        let (next, start) = pool.next(true, &a);
+        assert_eq!(runs(next), Some(1));
+        assert!(start.is_none(), "a second worker with a limit of one");
+        assert_eq!(runs(pool.next(false, &a).0), Some(2));
+        assert!(matches!(pool.next(false, &a).0, Next::Wait));
+        // Dropped while idle: never woken, and its place is free for a new worker.
+        leaves(&a, State::Waiting);
+        assert!(matches!(pool.push(deliveries(3..=3)), Some(Start::Spawn)));
+        assert_eq!(runs(pool.next(true, &b).0), Some(3));
+        assert!(matches!(pool.next(false, &b).0, Next::Wait));
+        // Dropped after it was woken, before it came.
+        assert!(matches!(pool.push(deliveries(4..=4)), Some(Start::Wake(_))));
+        leaves(&b, State::Waiting);
+        assert!(matches!(pool.push(deliveries(5..=5)), Some(Start::Spawn)));
+        // Dropped while running: its place is free.
+        assert_eq!(runs(pool.next(true, &a).0), Some(4));
+        leaves(&a, State::Running);
+        assert!(matches!(pool.push(deliveries(6..=6)), Some(Start::Spawn)));
+        assert_eq!(pool.queued(), 2);
+        let shared = pool.lock();
         assert_eq!(
-            mailbox.give(3),
-            Err(3),
-            "a job left for a worker that is gone"
+            (shared.workers, shared.coming, shared.idle.len()),
+            (1, 1, 0)
         );
     }
 }
