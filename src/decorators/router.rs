@@ -34,8 +34,44 @@ pub struct Router {
 #[derive(Clone)]
 struct Routes {
     key: String,
-    routes: Vec<(String, BoxReceiver)>,
+    routes: Vec<(Pattern, BoxReceiver)>,
     fallback: Option<BoxReceiver>,
+}
+
+/// A route's pattern, sorted out once when the route is added: most are a plain value or a
+/// prefix and a final `*` (`order.*`), matched without the general glob.
+#[derive(Clone)]
+struct Pattern {
+    text: String,
+    kind: Kind,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    /// No wildcard.
+    Exact,
+    /// The first `n` bytes, then a `*` that ends the pattern (the only wildcard).
+    Prefix(usize),
+    Glob,
+}
+
+impl Pattern {
+    fn new(text: String) -> Self {
+        let kind = match text.find(['*', '?']) {
+            None => Kind::Exact,
+            Some(n) if n + 1 == text.len() && text.ends_with('*') => Kind::Prefix(n),
+            Some(_) => Kind::Glob,
+        };
+        Pattern { text, kind }
+    }
+
+    fn matches(&self, value: &str) -> bool {
+        match self.kind {
+            Kind::Exact => self.text == value,
+            Kind::Prefix(n) => value.as_bytes().starts_with(&self.text.as_bytes()[..n]),
+            Kind::Glob => glob_match(&self.text, value),
+        }
+    }
 }
 
 impl fmt::Debug for Router {
@@ -44,7 +80,12 @@ impl fmt::Debug for Router {
             .field("key", &self.inner.key)
             .field(
                 "routes",
-                &self.inner.routes.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+                &self
+                    .inner
+                    .routes
+                    .iter()
+                    .map(|(p, _)| &p.text)
+                    .collect::<Vec<_>>(),
             )
             .field("fallback", &self.inner.fallback.is_some())
             .finish()
@@ -72,7 +113,7 @@ impl Router {
     pub fn route<R: Receiver + 'static>(mut self, pattern: impl Into<String>, receiver: R) -> Self {
         self.routes_mut()
             .routes
-            .push((pattern.into(), BoxReceiver::new(receiver)));
+            .push((Pattern::new(pattern.into()), BoxReceiver::new(receiver)));
         self
     }
 
@@ -90,7 +131,7 @@ impl Router {
                 routes
                     .routes
                     .iter()
-                    .find(|(pattern, _)| glob_match(pattern, v))
+                    .find(|(pattern, _)| pattern.matches(v))
                     .map(|(_, r)| r)
             })
             .or(routes.fallback.as_ref())
@@ -151,7 +192,44 @@ fn glob<T: PartialEq + Copy>(p: &[T], t: &[T], star: T, one: T) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::glob_match;
+    use super::{Pattern, glob_match};
+
+    /// A pattern sorted out as a plain value or a prefix matches as the glob does.
+    #[test]
+    fn patterns_match_as_their_glob() {
+        let patterns = [
+            "order.*",
+            "order.created",
+            "*",
+            "",
+            "a*",
+            "a**",
+            "*a",
+            "a?*",
+            "é*",
+            "a*b",
+        ];
+        let texts = [
+            "",
+            "a",
+            "ab",
+            "order.",
+            "order.created",
+            "orders",
+            "é",
+            "éa",
+            "a*",
+        ];
+        for p in patterns {
+            for t in texts {
+                assert_eq!(
+                    Pattern::new(p.to_owned()).matches(t),
+                    glob_match(p, t),
+                    "pattern {p:?} on {t:?}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn globs() {
