@@ -296,16 +296,23 @@ impl Keys {
 
     /// Claims `key` unless it is live: returns its state (`true`: done) when it is, after
     /// recording a claim expiring at `expires` when it is not.
+    #[cfg(test)]
     fn claim(&mut self, key: Fingerprint, now: u64, expires: u64) -> Option<bool> {
+        self.claim_at(key, now, expires).err()
+    }
+
+    /// [`claim`](Keys::claim), with the slot of a claim made (`Ok`) or the state of a live
+    /// key (`Err`, `true`: done).
+    fn claim_at(&mut self, key: Fingerprint, now: u64, expires: u64) -> Result<At, bool> {
         self.make_room();
         match self.current.find(key, now) {
             Ok(at) => {
                 let meta = self.current.meta(at);
                 if live(meta, now) {
-                    return Some(meta & DONE != 0);
+                    return Err(meta & DONE != 0);
                 }
                 self.put(at, key, 0, expires);
-                None
+                Ok(at)
             }
             Err(at) => {
                 // Still live in the previous generation: it moves to the current one.
@@ -314,12 +321,28 @@ impl Keys {
                     self.previous.free(old);
                     if live(meta, now) {
                         self.put(at, key, meta & DONE, meta & EXPIRY);
-                        return Some(meta & DONE != 0);
+                        return Err(meta & DONE != 0);
                     }
                 }
                 self.put(at, key, 0, expires);
-                None
+                Ok(at)
             }
+        }
+    }
+
+    /// Marks `key` done until `expires` in the slot its claim took, `at`, when the key is
+    /// still there; else (a rotation or a growth moved it) as [`complete`](Keys::complete)
+    /// does. A key is in at most one slot of the current table, so finding it at `at` is
+    /// finding it.
+    fn complete_at(&mut self, key: Fingerprint, at: At, now: u64, expires: u64) {
+        let there = self.current.0.get(at.0).is_some_and(|bucket| {
+            let slot = bucket.0[at.1];
+            slot.hash == key.hash && slot.meta != USED && slot.meta & CHECK == key.check
+        });
+        if there {
+            self.put(at, key, DONE, expires);
+        } else {
+            self.complete(key, now, expires);
         }
     }
 
@@ -430,6 +453,8 @@ pub struct MemoryClaim {
     shard: usize,
     fingerprint: Fingerprint,
     at: u64,
+    /// The slot the claim took (where completing looks first).
+    slot: At,
 }
 
 impl DedupeStore for MemoryDedupeStore {
@@ -438,14 +463,17 @@ impl DedupeStore for MemoryDedupeStore {
     async fn claim(&self, key: &str, ttl: Duration) -> Result<Claim<MemoryClaim>, Error> {
         let (shard, fingerprint) = self.locate(key);
         let now = self.now();
-        let state = self.lock(shard).claim(fingerprint, now, expiry(now, ttl));
+        let state = self
+            .lock(shard)
+            .claim_at(fingerprint, now, expiry(now, ttl));
         Ok(match state {
-            Some(true) => Claim::Done,
-            Some(false) => Claim::InProgress,
-            None => Claim::Acquired(MemoryClaim {
+            Err(true) => Claim::Done,
+            Err(false) => Claim::InProgress,
+            Ok(slot) => Claim::Acquired(MemoryClaim {
                 shard,
                 fingerprint,
                 at: now,
+                slot,
             }),
         })
     }
@@ -453,8 +481,12 @@ impl DedupeStore for MemoryDedupeStore {
     /// Done keys are remembered for `ttl` from when they were claimed (a delivery is short
     /// next to a dedupe window; this saves reading the clock twice a message).
     async fn complete(&self, claimed: MemoryClaim, ttl: Duration) -> Result<(), Error> {
-        self.lock(claimed.shard)
-            .complete(claimed.fingerprint, claimed.at, expiry(claimed.at, ttl));
+        self.lock(claimed.shard).complete_at(
+            claimed.fingerprint,
+            claimed.slot,
+            claimed.at,
+            expiry(claimed.at, ttl),
+        );
         Ok(())
     }
 
@@ -525,6 +557,37 @@ mod tests {
             "a forgotten key is claimed afresh"
         );
         assert!(k.len() <= 8);
+    }
+
+    #[test]
+    fn completing_a_claim_marks_its_key_done_even_after_its_slot_moved() {
+        let mut k = Keys::new(4);
+        let buckets = k.current.0.len() as u64;
+        let a = key(1);
+        let at = k.claim_at(a, 0, FAR).unwrap();
+        k.complete_at(a, at, 0, FAR);
+        assert_eq!(
+            k.claim(a, 0, FAR),
+            Some(true),
+            "done in the slot it claimed"
+        );
+
+        // `b` and `c` share a bucket: once a rotation moved `b` to the previous table, `c`
+        // takes `b`'s old slot in the current one.
+        let (b, c) = (in_bucket(3, buckets, 0), in_bucket(3, buckets, 1));
+        let at = k.claim_at(b, 0, FAR).unwrap();
+        for n in 10..12 {
+            assert_eq!(k.claim(key(n), 0, FAR), None);
+        }
+        assert_eq!(
+            k.claim_at(c, 0, FAR),
+            Ok(at),
+            "rotated, and c took b's slot"
+        );
+        k.complete_at(b, at, 0, FAR);
+        assert_eq!(k.claim(c, 0, FAR), Some(false), "c was marked done for b");
+        assert_eq!(k.claim(b, 0, FAR), Some(true), "b was not marked done");
+        assert_eq!(k.claim(key(10), 0, FAR), Some(false));
     }
 
     #[test]
