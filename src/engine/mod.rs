@@ -81,7 +81,8 @@ pub trait Source: Send + Sync + 'static {
     fn name(&self) -> &str;
 
     /// Appends up to `max` deliveries to `out`, waiting until at least one is available or an
-    /// internal poll interval passes (returning none is fine).
+    /// internal poll interval passes (returning none is fine). Deliveries beyond `max` are
+    /// settled with [`Settle::Release`] at once, with a warning.
     ///
     /// # Errors
     ///
