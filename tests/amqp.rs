@@ -398,6 +398,100 @@ async fn attempts_are_counted_on_a_quorum_queue_from_x_delivery_count_and_a_head
     attempts_are_counted(true, 3).await;
 }
 
+/// A broker policy on one queue, set with `rabbitmqctl` (on this machine's broker) and
+/// cleared when dropped: a queue's limits cannot be declared here, since the server declares
+/// the queue with its own arguments.
+struct Policy(String);
+
+impl Policy {
+    fn set(queue: &str, definition: &str) -> Policy {
+        let name = format!("msgio-test-{queue}");
+        let pattern = format!("^{queue}$");
+        let status = std::process::Command::new("rabbitmqctl")
+            .args(["set_policy", &name, &pattern, definition])
+            .args(["--apply-to", "queues", "--priority", "10"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("rabbitmqctl, to set a queue policy");
+        assert!(status.success(), "rabbitmqctl set_policy failed: {status}");
+        Policy(name)
+    }
+}
+
+impl Drop for Policy {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["clear_policy", &self.0])
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// A retry the queue refuses to take back (it is full and rejects publishes) is given back
+/// to the queue after a pause instead of staying unacknowledged: with one delivery at a
+/// time, the next message would otherwise never come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_the_queue_refuses_is_given_back_and_the_consumer_goes_on() {
+    use std::sync::{Arc, Mutex};
+    let Some(amqp) = connect().await else { return };
+    let fresh = Fresh::new(&amqp).await;
+    let _policy = Policy::set(
+        &fresh.queue,
+        r#"{"max-length":1,"overflow":"reject-publish"}"#,
+    );
+    let seen: Arc<Mutex<Vec<(u64, u32)>>> = Arc::default();
+    let second_queued = Arc::new(tokio::sync::Notify::new());
+    let receiver = msgio::ReceiverFunc::new({
+        let (seen, second_queued) = (seen.clone(), second_queued.clone());
+        move |ctx: Context, msg: Message| {
+            let (seen, second_queued) = (seen.clone(), second_queued.clone());
+            async move {
+                let seq: u64 = msg.attributes.get("X-Kit-Seq").unwrap().parse().unwrap();
+                seen.lock().unwrap().push((seq, ctx.attempt()));
+                if seq == 1 && ctx.attempt() == 1 {
+                    // Fail once the queue is full again, so that the retry is refused.
+                    second_queued.notified().await;
+                    return Err(Error::other("once"));
+                }
+                Ok(())
+            }
+        }
+    });
+    let server = amqp
+        .server(
+            fresh.options(),
+            ServerConfig::new().concurrency(1).prefetch(0),
+        )
+        .await
+        .unwrap();
+    let running = start(server, receiver);
+    let topic = fresh.topic();
+    topic
+        .publish(&Context::background(), seq_message(1))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while seen.lock().unwrap().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    topic
+        .publish(&Context::background(), seq_message(2))
+        .await
+        .unwrap();
+    second_queued.notify_one();
+    while seen.lock().unwrap().len() < 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    running.stop(GRACE).await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.iter().map(|&(seq, _)| seq).collect::<Vec<_>>(),
+        [1, 1, 2],
+        "deliveries (message, attempt): {seen:?}"
+    );
+    assert!(seen[1].1 >= 2, "the retry's attempt: {seen:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_delay_is_waited_out_in_a_wait_queue_while_other_messages_flow() {
     use std::sync::{Arc, Mutex};

@@ -18,7 +18,7 @@ use super::Amqp;
 use super::encoding::{self, short};
 use super::link::{self, Link, PublishError};
 use crate::engine::{Delivery, Engine, Settle, Settlement, Source};
-use crate::{Error, ServerConfig};
+use crate::{Error, ServerConfig, log};
 
 /// A queue, declared (durable by default) by [`Amqp::declare_queue`] and by every server
 /// on it, each time it connects.
@@ -364,6 +364,56 @@ impl QueueSource {
     }
 }
 
+/// The least a retry the broker refused to take back waits before it is given back to the
+/// queue, so that a queue that keeps refusing is not asked again at once, again and again.
+const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
+
+impl QueueSource {
+    /// Republishes a delivery for its next attempt, then acks it. When the broker refuses
+    /// the republication (a full queue that rejects publishes, a wait queue it would not
+    /// declare) the delivery is given back to the queue with a nack once the delay has
+    /// passed (at least [`REQUEUE_PAUSE`]): left unacknowledged it would hold a prefetch
+    /// slot until its channel closed, and enough of them would stop the consumer.
+    async fn retry(
+        &self,
+        token: &Token,
+        attempts: u32,
+        delay: Option<Duration>,
+        channel: &Channel,
+    ) -> Result<(), Error> {
+        match self.republish(token, attempts, delay).await {
+            Ok(()) => channel
+                .basic_ack(token.tag, BasicAckOptions { multiple: false })
+                .await
+                .map_err(|e| link::error("acknowledging", e)),
+            // The channel goes, and the broker gives the delivery back by itself.
+            Err(e) if e.is_connection_lost() => Err(e),
+            Err(e) => {
+                let pause = delay.unwrap_or_default().max(REQUEUE_PAUSE);
+                log::warning!(
+                    "msgio: could not republish a retry on {:?} ({e}); giving it back to the queue in {pause:?}",
+                    self.options.name
+                );
+                let (channel, tag) = (channel.clone(), token.tag);
+                tokio::spawn(async move {
+                    tokio::time::sleep(pause).await;
+                    // Fails only when the channel closed meanwhile, which gave it back.
+                    let _ = channel
+                        .basic_nack(
+                            tag,
+                            BasicNackOptions {
+                                multiple: false,
+                                requeue: true,
+                            },
+                        )
+                        .await;
+                });
+                Ok(())
+            }
+        }
+    }
+}
+
 impl Source for QueueSource {
     type Token = Token;
 
@@ -424,39 +474,33 @@ impl Source for QueueSource {
         let outcomes = futures::future::join_all(batch.iter().map(|s| {
             let (tag, channel) = (s.token.tag, &channel);
             async move {
-                let result = match &s.action {
-                    Settle::Ack => Ok(()),
+                match &s.action {
+                    Settle::Ack => channel
+                        .basic_ack(tag, BasicAckOptions { multiple: false })
+                        .await
+                        .map_err(|e| link::error("acknowledging", e)),
                     Settle::Nack { delay } => {
-                        self.republish(&s.token, s.token.attempt, *delay).await
+                        self.retry(&s.token, s.token.attempt, *delay, channel).await
                     }
                     Settle::Defer { delay } => {
-                        self.republish(&s.token, s.token.attempt.saturating_sub(1), Some(*delay))
-                            .await
+                        let attempts = s.token.attempt.saturating_sub(1);
+                        self.retry(&s.token, attempts, Some(*delay), channel).await
                     }
-                    Settle::Reject => {
-                        return channel
-                            .basic_reject(tag, BasicRejectOptions { requeue: false })
-                            .await
-                            .map_err(|e| link::error("rejecting", e));
-                    }
-                    Settle::Release => {
-                        return channel
-                            .basic_nack(
-                                tag,
-                                BasicNackOptions {
-                                    multiple: false,
-                                    requeue: true,
-                                },
-                            )
-                            .await
-                            .map_err(|e| link::error("giving back", e));
-                    }
-                };
-                result?;
-                channel
-                    .basic_ack(tag, BasicAckOptions { multiple: false })
-                    .await
-                    .map_err(|e| link::error("acknowledging", e))
+                    Settle::Reject => channel
+                        .basic_reject(tag, BasicRejectOptions { requeue: false })
+                        .await
+                        .map_err(|e| link::error("rejecting", e)),
+                    Settle::Release => channel
+                        .basic_nack(
+                            tag,
+                            BasicNackOptions {
+                                multiple: false,
+                                requeue: true,
+                            },
+                        )
+                        .await
+                        .map_err(|e| link::error("giving back", e)),
+                }
             }
         }))
         .await;
