@@ -53,7 +53,9 @@
 //!   the queue (through a wait queue when the retry has a delay) with the attempts made
 //!   so far in the `x-msgio-attempts` header, then acked: the attempt number is that count
 //!   plus one, plus `x-delivery-count` on a quorum queue or one for a redelivery (after a
-//!   consumer died) on a classic one.
+//!   consumer died) on a classic one. A retry the broker refuses to take (a full queue
+//!   that rejects publishes) is given back to the queue with a nack once its delay (at
+//!   least a second) has passed.
 //! - The server's connection is its own; it reconnects by itself with backoff after the
 //!   broker or the network failed, and when the broker cancels its consumer (the queue
 //!   was deleted: declaring it again creates it). Deliveries of the lost channel went back
