@@ -2,7 +2,7 @@
 //! amqp://guest:guest@127.0.0.1:5672/%2f). The broker restart test is in
 //! `tests/amqp_restart.rs`: it stops the shared broker, so it runs alone.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use msgio::amqp::{Amqp, AmqpTopic, ExchangeKind, QueueOptions};
 use msgio::testing::{Capabilities, Recorder, start};
@@ -427,6 +427,33 @@ impl Drop for Policy {
     }
 }
 
+/// Serves `fresh`'s queue with `receiver` and publishes message 1; returns once `seen_it`
+/// (or after [`WAIT`]) with the running server, the queue's topic and the tests' deadline.
+async fn serve_and_publish_the_first(
+    amqp: &Amqp,
+    fresh: &Fresh,
+    config: ServerConfig,
+    receiver: impl msgio::Receiver + 'static,
+    seen_it: impl Fn() -> bool,
+) -> (
+    msgio::testing::Running<msgio::amqp::AmqpServer>,
+    AmqpTopic,
+    Instant,
+) {
+    let server = amqp.server(fresh.options(), config).await.unwrap();
+    let running = start(server, receiver);
+    let topic = fresh.topic();
+    topic
+        .publish(&Context::background(), seq_message(1))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !seen_it() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (running, topic, deadline)
+}
+
 /// A retry the queue refuses to take back (it is full and rejects publishes) is given back
 /// to the queue after a pause instead of staying unacknowledged: with one delivery at a
 /// time, the next message would otherwise never come.
@@ -457,29 +484,18 @@ async fn a_retry_the_queue_refuses_is_given_back_and_the_consumer_goes_on() {
             }
         }
     });
-    let server = amqp
-        .server(
-            fresh.options(),
-            ServerConfig::new().concurrency(1).prefetch(0),
-        )
-        .await
-        .unwrap();
-    let running = start(server, receiver);
-    let topic = fresh.topic();
-    topic
-        .publish(&Context::background(), seq_message(1))
-        .await
-        .unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    while seen.lock().unwrap().is_empty() && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let config = ServerConfig::new().concurrency(1).prefetch(0);
+    let (running, topic, deadline) =
+        serve_and_publish_the_first(&amqp, &fresh, config, receiver, || {
+            !seen.lock().unwrap().is_empty()
+        })
+        .await;
     topic
         .publish(&Context::background(), seq_message(2))
         .await
         .unwrap();
     second_queued.notify_one();
-    while seen.lock().unwrap().len() < 3 && std::time::Instant::now() < deadline {
+    while seen.lock().unwrap().len() < 3 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     running.stop(GRACE).await.unwrap();
@@ -495,7 +511,6 @@ async fn a_retry_the_queue_refuses_is_given_back_and_the_consumer_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_delay_is_waited_out_in_a_wait_queue_while_other_messages_flow() {
     use std::sync::{Arc, Mutex};
-    use std::time::Instant;
     const DELAY: Duration = Duration::from_millis(700);
     let Some(amqp) = connect().await else { return };
     let fresh = Fresh::new(&amqp).await;
@@ -512,20 +527,11 @@ async fn a_retry_delay_is_waited_out_in_a_wait_queue_while_other_messages_flow()
             Ok(())
         }
     });
-    let server = amqp
-        .server(fresh.options(), ServerConfig::new())
-        .await
-        .unwrap();
-    let running = start(server, receiver);
-    let topic = fresh.topic();
-    topic
-        .publish(&Context::background(), seq_message(1))
-        .await
-        .unwrap();
-    let deadline = Instant::now() + WAIT;
-    while seen.lock().unwrap().is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (running, topic, deadline) =
+        serve_and_publish_the_first(&amqp, &fresh, ServerConfig::new(), receiver, || {
+            !seen.lock().unwrap().is_empty()
+        })
+        .await;
     topic
         .publish(&Context::background(), seq_message(2))
         .await
