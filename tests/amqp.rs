@@ -427,31 +427,38 @@ impl Drop for Policy {
     }
 }
 
-/// Serves `fresh`'s queue with `receiver` and publishes message 1; returns once `seen_it`
-/// (or after [`WAIT`]) with the running server, the queue's topic and the tests' deadline.
-async fn serve_and_publish_the_first(
+/// Serves `fresh`'s queue with `receiver`, publishes message 1 and, once the receiver saw
+/// it, message 2; then calls `then` and waits until three deliveries were seen (or
+/// [`WAIT`] passed). Returns the running server.
+async fn serve_two_messages<T>(
     amqp: &Amqp,
     fresh: &Fresh,
     config: ServerConfig,
     receiver: impl msgio::Receiver + 'static,
-    seen_it: impl Fn() -> bool,
-) -> (
-    msgio::testing::Running<msgio::amqp::AmqpServer>,
-    AmqpTopic,
-    Instant,
-) {
+    seen: &std::sync::Mutex<Vec<T>>,
+    then: impl FnOnce(),
+) -> msgio::testing::Running<msgio::amqp::AmqpServer> {
     let server = amqp.server(fresh.options(), config).await.unwrap();
     let running = start(server, receiver);
     let topic = fresh.topic();
-    topic
-        .publish(&Context::background(), seq_message(1))
-        .await
-        .unwrap();
     let deadline = Instant::now() + WAIT;
-    while !seen_it() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let seen_at_least = |n: usize| async move {
+        while seen.lock().unwrap().len() < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    for seq in [1, 2] {
+        topic
+            .publish(&Context::background(), seq_message(seq))
+            .await
+            .unwrap();
+        if seq == 1 {
+            seen_at_least(1).await;
+        }
     }
-    (running, topic, deadline)
+    then();
+    seen_at_least(3).await;
+    running
 }
 
 /// A retry the queue refuses to take back (it is full and rejects publishes) is given back
@@ -485,19 +492,10 @@ async fn a_retry_the_queue_refuses_is_given_back_and_the_consumer_goes_on() {
         }
     });
     let config = ServerConfig::new().concurrency(1).prefetch(0);
-    let (running, topic, deadline) =
-        serve_and_publish_the_first(&amqp, &fresh, config, receiver, || {
-            !seen.lock().unwrap().is_empty()
-        })
-        .await;
-    topic
-        .publish(&Context::background(), seq_message(2))
-        .await
-        .unwrap();
-    second_queued.notify_one();
-    while seen.lock().unwrap().len() < 3 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let running = serve_two_messages(&amqp, &fresh, config, receiver, &seen, || {
+        second_queued.notify_one()
+    })
+    .await;
     running.stop(GRACE).await.unwrap();
     let seen = seen.lock().unwrap().clone();
     assert_eq!(
@@ -527,18 +525,8 @@ async fn a_retry_delay_is_waited_out_in_a_wait_queue_while_other_messages_flow()
             Ok(())
         }
     });
-    let (running, topic, deadline) =
-        serve_and_publish_the_first(&amqp, &fresh, ServerConfig::new(), receiver, || {
-            !seen.lock().unwrap().is_empty()
-        })
-        .await;
-    topic
-        .publish(&Context::background(), seq_message(2))
-        .await
-        .unwrap();
-    while seen.lock().unwrap().len() < 3 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let config = ServerConfig::new();
+    let running = serve_two_messages(&amqp, &fresh, config, receiver, &seen, || {}).await;
     running.stop(GRACE).await.unwrap();
     let seen = seen.lock().unwrap().clone();
     let order: Vec<(u64, u32)> = seen.iter().map(|&(s, a, _)| (s, a)).collect();
