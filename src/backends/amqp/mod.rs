@@ -218,25 +218,10 @@ impl Amqp {
     /// [`Error::InvalidConfig`] for a name longer than 255 bytes; [`Error::Other`] when the
     /// broker refuses (a missing queue or exchange).
     pub async fn bind(&self, queue: &str, exchange: &str, routing_key: &str) -> Result<(), Error> {
-        let (q, x, k) = (
-            short("queue", queue)?,
-            short("exchange", exchange)?,
-            short("routing_key", routing_key)?,
-        );
         self.link
-            .declare(|channel| async move {
-                channel
-                    .queue_bind(q, x, k, Default::default(), FieldTable::default())
-                    .await
-                    .map_err(|e| {
-                        link::error(
-                            format!(
-                                "binding the queue {queue:?} to the exchange {exchange:?} with {routing_key:?}"
-                            ),
-                            e,
-                        )
-                    })
-            })
+            .declare(
+                |channel| async move { server::bind(&channel, queue, exchange, routing_key).await },
+            )
             .await
     }
 

@@ -155,27 +155,35 @@ impl QueueOptions {
             .await
             .map_err(|e| link::error(format!("declaring the queue {:?}", self.name), e))?;
         for (exchange, key) in &self.bindings {
-            channel
-                .queue_bind(
-                    short("queue", &self.name)?,
-                    short("exchange", exchange)?,
-                    short("routing_key", key)?,
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|e| {
-                    link::error(
-                        format!(
-                            "binding the queue {:?} to the exchange {exchange:?} with {key:?}",
-                            self.name
-                        ),
-                        e,
-                    )
-                })?;
+            bind(channel, &self.name, exchange, key).await?;
         }
         Ok(())
     }
+}
+
+/// Binds `queue` to `exchange` with `key` on `channel`, naming all three when the broker
+/// refuses.
+pub(super) async fn bind(
+    channel: &Channel,
+    queue: &str,
+    exchange: &str,
+    key: &str,
+) -> Result<(), Error> {
+    channel
+        .queue_bind(
+            short("queue", queue)?,
+            short("exchange", exchange)?,
+            short("routing_key", key)?,
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| {
+            link::error(
+                format!("binding the queue {queue:?} to the exchange {exchange:?} with {key:?}"),
+                e,
+            )
+        })
 }
 
 /// A server consuming a RabbitMQ queue, built on the delivery engine (see the
