@@ -14,7 +14,10 @@ use crate::Error;
 /// optional deadline, the facts of the delivery (message id, attempt number, source) and typed
 /// values (go's `context.Context`).
 ///
-/// A server hands each receiver a context that is cancelled when a shutdown deadline passes.
+/// A server hands each receiver a context of its own, cancelled when the server's shutdown
+/// deadline passes. As in Go, where a callee cannot cancel its caller's context, a receiver
+/// that calls [`cancel`](Context::cancel) on it cancels that message's context (and what was
+/// derived from it) only: never the server, and never another message's context.
 /// Contexts are cheap to clone; clones share the cancellation signal.
 ///
 /// # Examples
@@ -57,6 +60,13 @@ pub(crate) struct Origin {
 impl Origin {
     pub(crate) fn new(token: CancellationToken, source: Option<Arc<str>>) -> Arc<Self> {
         Arc::new(Origin { token, source })
+    }
+
+    /// Whether a context made from this origin may have been cancelled, or may still be
+    /// (a clone of it outlived the message it was made for): then it must not be handed to
+    /// another message, whose context would be cancelled with it.
+    pub(crate) fn is_spent(self: &Arc<Self>) -> bool {
+        Arc::strong_count(self) > 1 || self.token.is_cancelled()
     }
 }
 

@@ -615,3 +615,28 @@ async fn panics_are_failures_wherever_safe_receiver_sits() {
     );
     assert_eq!(dlq.len(), 1);
 }
+
+#[tokio::test]
+async fn a_group_member_that_cancels_its_context_and_crashes_hands_on_a_live_one() {
+    let cancelled_at_second = Arc::new(AtomicBool::new(false));
+    let c = cancelled_at_second.clone();
+    let group = ConsumerGroup::new(Routing::RoundRobin)
+        .member(ReceiverFunc::new(|ctx: Context, _: Message| async move {
+            ctx.cancel();
+            panic!("crashed after cancelling its context");
+        }))
+        .member(ReceiverFunc::new(move |ctx: Context, _: Message| {
+            c.store(ctx.is_cancelled(), Ordering::SeqCst);
+            async { Ok(()) }
+        }));
+    let ctx = Context::background();
+    group.receive(ctx.clone(), Message::new("x")).await.unwrap();
+    assert!(
+        !cancelled_at_second.load(Ordering::SeqCst),
+        "the re-routed member got the context the crashed one cancelled"
+    );
+    assert!(
+        !ctx.is_cancelled(),
+        "a member cancelled its caller's context"
+    );
+}

@@ -217,8 +217,11 @@ impl Receiver for ConsumerGroup {
                     .take()
                     .expect("a message without a kept body is tried once"),
             };
+            // A context of its own, so that a member that cancels it and then crashes does
+            // not hand the next member a cancelled one.
+            let member_ctx = if n > 1 { ctx.child() } else { ctx.clone() };
             member.in_flight.fetch_add(1, Ordering::Relaxed);
-            let result = catch_panic(|| member.receiver.receive(ctx.clone(), this)).await;
+            let result = catch_panic(|| member.receiver.receive(member_ctx, this)).await;
             member.in_flight.fetch_sub(1, Ordering::Relaxed);
             match result {
                 Err(Error::Panicked { message }) => {

@@ -382,8 +382,14 @@ impl<S: Source, R: Receiver> Dispatch<S, R> {
 
     /// What the contexts of the messages a worker runs share: each worker makes its own,
     /// so that the count of its references stays in its core's cache.
+    ///
+    /// Its token is a child of the engine's: the shutdown deadline cancels it, while a
+    /// receiver that cancels its context cancels only this token, never the engine's (a
+    /// callee cannot cancel its caller). A worker makes a new origin after a message whose
+    /// context was cancelled or outlived it ([`Origin::is_spent`]), so that cancelling one
+    /// message's context never reaches another's.
     pub(super) fn origin(&self) -> Arc<Origin> {
-        Origin::new(self.cancel.clone(), Some(self.name.clone()))
+        Origin::new(self.cancel.child_token(), Some(self.name.clone()))
     }
 
     /// Runs one delivery to its settlement, with contexts sharing `origin`.
@@ -518,7 +524,8 @@ impl<S: Source, R: Receiver> Dispatch<S, R> {
             Some(&self.name),
             message_id.as_ref(),
         );
-        let ctx = Context::with_cancellation_token(self.abort.clone());
+        // A child: a dead-letter topic that cancels its context must not abort the server.
+        let ctx = Context::with_cancellation_token(self.abort.child_token());
         match topic.publish(&ctx, letter).await {
             Ok(()) => Settle::Ack,
             Err(e) => {

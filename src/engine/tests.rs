@@ -1089,3 +1089,84 @@ async fn messages_run_on_at_most_concurrency_tasks_and_none_outlives_serving() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_context_kept_past_its_message_and_cancelled_later_cancels_no_other() {
+    // One worker runs every message; the first message's context is kept and cancelled
+    // only after its message was settled.
+    let source = Scripted::with(vec![
+        Step::Deliver(vec![1]),
+        Step::Deliver(vec![2]),
+        Step::Deliver(vec![3]),
+        Step::Deliver(vec![4]),
+    ]);
+    let engine = Engine::new(source.clone(), fast().concurrency(1)).unwrap();
+    let kept = Arc::new(Mutex::new(None::<Context>));
+    let cancelled_seen = Arc::new(Mutex::new(Vec::new()));
+    let (k, c) = (kept.clone(), cancelled_seen.clone());
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(move |ctx: Context, msg: Message| {
+            let (k, c) = (k.clone(), c.clone());
+            async move {
+                let id = msg.attributes.get("X-Id").unwrap_or("").to_owned();
+                if ctx.is_cancelled() {
+                    c.lock().unwrap().push(id.clone());
+                }
+                if id == "1" {
+                    *k.lock().unwrap() = Some(ctx);
+                } else if let Some(kept) = k.lock().unwrap().take() {
+                    kept.cancel();
+                    assert!(kept.is_cancelled());
+                }
+                Ok(())
+            }
+        }),
+    );
+    eventually("all four settled", || source.settled().len() == 4).await;
+    assert!(
+        cancelled_seen.lock().unwrap().is_empty(),
+        "messages {:?} got a context another message's receiver cancelled",
+        cancelled_seen.lock().unwrap()
+    );
+    assert!(source.settled().iter().all(|(_, s)| *s == Settle::Ack));
+    stop(&engine, task).await;
+}
+
+#[cfg(feature = "mem")]
+#[tokio::test]
+async fn a_dead_letter_topic_that_cancels_its_context_does_not_abort_the_server() {
+    use crate::Topic;
+    let source = Scripted::with(vec![Step::Deliver(vec![1]), Step::Deliver(vec![2])]);
+    let dlq = crate::mem::MemQueue::named("dlq", 16).unwrap();
+    let inner = dlq.topic();
+    let topic = TopicFunc::new(move |ctx: &Context| {
+        let writer = inner.new_writer(ctx);
+        ctx.cancel();
+        writer
+    });
+    let engine = Engine::new(source.clone(), fast().dead_letter(topic)).unwrap();
+    let gate = Arc::new(Notify::new());
+    let g = gate.clone();
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(move |ctx: Context, msg: Message| {
+            let g = g.clone();
+            async move {
+                if msg.attributes.get("X-Id") == Some("1") {
+                    return Err(Error::reject("poison"));
+                }
+                g.notified().await;
+                if ctx.is_cancelled() {
+                    return Err(Error::other("cancelled"));
+                }
+                Ok(())
+            }
+        }),
+    );
+    eventually("message 1 settled", || !source.settled().is_empty()).await;
+    gate.notify_one();
+    eventually("message 2 settled", || source.settled().len() == 2).await;
+    assert_eq!(source.settled()[1], (2, Settle::Ack));
+    stop(&engine, task).await;
+}

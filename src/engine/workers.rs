@@ -241,7 +241,7 @@ impl<S: Source, R: Receiver + 'static> Workers<S, R> {
             signal: signal.clone(),
             state: State::Coming,
         };
-        let origin = self.dispatch.origin();
+        let mut origin = self.dispatch.origin();
         loop {
             let (next, start) = self.pool.next(me.state == State::Coming, &signal);
             if let Some(start) = start {
@@ -252,6 +252,9 @@ impl<S: Source, R: Receiver + 'static> Workers<S, R> {
                     me.state = State::Running;
                     let _slot = Holding(&self.slots);
                     self.dispatch.run_message(delivery, &origin).await;
+                    if origin.is_spent() {
+                        origin = self.dispatch.origin();
+                    }
                 }
                 // Woken only by `start` (or `close`), which took it out of the idle ones.
                 Next::Wait => {

@@ -81,6 +81,10 @@ pub(crate) const ALL: &[Case] = &[
         needs: always,
     },
     Case {
+        name: "receiver_cancels_only_its_own_context",
+        needs: always,
+    },
+    Case {
         name: "serve_twice_and_after_shutdown",
         needs: always,
     },
@@ -146,6 +150,9 @@ async fn dispatch<T: Transport>(name: &str, t: &T, caps: &Capabilities) -> Resul
         "concurrency_limit" => concurrency_limit(t, &dest).await,
         "shutdown_drains_in_flight" => shutdown_drains_in_flight(t, &dest).await,
         "shutdown_deadline_cancels_context" => shutdown_deadline_cancels_context(t, &dest).await,
+        "receiver_cancels_only_its_own_context" => {
+            receiver_cancels_only_its_own_context(t, &dest).await
+        }
         "serve_twice_and_after_shutdown" => serve_twice_and_after_shutdown(t, &dest).await,
         "closed_writer" => closed_writer(t, &dest).await,
         "cancelled_context_publishes_nothing" => {
@@ -558,6 +565,97 @@ async fn shutdown_deadline_cancels_context<T: Transport>(
         "the receiver's context was not cancelled at the deadline"
     );
     running.join().await?
+}
+
+/// A receiver that cancels its own context cancels nothing else: the next 100 messages get
+/// contexts that are not cancelled, and a later graceful shutdown still waits for the
+/// message in flight (as in Go, a callee cannot cancel its caller's context).
+async fn receiver_cancels_only_its_own_context<T: Transport>(
+    t: &T,
+    dest: &T::Destination,
+) -> Result<(), String> {
+    const MORE: u64 = 100;
+    let topic = topic(t, dest).await?;
+    let (started, gate, finished) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(Notify::new()),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let recorder = Recorder::new();
+    let came_cancelled = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let receiver = {
+        let (started, gate, finished) = (started.clone(), gate.clone(), finished.clone());
+        let (recorder, came_cancelled) = (recorder.clone(), came_cancelled.clone());
+        ReceiverFunc::new(move |ctx: Context, msg: Message| {
+            let (started, gate, finished) = (started.clone(), gate.clone(), finished.clone());
+            let (recorder, came_cancelled) = (recorder.clone(), came_cancelled.clone());
+            async move {
+                let seq: Option<u64> = msg.attributes.get(SEQ).and_then(|s| s.parse().ok());
+                if ctx.is_cancelled() {
+                    came_cancelled
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(seq);
+                }
+                match seq {
+                    Some(0) => ctx.cancel(),
+                    Some(MORE) => {
+                        started.store(true, Ordering::SeqCst);
+                        gate.notified().await;
+                        finished.store(!ctx.is_cancelled(), Ordering::SeqCst);
+                    }
+                    _ => {}
+                }
+                recorder.receive(ctx, msg).await
+            }
+        })
+    };
+    let running = start(server(t, dest, ServerConfig::new()).await?, receiver);
+    publish_seq(&topic, 0, "cancels its context", &Attributes::new()).await?;
+    recorder.wait_for(1, patience()).await?;
+    for seq in 1..MORE {
+        publish_seq(&topic, seq, "after", &Attributes::new()).await?;
+    }
+    let all = recorder
+        .wait_until(&format!("{MORE} messages"), patience(), |r| {
+            seqs(r).len() == MORE as usize
+        })
+        .await;
+    if let Err(e) = all {
+        running.stop(GRACE).await?;
+        return Err(e);
+    }
+    let failed = came_cancelled
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    ensure!(
+        failed.is_empty(),
+        "after a receiver cancelled its own context, messages {failed:?} came with a cancelled context"
+    );
+    // A graceful shutdown still waits for the message in flight.
+    publish_seq(&topic, MORE, "in flight at shutdown", &Attributes::new()).await?;
+    until("the last receiver started", &started).await?;
+    let server = running.server.clone();
+    let shutdown = tokio::spawn(async move { server.shutdown(Duration::from_secs(30)).await });
+    tokio::time::sleep(QUIET).await;
+    let early = shutdown.is_finished();
+    gate.notify_one();
+    let shutdown = tokio::time::timeout(patience(), shutdown)
+        .await
+        .map_err(|_| "shutdown did not return after the receiver finished".to_owned())?
+        .map_err(|e| format!("shutdown task failed: {e}"))?;
+    running.join().await??;
+    ensure!(
+        !early,
+        "shutdown did not wait for the message in flight after a receiver cancelled its context"
+    );
+    ensure!(shutdown.is_ok(), "shutdown returned {shutdown:?}");
+    ensure!(
+        finished.load(Ordering::SeqCst),
+        "the context of the message in flight was cancelled during a graceful shutdown"
+    );
+    Ok(())
 }
 
 async fn serve_twice_and_after_shutdown<T: Transport>(
