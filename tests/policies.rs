@@ -640,3 +640,89 @@ async fn a_group_member_that_cancels_its_context_and_crashes_hands_on_a_live_one
         "a member cancelled its caller's context"
     );
 }
+
+/// Serves one message with `receiver` on a queue of its own under `config`, and returns the
+/// dead letter that reached `dlq`.
+async fn dead_letter_of<R: Receiver + 'static>(
+    receiver: R,
+    config: ServerConfig,
+    dlq: &msgio::mem::MemQueue,
+) -> msgio::testing::Received {
+    let queue = msgio::mem::MemQueue::named("orders", 16).unwrap();
+    let server = queue.server(config).unwrap();
+    let serving = server.clone();
+    let task = tokio::spawn(async move { serving.serve(receiver).await });
+    queue
+        .topic()
+        .publish(&Context::background(), Message::new("fails"))
+        .await
+        .unwrap();
+    eventually("the dead letter", || dlq.len() == 1).await;
+    server.shutdown(Duration::from_secs(5)).await.unwrap();
+    task.await.unwrap().unwrap_err();
+    let letters = Recorder::new();
+    let dlq_server = dlq.server(ServerConfig::new()).unwrap();
+    let serving = dlq_server.clone();
+    let l = letters.clone();
+    let task = tokio::spawn(async move { serving.serve(l).await });
+    let got = letters.wait_for(1, Duration::from_secs(10)).await.unwrap();
+    dlq_server.shutdown(Duration::from_secs(5)).await.unwrap();
+    task.await.unwrap().unwrap_err();
+    got[0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_retry_and_dead_letter_decide_alike_and_give_one_reason() {
+    let failing =
+        || ReceiverFunc::new(|_: Context, _: Message| async { Err(Error::other("always fails")) });
+    let expected = "attempt 3 of 3 failed: always fails";
+
+    let dlq = msgio::mem::MemQueue::named("dead", 16).unwrap();
+    let config = ServerConfig::new().max_attempts(3).dead_letter(dlq.topic());
+    let by_engine = dead_letter_of(failing(), config, &dlq).await;
+
+    let dlq = msgio::mem::MemQueue::named("dead", 16).unwrap();
+    let config = ServerConfig::new()
+        .unlimited_attempts()
+        .dead_letter(dlq.topic());
+    let by_retry = dead_letter_of(Retry::new(failing(), fast_backoff(), 3), config, &dlq).await;
+
+    let dlq = msgio::mem::MemQueue::named("dead", 16).unwrap();
+    let config = ServerConfig::new().unlimited_attempts();
+    let receiver = DeadLetter::new(failing(), dlq.topic()).max_attempts(3);
+    let by_decorator = dead_letter_of(receiver, config, &dlq).await;
+
+    for (who, letter) in [
+        ("the engine", &by_engine),
+        ("Retry", &by_retry),
+        ("DeadLetter", &by_decorator),
+    ] {
+        assert_eq!(
+            letter.attributes.get(keys::DEAD_LETTER_REASON),
+            Some(expected),
+            "the reason {who} gave"
+        );
+        assert_eq!(letter.attributes.get(keys::ATTEMPTS), Some("3"), "{who}");
+        assert_eq!(letter.body, "fails", "{who}");
+    }
+
+    // A reject is given up at once, with its own reason, by all three.
+    let rejecting =
+        || ReceiverFunc::new(|_: Context, _: Message| async { Err(Error::reject("poison")) });
+    let dlq = msgio::mem::MemQueue::named("dead", 16).unwrap();
+    let config = ServerConfig::new().max_attempts(3).dead_letter(dlq.topic());
+    let by_engine = dead_letter_of(rejecting(), config, &dlq).await;
+    let dlq = msgio::mem::MemQueue::named("dead", 16).unwrap();
+    let config = ServerConfig::new().dead_letter(dlq.topic());
+    let by_retry = dead_letter_of(Retry::new(rejecting(), fast_backoff(), 3), config, &dlq).await;
+    let dlq = msgio::mem::MemQueue::named("dead", 16).unwrap();
+    let receiver = DeadLetter::new(rejecting(), dlq.topic()).max_attempts(3);
+    let by_decorator = dead_letter_of(receiver, ServerConfig::new(), &dlq).await;
+    for letter in [&by_engine, &by_retry, &by_decorator] {
+        assert_eq!(
+            letter.attributes.get(keys::DEAD_LETTER_REASON),
+            Some("poison")
+        );
+        assert_eq!(letter.attributes.get(keys::ATTEMPTS), Some("1"));
+    }
+}

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::dead_letter::{Fate, fate};
 use crate::receiver::catch_panic;
 use crate::{BoxTopic, Context, Error, Message, Receiver, Topic};
 
@@ -86,14 +87,14 @@ impl<R: Receiver> Receiver for DeadLetter<R> {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
-        let last = self.max_attempts.is_some_and(|max| attempt >= max);
-        if !error.is_reject() && !last {
-            return Err(error);
-        }
+        let reason = match fate(&error, attempt, self.max_attempts) {
+            Fate::Retry(_) => return Err(error),
+            Fate::GiveUp(reason) => reason,
+        };
         let letter = crate::dead_letter::message(
             attributes,
             body,
-            &crate::dead_letter::reason(&error),
+            &reason,
             attempt,
             source.as_deref(),
             id.as_ref(),

@@ -4,6 +4,7 @@ use std::future::Future;
 
 use futures::FutureExt;
 
+use crate::dead_letter::{Fate, fate};
 use crate::receiver::catch_panic;
 use crate::{Backoff, Context, Error, Message, Receiver};
 
@@ -68,18 +69,15 @@ impl<R: Receiver> Receiver for Retry<R> {
         let (backoff, max_attempts) = (self.backoff, self.max_attempts);
         // A panic is a failure like any other here, wherever SafeReceiver sits. A plain
         // map, not an async fn: this future is no larger than the inner one.
-        catch_panic(|| self.inner.receive(ctx, msg)).map(move |result| match result {
-            Ok(()) => Ok(()),
-            Err(e) if e.is_reject() => Err(e),
-            Err(e) if attempt >= max_attempts => Err(Error::reject(format!(
-                "attempt {attempt} of {max_attempts} failed: {e}"
-            ))),
-            Err(e) => {
-                let delay = e
-                    .retry_delay()
-                    .unwrap_or_else(|| backoff.delay_for(attempt));
-                Err(Error::retry_after(delay, e))
-            }
+        catch_panic(|| self.inner.receive(ctx, msg)).map(move |result| {
+            result.map_err(|e| match fate(&e, attempt, Some(max_attempts)) {
+                // Rejects pass through untouched.
+                Fate::GiveUp(_) if e.is_reject() => e,
+                Fate::GiveUp(reason) => Error::reject(reason),
+                // A delay the inner receiver asked for itself wins.
+                Fate::Retry(Some(_)) => e,
+                Fate::Retry(None) => Error::retry_after(backoff.delay_for(attempt), e),
+            })
         })
     }
 }

@@ -15,6 +15,7 @@ use super::workers::{Pool, Workers};
 use super::{Delivery, Health, HealthState, ServerConfig, Settle, Settlement, Source};
 use crate::backoff::Delays;
 use crate::context::Origin;
+use crate::dead_letter::Fate;
 use crate::receiver::catch_panic;
 use crate::{
     Attributes, BoxTopic, Context, Error, Message, MessageId, Receiver, Server, Topic, keys, log,
@@ -453,14 +454,9 @@ impl<S: Source, R: Receiver> Dispatch<S, R> {
             Ok(()) => return Settle::Ack,
             Err(e) => e,
         };
-        let reason = if error.is_reject() {
-            crate::dead_letter::reason(&error)
-        } else if let Some(max) = self.max_attempts.filter(|max| attempt >= *max) {
-            format!("attempt {attempt} of {max} failed: {error}")
-        } else {
-            return Settle::Nack {
-                delay: error.retry_delay(),
-            };
+        let reason = match crate::dead_letter::fate(&error, attempt, self.max_attempts) {
+            Fate::Retry(delay) => return Settle::Nack { delay },
+            Fate::GiveUp(reason) => reason,
         };
         self.give_up(reason, message_id, attempt, kept).await
     }
