@@ -268,6 +268,15 @@ async fn round_trip<T: Transport>(
                 "attribute {key:?} with the {what} body: sent {sent:?}, got {came:?}"
             );
         }
+        let added: Vec<_> = got
+            .attributes
+            .keys()
+            .filter(|k| !attrs.contains(k) && *k != SEQ)
+            .collect();
+        ensure!(
+            added.is_empty(),
+            "the {what} body arrived with attributes nobody set: {added:?}"
+        );
     }
     Ok(())
 }
@@ -929,6 +938,21 @@ async fn dead_letter_after_max_attempts<T: Transport>(
             .find(|r| r.seq() == Some(1))
             .ok_or("the exhausted message was not dead-lettered")?;
         ensure!(letter.body == body, "the dead-lettered body changed");
+        let expected_keys: BTreeSet<&str> = [
+            "X-Multi",
+            SEQ,
+            keys::DEAD_LETTER_REASON,
+            keys::ATTEMPTS,
+            keys::SOURCE,
+            keys::MESSAGE_ID,
+        ]
+        .into();
+        let letter_keys: BTreeSet<&str> = letter.attributes.keys().collect();
+        let added: Vec<_> = letter_keys.difference(&expected_keys).collect();
+        ensure!(
+            added.is_empty(),
+            "the dead letter arrived with attributes nobody set: {added:?}"
+        );
         let multi: Vec<_> = letter.attributes.get_all("X-Multi").collect();
         ensure!(
             multi == ["a", "b"],

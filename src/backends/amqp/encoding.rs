@@ -6,10 +6,12 @@
 //!   timestamp that is not a number) is a header.
 //! - A header holds a string for a one-valued attribute and an array of strings for a
 //!   multi-valued one.
-//! - A message without a one-valued `Message-Id` gets a generated one (16 hex digits): on
-//!   delivery it is the context's message id and the `Message-Id` attribute.
-//! - `x-msgio-attempts` (the attempts made before a republication) is the adapter's own
-//!   header, never an attribute.
+//! - A message without a one-valued `Message-Id` gets a generated one (16 hex digits) in the
+//!   message id property, marked by the `x-msgio-generated-id` header: on delivery it is
+//!   the context's message id, and not an attribute (the message arrives with the
+//!   attributes it was published with).
+//! - `x-msgio-attempts` (the attempts made before a republication) and
+//!   `x-msgio-generated-id` are the adapter's own headers, never attributes.
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
@@ -18,6 +20,8 @@ use crate::{Attributes, Error};
 
 /// The header counting the attempts made before a message was republished (for a retry).
 pub(super) const ATTEMPTS_HEADER: &str = "x-msgio-attempts";
+/// Marks a message id property the topic generated, rather than one the message had.
+const GENERATED_ID_HEADER: &str = "x-msgio-generated-id";
 /// Headers RabbitMQ adds when dead-lettering (through a wait queue, say): its bookkeeping,
 /// not the message's.
 const BROKER_HEADERS: [&str; 7] = [
@@ -98,9 +102,13 @@ pub(super) fn properties(attributes: &Attributes) -> Result<BasicProperties, Err
         };
         headers.insert(name, value);
     }
+    let message_id = message_id.unwrap_or_else(|| {
+        headers.insert(GENERATED_ID_HEADER.into(), AMQPValue::Boolean(true));
+        crate::random::hex().into()
+    });
     let mut props = BasicProperties::default()
         .with_delivery_mode(2)
-        .with_message_id(message_id.unwrap_or_else(|| crate::random::hex().into()));
+        .with_message_id(message_id);
     if let Some(v) = content_type {
         props = props.with_content_type(v);
     }
@@ -139,11 +147,12 @@ pub(super) fn decode(props: &BasicProperties) -> Decoded {
         attributes.set(CONTENT_ENCODING, v.as_str());
     }
     if let Some(v) = props.message_id() {
-        // A multi-valued Message-Id travelled as a header (the property was generated).
+        // A generated id is not an attribute (and a multi-valued Message-Id travelled as
+        // a header, beside a generated property).
         if !props
             .headers()
             .as_ref()
-            .is_some_and(|h| h.contains_key(MESSAGE_ID))
+            .is_some_and(|h| h.contains_key(GENERATED_ID_HEADER) || h.contains_key(MESSAGE_ID))
         {
             attributes.set(MESSAGE_ID, v.as_str());
         }
@@ -165,7 +174,7 @@ pub(super) fn decode(props: &BasicProperties) -> Decoded {
             decoded.delivery_count = number(value);
             continue;
         }
-        if BROKER_HEADERS.contains(&name) {
+        if BROKER_HEADERS.contains(&name) || name == GENERATED_ID_HEADER {
             continue;
         }
         match value {
@@ -346,11 +355,17 @@ mod tests {
     }
 
     #[test]
-    fn a_message_without_an_id_gets_one_of_its_own() {
-        let a = decode(&properties(&Attributes::new()).unwrap());
+    fn a_message_without_an_id_gets_one_of_its_own_that_is_not_an_attribute() {
+        let mut attrs = Attributes::new();
+        attrs.set("X-Tag", "a");
+        let a = decode(&properties(&attrs).unwrap());
         let b = decode(&properties(&Attributes::new()).unwrap());
         assert_eq!(a.message_id.as_ref().map(String::len), Some(16));
         assert_ne!(a.message_id, b.message_id);
-        assert_eq!(a.attributes.get("Message-Id"), a.message_id.as_deref());
+        assert_same(&a.attributes, &attrs);
+        assert!(b.attributes.is_empty(), "{:?}", b.attributes);
+        // Republished (a retry), the id and the attributes stay as they were.
+        let again = decode(&for_republish(&properties(&attrs).unwrap(), 1));
+        assert_same(&again.attributes, &attrs);
     }
 }
