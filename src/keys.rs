@@ -26,3 +26,9 @@ pub const MESSAGE_ID: &str = "X-Msgio-Message-Id";
 /// [`engine::stamp_not_before`](crate::engine::stamp_not_before)), and the engine defers a
 /// delivery that arrives early, as a nack with a delay that counts no attempt.
 pub const NOT_BEFORE: &str = "X-Msgio-Not-Before";
+
+/// The header block of a delivery whose headers could not be decoded, exactly as it came
+/// from the broker, in standard base64: such a delivery is dead-lettered (never handed to
+/// a receiver) with the headers that could be read, this attribute and the reason. Set by
+/// the NATS transport.
+pub const RAW_HEADERS: &str = "X-Msgio-Raw-Headers";

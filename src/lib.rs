@@ -94,6 +94,7 @@
 mod macros;
 
 mod attributes;
+mod b64;
 mod backoff;
 mod context;
 mod dead_letter;

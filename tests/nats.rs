@@ -463,3 +463,227 @@ async fn a_poison_message_is_dead_lettered_to_a_subject_with_the_reason() {
     assert_eq!(letter.attributes.get(msgio::keys::ATTEMPTS), Some("3"));
     assert_eq!(failing.count(), 3);
 }
+
+/// A client of its own on a plain TCP socket, to publish what no client library would:
+/// header blocks that break the protocol.
+struct RawPublisher {
+    stream: tokio::net::TcpStream,
+}
+
+impl RawPublisher {
+    async fn connect() -> RawPublisher {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let url = url();
+        let addr = url
+            .rsplit('@')
+            .next()
+            .unwrap()
+            .trim_start_matches("nats://")
+            .to_owned();
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut reader = tokio::io::BufReader::new(stream);
+        let mut info = String::new();
+        reader.read_line(&mut info).await.unwrap();
+        assert!(info.starts_with("INFO"), "{info}");
+        let mut stream = reader.into_inner();
+        stream
+            .write_all(b"CONNECT {\"verbose\":false,\"headers\":true}\r\n")
+            .await
+            .unwrap();
+        RawPublisher { stream }
+    }
+
+    /// Publishes `headers` (the whole block, as bytes) and `payload` on `subject`.
+    async fn hpub(&mut self, subject: &str, headers: &[u8], payload: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let mut frame = format!(
+            "HPUB {subject} {} {}\r\n",
+            headers.len(),
+            headers.len() + payload.len()
+        )
+        .into_bytes();
+        frame.extend_from_slice(headers);
+        frame.extend_from_slice(payload);
+        frame.extend_from_slice(b"\r\n");
+        self.stream.write_all(&frame).await.unwrap();
+    }
+
+    /// Waits until the server has read everything sent so far.
+    async fn flush(&mut self) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.stream.write_all(b"PING\r\n").await.unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 256];
+        while !String::from_utf8_lossy(&seen).contains("PONG") {
+            let n = self.stream.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "the server closed the raw connection: {:?}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            !String::from_utf8_lossy(&seen).contains("-ERR"),
+            "{:?}",
+            String::from_utf8_lossy(&seen)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_messages_with_unreadable_headers_are_dead_lettered_and_the_rest_flow() {
+    let Some(nats) = connect().await else { return };
+    let fresh = Fresh::new(&nats).await;
+    let dead = Fresh::new(&nats).await;
+    nats.ensure_stream(&fresh.options()).await.unwrap();
+    nats.ensure_stream(&dead.options()).await.unwrap();
+    let subject = format!("{}.t", fresh.stream);
+    let not_utf8: &[u8] = b"NATS/1.0\r\nX-Kit-Seq: 101\r\nX-Bad: \xff\xfe\r\n\r\n";
+    let no_colon: &[u8] = b"NATS/1.0\r\nX-Kit-Seq: 102\r\nthis line has no colon\r\n\r\n";
+    let mut raw = RawPublisher::connect().await;
+    raw.hpub(&subject, b"NATS/1.0\r\nX-Kit-Seq: 1\r\n\r\n", b"good 1")
+        .await;
+    raw.hpub(&subject, not_utf8, b"bad 1").await;
+    raw.hpub(&subject, b"NATS/1.0\r\nX-Kit-Seq: 2\r\n\r\n", b"good 2")
+        .await;
+    raw.hpub(&subject, no_colon, b"bad 2").await;
+    raw.hpub(
+        &subject,
+        b"NATS/1.0\r\nX-Kit-Seq: 3\r\nx-multi: 1\r\nX-MULTI: 2\r\nX-Multi: 3\r\nx-mULTI: 4\r\n\r\n",
+        b"good 3",
+    )
+    .await;
+    raw.flush().await;
+
+    let recorder = Recorder::new();
+    let server = nats
+        .server(
+            fresh
+                .options()
+                .dead_letter_subject(format!("{}.letters", dead.stream)),
+            // Every message in one fetch, with the bad ones among them.
+            ServerConfig::new().concurrency(8),
+        )
+        .await
+        .unwrap();
+    let running = start(server, recorder.clone());
+    let letters = Recorder::new();
+    let reader = nats
+        .server(dead.options(), ServerConfig::new())
+        .await
+        .unwrap();
+    let reading = start(reader, letters.clone());
+    let got = recorder
+        .wait_until("the three good messages", WAIT, |r| r.len() >= 3)
+        .await;
+    let dead_letters = letters.wait_for(2, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    running.stop(GRACE).await.unwrap();
+    reading.stop(GRACE).await.unwrap();
+    let got = got.unwrap();
+    let mut seqs: Vec<u64> = got.iter().filter_map(|r| r.seq()).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, [1, 2, 3], "each good message once, and no bad one");
+    let third = got.iter().find(|r| r.seq() == Some(3)).unwrap();
+    assert_eq!(
+        third.attributes.get_all("X-Multi").collect::<Vec<_>>(),
+        ["1", "2", "3", "4"],
+        "one header in different cases keeps its wire order"
+    );
+    let dead_letters = dead_letters.unwrap();
+    assert_eq!(dead_letters.len(), 2, "{dead_letters:?}");
+    for (letter, block, body) in [
+        (
+            dead_letters.iter().find(|l| l.body == "bad 1"),
+            not_utf8,
+            "bad 1",
+        ),
+        (
+            dead_letters.iter().find(|l| l.body == "bad 2"),
+            no_colon,
+            "bad 2",
+        ),
+    ] {
+        let letter = letter.unwrap_or_else(|| panic!("no dead letter for {body}"));
+        let reason = letter
+            .attributes
+            .get(msgio::keys::DEAD_LETTER_REASON)
+            .unwrap();
+        assert!(reason.contains("NATS headers"), "{reason}");
+        let raw = letter.attributes.get(msgio::keys::RAW_HEADERS).unwrap();
+        assert_eq!(raw, base64_of(block), "the raw header block, kept");
+        assert!(letter.seq().is_some(), "what could be read is kept");
+    }
+}
+
+/// Standard base64, for comparing with what the dead letter keeps.
+fn base64_of(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            out.push(if i <= chunk.len() {
+                A[((n >> shift) & 63) as usize] as char
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_a_header_cannot_carry_are_refused_by_name_not_a_panic() {
+    use futures::io::AsyncWriteExt;
+    use msgio::MessageWriter;
+    let Some(nats) = connect().await else { return };
+    let fresh = Fresh::new(&nats).await;
+    nats.ensure_stream(&fresh.options()).await.unwrap();
+    let topic = fresh.topic();
+    // Go's canonical-key table has üser-agenT; a tab and DEL are control characters.
+    for key in [
+        "üser-agenT",
+        "x\ttab",
+        "x\u{7f}del",
+        "with space",
+        "Nats-Msg-Id",
+    ] {
+        let mut writer = topic.new_writer(&Context::background()).unwrap();
+        writer.attributes_mut().set(key, "v");
+        writer.write_all(b"body").await.unwrap();
+        let err = msgio::Error::from(writer.close().await.unwrap_err());
+        assert!(
+            matches!(&err, Error::InvalidAttribute { key: k, .. } if k == key),
+            "{key:?}: {err:?}"
+        );
+    }
+    let mut msg = Message::new("x");
+    msg.attributes.set("X-Padded", " value ");
+    let err = topic
+        .publish(&Context::background(), msg)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("X-Padded"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_servers_max_payload_fails_at_publish_saying_so() {
+    let Some(nats) = connect().await else { return };
+    let fresh = Fresh::new(&nats).await;
+    nats.ensure_stream(&fresh.options()).await.unwrap();
+    // nats-server's max_payload is 1 MiB unless configured otherwise.
+    let err = fresh
+        .topic()
+        .publish(&Context::background(), Message::new(vec![0u8; 2 << 20]))
+        .await
+        .unwrap_err();
+    assert!(!err.is_connection_lost(), "{err:?}");
+    assert!(err.to_string().contains("max_payload"), "{err}");
+}

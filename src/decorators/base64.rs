@@ -24,6 +24,7 @@ use std::task::{Context as TaskContext, Poll, ready};
 use futures::io::{AsyncRead, AsyncWrite};
 
 use super::codec::{Codec, DecodeReceiver, EncodeTopic};
+use crate::b64::{ALPHABET, encode_group};
 use crate::{Body, Error, MessageWriter};
 
 /// The base64 codec (standard alphabet, padded).
@@ -62,23 +63,8 @@ impl Codec for Base64 {
     }
 }
 
-const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
 /// Input bytes encoded per write, at most (4 KiB of output).
 const CHUNK: usize = 3 * 1024;
-
-fn encode_group(group: &[u8], out: &mut Vec<u8>) {
-    let b = [
-        group[0],
-        group.get(1).copied().unwrap_or(0),
-        group.get(2).copied().unwrap_or(0),
-    ];
-    let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-    let chars = [18, 12, 6, 0].map(|shift| ALPHABET[((n >> shift) & 63) as usize]);
-    let keep = group.len() + 1;
-    out.extend_from_slice(&chars[..keep]);
-    out.extend(std::iter::repeat_n(b'=', 4 - keep));
-}
 
 /// An `AsyncWrite` that base64-encodes into another writer, streaming.
 #[derive(Debug)]

@@ -11,20 +11,59 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOpti
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 
+use lapin::uri::AMQPUri;
+
 use crate::Error;
+use crate::redact::Credentials;
 
 /// How long connecting may take before it counts as a failure.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Connects to `url` (shown as `shown` in errors).
-pub(super) async fn connect(url: &str, shown: &str, name: &str) -> Result<Connection, Error> {
+/// Where to connect: the URL parsed without its credentials, which are set in the parsed
+/// form, so that lapin never holds a URL with a password in it.
+#[derive(Clone)]
+pub(super) struct Target {
+    uri: AMQPUri,
+    credentials: Credentials,
+}
+
+impl Target {
+    /// Parses `url` (`amqp://user:password@host:port/vhost`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for a URL lapin cannot read, without its password.
+    pub(super) fn parse(url: &str) -> Result<Self, Error> {
+        let credentials = Credentials::split("amqp url", url)?;
+        let mut uri: AMQPUri = credentials.bare.parse().map_err(|e: String| {
+            Error::invalid_config(
+                "amqp url",
+                format!("{}: {}", credentials.shown, credentials.scrub(&e)),
+            )
+        })?;
+        if let Some(user) = &credentials.user {
+            uri.authority.userinfo.username = user.clone();
+            uri.authority.userinfo.password = credentials.password.clone().unwrap_or_default();
+        }
+        Ok(Target { uri, credentials })
+    }
+
+    /// The URL as it may be shown.
+    pub(super) fn shown(&self) -> &str {
+        &self.credentials.shown
+    }
+}
+
+/// Connects to `target`.
+pub(super) async fn connect(target: &Target, name: &str) -> Result<Connection, Error> {
+    let shown = target.shown();
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties)).await {
+    let connect = Connection::connect_uri(target.uri.clone(), properties);
+    match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
         Ok(Ok(connection)) => Ok(connection),
-        // lapin quotes a URL it cannot parse whole: show it without its password.
         Ok(Err(e)) => Err(Error::connection_lost(format!(
             "cannot connect to RabbitMQ at {shown}: {}",
-            e.to_string().replace(url, shown)
+            target.credentials.scrub(&e.to_string())
         ))),
         Err(_) => Err(Error::connection_lost(format!(
             "cannot connect to RabbitMQ at {shown}: no answer in {CONNECT_TIMEOUT:?}"
@@ -62,8 +101,7 @@ pub(super) enum PublishError {
 }
 
 pub(super) struct Link {
-    url: String,
-    shown: String,
+    target: Target,
     /// The publishing channel (confirm mode), cloned by each publication.
     channel: Mutex<Option<Channel>>,
     /// The connection, and the lock that makes one task at a time remake it.
@@ -74,27 +112,28 @@ pub(super) struct Link {
 
 impl fmt::Debug for Link {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Link").field("url", &self.shown).finish()
+        f.debug_struct("Link")
+            .field("url", &self.target.shown())
+            .finish()
     }
 }
 
 impl Link {
-    pub(super) fn new(url: String, shown: String, connection: Connection) -> Self {
+    pub(super) fn new(target: Target, connection: Connection) -> Self {
         Link {
-            url,
-            shown,
+            target,
             channel: Mutex::new(None),
             connection: tokio::sync::Mutex::new(Some(connection)),
             waits: Mutex::new(HashMap::new()),
         }
     }
 
-    pub(super) fn url(&self) -> &str {
-        &self.url
+    pub(super) fn target(&self) -> &Target {
+        &self.target
     }
 
     pub(super) fn shown(&self) -> &str {
-        &self.shown
+        self.target.shown()
     }
 
     /// The publishing channel, remade (with the connection, when that is lost too) after a
@@ -107,11 +146,11 @@ impl Link {
         if let Some(channel) = self.current() {
             return Ok(channel);
         }
-        let connection = Self::alive(&mut connection, &self.url, &self.shown).await?;
+        let connection = Self::alive(&mut connection, &self.target).await?;
         let channel = connection
             .create_channel()
             .await
-            .map_err(|e| error(format!("opening a channel on {}", self.shown), e))?;
+            .map_err(|e| error(format!("opening a channel on {}", self.shown()), e))?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
@@ -128,11 +167,10 @@ impl Link {
     /// The connection in `slot`, made again when it is gone.
     async fn alive<'a>(
         slot: &'a mut Option<Connection>,
-        url: &str,
-        shown: &str,
+        target: &Target,
     ) -> Result<&'a Connection, Error> {
         if !slot.as_ref().is_some_and(|c| c.status().connected()) {
-            *slot = Some(connect(url, shown, "msgio").await?);
+            *slot = Some(connect(target, "msgio").await?);
         }
         Ok(slot.as_ref().expect("just made"))
     }
@@ -142,11 +180,11 @@ impl Link {
     /// [`Link::declare`].
     async fn scratch(&self) -> Result<Channel, Error> {
         let mut connection = self.connection.lock().await;
-        let connection = Self::alive(&mut connection, &self.url, &self.shown).await?;
+        let connection = Self::alive(&mut connection, &self.target).await?;
         connection
             .create_channel()
             .await
-            .map_err(|e| error(format!("opening a channel on {}", self.shown), e))
+            .map_err(|e| error(format!("opening a channel on {}", self.shown()), e))
     }
 
     /// Runs `declare` on a channel of its own, then closes the channel.

@@ -117,10 +117,10 @@ impl Amqp {
     /// [`Error::ConnectionLost`] when the broker does not answer or refuses the login (the
     /// password never shows).
     pub async fn connect(url: &str) -> Result<Self, Error> {
-        let shown = crate::redact::url(url);
-        let connection = link::connect(url, &shown, "msgio").await?;
+        let target = link::Target::parse(url)?;
+        let connection = link::connect(&target, "msgio").await?;
         Ok(Amqp {
-            link: Arc::new(Link::new(url.to_owned(), shown, connection)),
+            link: Arc::new(Link::new(target, connection)),
         })
     }
 

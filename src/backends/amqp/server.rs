@@ -288,8 +288,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 impl QueueSource {
     /// Connects, declares the queue and starts consuming with the prefetch count.
     async fn consume(&self) -> Result<Consuming, Error> {
-        let connection =
-            link::connect(self.link.url(), self.link.shown(), "msgio consumer").await?;
+        let connection = link::connect(self.link.target(), "msgio consumer").await?;
         let channel = connection
             .create_channel()
             .await

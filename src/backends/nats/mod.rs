@@ -26,13 +26,31 @@
 //! # Mapping
 //!
 //! - Attributes are NATS headers, one header value per attribute value (multi-valued
-//!   attributes stay multi-valued). A value a header cannot carry (a line break) is an
-//!   [`Error::InvalidAttribute`] naming the key.
+//!   attributes stay multi-valued, in order). What a header cannot carry is an
+//!   [`Error::InvalidAttribute`] naming the key, at publish: a name that is not printable
+//!   ASCII or holds a space or a colon, a value with a line break, a value that starts or
+//!   ends with whitespace (readers trim it), and `Nats-Msg-Id` (see below).
 //! - `Nats-Msg-Id` comes from the [`idempotency attribute`](NatsTopic::msg_id_attribute)
 //!   (`Idempotency-Key` by default) or is generated, so the stream's duplicate window drops
-//!   a message published twice.
+//!   a message published twice. It is not an attribute on delivery.
+//! - Headers are read in wire order under their canonical keys (a foreign publisher's
+//!   `x-multi: 1` and `X-MULTI: 2` arrive as `X-Multi: [1, 2]`), as Go's `textproto`
+//!   reads them.
+//! - A message whose header block breaks the protocol (published by another client: bytes
+//!   that are not UTF-8, a line without a colon) does not stop the server: it is
+//!   dead-lettered, never handed to the receiver, with the headers that could be read, its
+//!   whole header block in [`keys::RAW_HEADERS`](crate::keys::RAW_HEADERS) (base64), its
+//!   body and the reason; without a dead-letter topic it is terminated, with a warning.
+//!   (The server pulls on a connection of its own that reads the protocol itself, for
+//!   this: the client library drops its connection on such a message.)
 //! - A writer's close returns once the stream acknowledged the message; concurrent writers
 //!   keep their acknowledgements in flight together.
+//! - A message (headers and body) must fit the server's `max_payload`, 1 MiB unless the
+//!   server is configured otherwise. A larger one fails at publish, not at delivery, with
+//!   an error that says so: `a message to "orders.created" is larger than the NATS
+//!   server's max_payload: max payload size exceeded: Payload size limit of 1048576
+//!   exceeded by message size of 2097211`. Keep large bodies elsewhere (an object store)
+//!   and publish a reference, or raise `max_payload` on the server.
 //! - [`set_delay`](crate::MessageWriter::set_delay): NATS 2.9 cannot schedule a message, so
 //!   the topic records when it is due ([`keys::NOT_BEFORE`](crate::keys::NOT_BEFORE)) and
 //!   the server, on a delivery that arrives early, naks it with the rest of the delay.
@@ -43,16 +61,30 @@
 //!   in-progress signals every half ack wait while a receiver still runs. The attempt is
 //!   the delivery count. Dead letters go to [`ServerConfig::dead_letter`] (a [`NatsTopic`]
 //!   on a dead-letter subject, say).
+//!
+//! # Connecting
+//!
+//! [`Nats::connect`] takes `nats://[user:password@]host[:port]` or
+//! `nats://token@host[:port]` (several servers separated by commas). The credentials are
+//! taken out of the URL and handed to the client as options, so that neither msgio nor the
+//! client library shows them in `Debug`, errors or logs. The server's pull connection does
+//! not speak TLS yet: a server that requires it is refused with
+//! [`Error::InvalidConfig`] when a [`NatsServer`] first fetches.
 
+mod encoding;
+mod pull;
 mod server;
 mod topic;
+mod wire;
 
 use std::fmt;
 
 pub use server::{ConsumerOptions, NatsServer};
 pub use topic::{NatsPublisher, NatsTopic, NatsWriter};
 
+use crate::redact::Credentials;
 use crate::{Error, ServerConfig};
+use pull::{Auth, Endpoint};
 
 /// A connection to NATS with JetStream: makes [`NatsTopic`]s and [`NatsServer`]s. Cloning
 /// shares the connection, which reconnects by itself.
@@ -60,41 +92,54 @@ use crate::{Error, ServerConfig};
 pub struct Nats {
     client: async_nats::Client,
     jetstream: async_nats::jetstream::Context,
-    url: String,
+    endpoint: Endpoint,
 }
 
 impl fmt::Debug for Nats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Nats").field("url", &self.url).finish()
+        f.debug_struct("Nats")
+            .field("url", &self.endpoint.shown)
+            .finish()
     }
 }
 
 impl Nats {
-    /// Connects to the NATS server at `url` (`nats://[user:password@]host:port`).
+    /// Connects to the NATS server at `url`: `nats://[user:password@]host[:port]`, or
+    /// `nats://token@host[:port]`; several servers separated by commas. A user name or
+    /// password holding `/`, `?`, `#` or `@` must be percent-encoded. The credentials are
+    /// handed to the client as options, never inside a URL it may log.
+    ///
+    /// The server's pull connection does not speak TLS yet: a `tls://` URL, or a server
+    /// that requires TLS, is refused when the server first fetches.
     ///
     /// # Errors
     ///
-    /// [`Error::ConnectionLost`] when the server does not answer (the password never
-    /// shows).
+    /// [`Error::InvalidConfig`] for a URL that cannot be read; [`Error::ConnectionLost`]
+    /// when the server does not answer. Neither shows the password or the token.
     pub async fn connect(url: &str) -> Result<Self, Error> {
-        let shown = crate::redact::url(url);
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(std::time::Duration::from_secs(5))
-            .connect(url)
-            .await
-            .map_err(|e| {
-                Error::connection_lost(format!("cannot connect to NATS at {shown}: {e}"))
-            })?;
+        let (endpoint, addrs) = endpoint(url)?;
+        let mut options =
+            async_nats::ConnectOptions::new().connection_timeout(std::time::Duration::from_secs(5));
+        match &endpoint.auth {
+            Auth::None => {}
+            Auth::UserPassword { user, password } => {
+                options = options.user_and_password(user.clone(), password.clone());
+            }
+            Auth::Token(token) => options = options.token(token.clone()),
+        }
+        let client = options.connect(addrs).await.map_err(|e| {
+            Error::connection_lost(format!("cannot connect to NATS at {}: {e}", endpoint.shown))
+        })?;
         Ok(Nats {
             jetstream: async_nats::jetstream::new(client.clone()),
             client,
-            url: shown,
+            endpoint,
         })
     }
 
-    /// The URL connected to, password hidden.
+    /// The URL connected to, password or token hidden.
     pub fn url(&self) -> &str {
-        &self.url
+        &self.endpoint.shown
     }
 
     /// A topic publishing to `subject` (which a stream must capture).
@@ -140,5 +185,71 @@ impl Nats {
             .await
             .map(drop)
             .map_err(Error::other)
+    }
+}
+
+/// Where `url` points and how to log in, and the servers as the client takes them.
+fn endpoint(url: &str) -> Result<(Endpoint, Vec<async_nats::ServerAddr>), Error> {
+    let shown: Vec<String> = url.split(',').map(crate::redact::url).collect();
+    let shown = shown.join(",");
+    let mut auth = Auth::None;
+    let mut servers = Vec::new();
+    let mut addrs = Vec::new();
+    for part in url.split(',').map(str::trim) {
+        let part = if part.contains("://") {
+            part.to_owned()
+        } else {
+            format!("nats://{part}")
+        };
+        let credentials = Credentials::split("nats url", &part)?;
+        let addr: async_nats::ServerAddr =
+            credentials.bare.parse().map_err(|e: std::io::Error| {
+                Error::invalid_config(
+                    "nats url",
+                    format!(
+                        "{}: {}",
+                        credentials.shown,
+                        credentials.scrub(&e.to_string())
+                    ),
+                )
+            })?;
+        match (credentials.user, credentials.password) {
+            (Some(user), Some(password)) => auth = Auth::UserPassword { user, password },
+            (Some(token), None) => auth = Auth::Token(token),
+            _ => {}
+        }
+        servers.push(format!("{}:{}", addr.host(), addr.port()));
+        addrs.push(addr);
+    }
+    Ok((
+        Endpoint {
+            servers,
+            auth,
+            shown,
+        },
+        addrs,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_leave_the_url_and_are_decoded() {
+        let (e, addrs) = endpoint("nats://u%2Fser:p%3Fa%23ss%40@127.0.0.1:4222").unwrap();
+        assert!(
+            matches!(&e.auth, Auth::UserPassword { user, password } if user == "u/ser" && password == "p?a#ss@")
+        );
+        assert_eq!(e.servers, ["127.0.0.1:4222"]);
+        assert_eq!(e.shown, "nats://u%2Fser:***@127.0.0.1:4222");
+        assert!(!format!("{addrs:?}").contains("p%3F"), "{addrs:?}");
+        let (e, _) = endpoint("nats://s3cr3t@127.0.0.1:4222").unwrap();
+        assert!(matches!(&e.auth, Auth::Token(t) if t == "s3cr3t"));
+        assert_eq!(e.shown, "nats://***@127.0.0.1:4222");
+        let (e, _) = endpoint("nats://a:4222, b:5222").unwrap();
+        assert_eq!(e.servers, ["a:4222", "b:5222"]);
+        let err = endpoint("nats://u:pa/ss@host").unwrap_err().to_string();
+        assert!(!err.contains("pa/ss"), "{err}");
     }
 }

@@ -5,13 +5,16 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer, stream};
+use std::collections::VecDeque;
+
+use async_nats::jetstream::{consumer, stream};
 use bytes::Bytes;
-use futures::StreamExt;
 
 use super::Nats;
+use super::pull::{Endpoint, Incoming, PullConnection};
+use super::wire;
 use crate::engine::{Delivery, Engine, Settle, Settlement, Source};
-use crate::{Attributes, Error, ServerConfig, log};
+use crate::{Error, ServerConfig, log};
 
 /// The stream and the durable pull consumer a [`NatsServer`] reads, created when missing.
 #[derive(Clone, Debug)]
@@ -158,7 +161,7 @@ impl NatsServer {
             }
         }
         let stream = ensure_stream(nats, &options).await?;
-        let consumer: consumer::PullConsumer = stream
+        let _consumer: consumer::PullConsumer = stream
             .get_or_create_consumer(
                 &options.durable,
                 consumer::pull::Config {
@@ -171,15 +174,18 @@ impl NatsServer {
             )
             .await
             .map_err(|e| Error::other(format!("consumer {:?}: {e}", options.durable)))?;
-        let batch = config.get_concurrency() + config.prefetch_or_default();
+        let next_subject = format!(
+            "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
+            options.stream, options.durable
+        );
         Ok(NatsServer {
             engine: Engine::new(
                 ConsumerSource {
                     name: options.stream.clone(),
-                    consumer,
-                    batch,
+                    endpoint: nats.endpoint.clone(),
+                    next_subject,
                     ack_wait: options.ack_wait,
-                    messages: tokio::sync::Mutex::new(None),
+                    pull: tokio::sync::Mutex::new(Pulled::default()),
                     in_flight: Arc::new(Mutex::new(HashMap::new())),
                     progress: Mutex::new(None),
                     client: nats.client.clone(),
@@ -210,9 +216,9 @@ pub(super) async fn ensure_stream(
         .map_err(|e| Error::other(format!("stream {:?}: {e}", options.stream)))
 }
 
-/// A delivery's token: the message, to acknowledge it through its reply subject.
+/// A delivery's token: where to acknowledge it.
 pub(super) struct Token {
-    message: jetstream::Message,
+    reply: async_nats::Subject,
     seq: u64,
 }
 
@@ -224,110 +230,205 @@ impl fmt::Debug for Token {
 
 pub(super) struct ConsumerSource {
     name: String,
-    consumer: consumer::PullConsumer,
-    /// Messages asked for at once (concurrency plus prefetch).
-    batch: usize,
+    endpoint: Endpoint,
+    /// `$JS.API.CONSUMER.MSG.NEXT.<stream>.<durable>`.
+    next_subject: String,
     ack_wait: Duration,
-    /// The pull stream, made on first fetch and again after an error.
-    messages: tokio::sync::Mutex<Option<consumer::pull::Stream>>,
-    /// Reply subjects of the deliveries handed out and not settled, for in-progress signals.
+    /// The pull connection (made on first fetch, and again after it failed) and what it
+    /// brought beyond what the engine asked for.
+    pull: tokio::sync::Mutex<Pulled>,
+    /// Reply subjects of the deliveries fetched and not settled, for in-progress signals.
     in_flight: Arc<Mutex<HashMap<u64, async_nats::Subject>>>,
     progress: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Acknowledgements and in-progress signals go out on the shared client connection.
     client: async_nats::Client,
+}
+
+#[derive(Default)]
+struct Pulled {
+    connection: Option<PullConnection>,
+    /// Deliveries that came beyond what the engine asked for, handed out first.
+    ahead: VecDeque<Delivery<Token>>,
 }
 
 impl fmt::Debug for ConsumerSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConsumerSource")
             .field("stream", &self.name)
-            .field("batch", &self.batch)
             .finish()
     }
 }
 
 /// How long one fetch waits for a first message.
 const POLL: Duration = Duration::from_secs(1);
+/// How long a pull request lasts on the server.
+const EXPIRES: Duration = Duration::from_secs(30);
+/// How often the server says it is there while a request waits for messages.
+const HEARTBEAT: Duration = Duration::from_secs(5);
 
 impl ConsumerSource {
-    fn delivery(&self, message: jetstream::Message) -> Delivery<Token> {
-        let (seq, delivered) = match message.info() {
-            Ok(info) => (info.stream_sequence, info.delivered),
-            Err(_) => (0, 1),
+    /// A delivery for a stored message (one with a `$JS.ACK` reply subject).
+    fn delivery(&self, msg: wire::Msg, reply: String, ack: wire::AckInfo) -> Delivery<Token> {
+        let (attributes, problem) = super::encoding::attributes(msg.headers.as_deref());
+        let token = Token {
+            reply: reply.into(),
+            seq: ack.stream_seq,
         };
-        let mut attributes = Attributes::new();
-        if let Some(headers) = &message.headers {
-            for (name, values) in headers.iter() {
-                let name: &str = name.as_ref();
-                // The id the topic added for the duplicate window is not the message's.
-                if name.eq_ignore_ascii_case(super::topic::MSG_ID) {
-                    continue;
-                }
-                for value in values {
-                    attributes.add(name, value.as_str());
-                }
-            }
-        }
-        let problem = message
-            .status
-            .is_some()
-            .then(|| "a status message, not a stored one".to_owned());
-        let body = Bytes::clone(&message.payload);
-        let token = Token { message, seq };
         let delivery = match problem {
-            None => Delivery::new(token, body).with_attributes(attributes),
-            Some(why) => Delivery::malformed(token, why, attributes, body),
+            None => Delivery::new(token, msg.payload).with_attributes(attributes),
+            Some(why) => {
+                log::warning!(
+                    "msgio: message {} on {:?} has headers that cannot be read ({why}); dead-lettering it",
+                    ack.stream_seq,
+                    self.name
+                );
+                Delivery::malformed(
+                    token,
+                    format!("NATS headers: {why}"),
+                    attributes,
+                    msg.payload,
+                )
+            }
         };
         delivery
-            .with_message_id(seq)
-            .with_attempt(u32::try_from(delivered).unwrap_or(u32::MAX))
+            .with_message_id(ack.stream_seq)
+            .with_attempt(u32::try_from(ack.delivered).unwrap_or(u32::MAX))
     }
 
-    /// Appends up to `max` messages from the pull stream (made on first use, and again
-    /// after it failed), waiting at most [`POLL`] for the first.
-    async fn pull(&self, max: usize, out: &mut Vec<Delivery<Token>>) -> Result<(), Error> {
-        let mut guard = self.messages.lock().await;
-        if guard.is_none() {
-            let stream = self
-                .consumer
-                .stream()
-                .max_messages_per_batch(self.batch)
-                .expires(Duration::from_secs(30))
-                .heartbeat(Duration::from_secs(5))
-                .messages()
-                .await
-                .map_err(|e| {
-                    Error::connection_lost(format!("pulling from {:?}: {e}", self.name))
-                })?;
-            *guard = Some(stream);
+    /// Takes in one message from the pull inbox: a delivery goes to `out` while it holds
+    /// fewer than `max`, otherwise ahead; a status message updates what is outstanding.
+    fn take(
+        &self,
+        msg: wire::Msg,
+        connection: &mut PullConnection,
+        ahead: &mut VecDeque<Delivery<Token>>,
+        max: usize,
+        out: &mut Vec<Delivery<Token>>,
+    ) -> Result<(), Error> {
+        if let Some(reply) = msg.reply.clone() {
+            if let Some(ack) = wire::ack_info(&reply) {
+                connection.outstanding = connection.outstanding.saturating_sub(1);
+                let delivery = self.delivery(msg, reply, ack);
+                self.in_flight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(delivery.token.seq, delivery.token.reply.clone());
+                if out.len() < max {
+                    out.push(delivery);
+                } else {
+                    ahead.push_back(delivery);
+                }
+                return Ok(());
+            }
         }
-        let messages = guard.as_mut().expect("just made");
-        // Wait (bounded) for a first message, then take what is ready, up to `max`.
-        let Ok(mut next) = tokio::time::timeout(POLL, messages.next()).await else {
+        let status = msg
+            .headers
+            .as_deref()
+            .map(wire::parse_headers)
+            .unwrap_or_default();
+        match status.status {
+            // Idle heartbeat: the server is there.
+            Some(100) => Ok(()),
+            // A request ended (expired, or cut short): what it still owed will not come.
+            Some(404 | 408 | 409) => {
+                let pending = status
+                    .get("Nats-Pending-Messages")
+                    .and_then(|n| n.parse::<usize>().ok());
+                connection.outstanding = match pending {
+                    Some(n) => connection.outstanding.saturating_sub(n),
+                    None => 0,
+                };
+                if status.status == Some(409) {
+                    if status.description.contains("Consumer Deleted") {
+                        return Err(Error::other(format!(
+                            "the consumer on {:?} was deleted",
+                            self.name
+                        )));
+                    }
+                    log::warning!(
+                        "msgio: NATS cut a pull request on {:?} short: {}",
+                        self.name,
+                        status.description
+                    );
+                }
+                Ok(())
+            }
+            Some(code) => Err(Error::other(format!(
+                "pulling from {:?}: NATS answered {code} {}",
+                self.name, status.description
+            ))),
+            None => {
+                log::warning!(
+                    "msgio: ignoring a message on the pull inbox of {:?} that is neither a delivery nor a status",
+                    self.name
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// Appends up to `max` messages: those that came ahead first, then from the pull
+    /// connection (asking for more when what is outstanding will not fill `max`), waiting
+    /// at most [`POLL`] for the first.
+    async fn pull(&self, max: usize, out: &mut Vec<Delivery<Token>>) -> Result<(), Error> {
+        let mut guard = self.pull.lock().await;
+        let Pulled { connection, ahead } = &mut *guard;
+        while out.len() < max {
+            match ahead.pop_front() {
+                Some(delivery) => out.push(delivery),
+                None => break,
+            }
+        }
+        if connection.is_none() {
+            *connection =
+                Some(PullConnection::open(&self.endpoint, self.next_subject.clone()).await?);
+        }
+        let Some(conn) = connection.as_mut() else {
             return Ok(());
         };
+        // Never more outstanding than the engine has room for: what comes is handed out.
+        let room = max - out.len();
+        let need = room.saturating_sub(conn.outstanding + ahead.len());
+        if need > 0 && (conn.outstanding == 0 || need * 2 >= room) {
+            if let Err(e) = conn.request(need, EXPIRES, HEARTBEAT).await {
+                *connection = None;
+                return Err(e);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + POLL;
         loop {
+            let next = if out.is_empty() {
+                conn.next(deadline).await
+            } else {
+                conn.try_next()
+            };
             match next {
-                Some(Ok(message)) => out.push(self.delivery(message)),
-                Some(Err(e)) => {
-                    *guard = None;
+                None => break,
+                Some(Incoming::Message(msg)) => {
+                    if let Err(e) = self.take(msg, conn, ahead, max, out) {
+                        *connection = None;
+                        return Err(e);
+                    }
+                }
+                Some(Incoming::Lost(why)) => {
+                    *connection = None;
                     return Err(Error::connection_lost(format!(
-                        "pulling from {:?}: {e}",
+                        "pulling from {:?}: {why}",
                         self.name
                     )));
                 }
-                None => {
-                    *guard = None;
-                    return Ok(());
-                }
-            }
-            if out.len() >= max {
-                return Ok(());
-            }
-            match futures::FutureExt::now_or_never(messages.next()) {
-                Some(n) => next = n,
-                None => return Ok(()),
             }
         }
+        // A request the server stopped answering (no message, no heartbeat).
+        if conn.outstanding > 0 && conn.silent_for() > HEARTBEAT * 3 {
+            *connection = None;
+            return Err(Error::connection_lost(format!(
+                "pulling from {:?}: no heartbeat from NATS in {:?}",
+                self.name,
+                HEARTBEAT * 3
+            )));
+        }
+        Ok(())
     }
 
     /// Sends in-progress signals for what receivers still hold, every half ack wait.
@@ -354,6 +455,22 @@ impl ConsumerSource {
             }
         }));
     }
+
+    /// Settles one delivery.
+    async fn ack(&self, token: &Token, action: &Settle) -> Result<(), Error> {
+        let payload = match action {
+            Settle::Ack => Bytes::from_static(b"+ACK"),
+            Settle::Nack { delay: None } | Settle::Release => Bytes::from_static(b"-NAK"),
+            Settle::Nack { delay: Some(delay) } | Settle::Defer { delay } => {
+                format!("-NAK {{\"delay\":{}}}", delay.as_nanos()).into()
+            }
+            Settle::Reject => Bytes::from_static(b"+TERM"),
+        };
+        self.client
+            .publish(token.reply.clone(), payload)
+            .await
+            .map_err(|e| Error::connection_lost(format!("acknowledging on {:?}: {e}", self.name)))
+    }
 }
 
 impl Source for ConsumerSource {
@@ -369,31 +486,14 @@ impl Source for ConsumerSource {
 
     async fn fetch(&self, max: usize, out: &mut Vec<Delivery<Token>>) -> Result<(), Error> {
         self.start_progress();
-        let before = out.len();
-        let result = self.pull(max, out).await;
-        if out.len() > before {
-            let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            for delivery in &out[before..] {
-                if let Some(reply) = &delivery.token.message.reply {
-                    in_flight.insert(delivery.token.seq, reply.clone());
-                }
-            }
-        }
-        result
+        self.pull(max, out).await
     }
 
     async fn settle(&self, batch: &mut Vec<Settlement<Token>>) -> Result<(), Error> {
         let mut failed = None;
         let mut done = 0;
         for settlement in batch.iter() {
-            let kind = match &settlement.action {
-                Settle::Ack => AckKind::Ack,
-                Settle::Nack { delay } => AckKind::Nak(*delay),
-                Settle::Reject => AckKind::Term,
-                Settle::Release => AckKind::Nak(None),
-                Settle::Defer { delay } => AckKind::Nak(Some(*delay)),
-            };
-            if let Err(e) = settlement.token.message.ack_with(kind).await {
+            if let Err(e) = self.ack(&settlement.token, &settlement.action).await {
                 failed = Some(e);
                 break;
             }
@@ -410,15 +510,15 @@ impl Source for ConsumerSource {
         batch.drain(..done);
         match failed {
             None => Ok(()),
-            Some(e) => Err(Error::connection_lost(format!(
-                "acknowledging on {:?}: {e}",
-                self.name
-            ))),
+            Some(e) => Err(e),
         }
     }
 
     async fn reconnect(&self) -> Result<(), Error> {
-        *self.messages.lock().await = None;
+        let mut pulled = self.pull.lock().await;
+        pulled.connection = None;
+        pulled.connection =
+            Some(PullConnection::open(&self.endpoint, self.next_subject.clone()).await?);
         if self.client.connection_state() != async_nats::connection::State::Connected {
             return Err(Error::connection_lost("NATS is not connected yet"));
         }
@@ -434,18 +534,31 @@ impl Source for ConsumerSource {
         {
             progress.abort();
         }
-        // What the pull stream fetched ahead goes back at once rather than after ack wait.
-        if let Some(mut messages) = self.messages.lock().await.take() {
-            while let Some(Some(Ok(message))) = futures::FutureExt::now_or_never(messages.next()) {
-                if let Err(e) = message.ack_with(AckKind::Nak(None)).await {
-                    log::warning!(
-                        "msgio: could not give back a message on {:?}: {e}",
-                        self.name
-                    );
-                    break;
-                }
+        // What came ahead, or is on its way in, goes back at once rather than after the
+        // ack wait.
+        let mut pulled = self.pull.lock().await;
+        let mut back: Vec<Delivery<Token>> = pulled.ahead.drain(..).collect();
+        if let Some(mut connection) = pulled.connection.take() {
+            let mut scratch = VecDeque::new();
+            while let Some(Incoming::Message(msg)) = connection.try_next() {
+                let _ = self.take(msg, &mut connection, &mut scratch, 0, &mut back);
+            }
+            back.extend(scratch);
+            connection.close().await;
+        }
+        for delivery in &back {
+            if let Err(e) = self.ack(&delivery.token, &Settle::Release).await {
+                log::warning!(
+                    "msgio: could not give back a message on {:?}: {e}",
+                    self.name
+                );
+                break;
             }
         }
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         self.client.flush().await.map_err(Error::other)
     }
 }

@@ -9,9 +9,6 @@ use async_nats::jetstream;
 use crate::topic::BufferedWriter;
 use crate::{Attributes, Context, Error};
 
-/// The header JetStream dedupes on.
-pub(super) const MSG_ID: &str = "Nats-Msg-Id";
-
 /// A topic publishing to a NATS subject through JetStream (see the [module docs](super)).
 /// Cloning shares the connection.
 #[derive(Clone)]
@@ -81,39 +78,6 @@ impl fmt::Debug for NatsPublisher {
     }
 }
 
-/// The headers for `attributes`, with a message id.
-pub(super) fn headers(
-    attributes: &Attributes,
-    msg_id: Option<&str>,
-) -> Result<async_nats::HeaderMap, Error> {
-    let mut headers = async_nats::HeaderMap::new();
-    for (key, value) in attributes.iter() {
-        if value.contains(['\r', '\n']) {
-            return Err(Error::invalid_attribute(
-                key,
-                "a NATS header value cannot hold a line break",
-            ));
-        }
-        if key.is_empty() || key.contains([' ', ':', '\r', '\n']) {
-            return Err(Error::invalid_attribute(
-                key,
-                "a NATS header name cannot hold a space, a colon or a line break",
-            ));
-        }
-        headers.append(key, value);
-    }
-    let generated;
-    let id = match msg_id {
-        Some(id) => id,
-        None => {
-            generated = format!("{}{}", crate::random::hex(), crate::random::hex());
-            &generated
-        }
-    };
-    headers.insert(MSG_ID, id);
-    Ok(headers)
-}
-
 impl TopicInner {
     async fn send(
         &self,
@@ -127,7 +91,7 @@ impl TopicInner {
         if let Some(delay) = delay {
             crate::engine::stamp_not_before(&mut attributes, delay);
         }
-        let headers = headers(
+        let headers = super::encoding::headers(
             &attributes,
             attributes.get_canonical(&self.msg_id_attribute),
         )?;

@@ -77,11 +77,13 @@ mod topic;
 
 use std::fmt;
 
+use redis::IntoConnectionInfo;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 pub use source::{RedisServer, StreamOptions};
 pub use topic::{RedisPublisher, RedisTopic, RedisWriter};
 
+use crate::redact::Credentials;
 use crate::{Error, ServerConfig};
 
 /// A connection to Redis: makes [`RedisTopic`]s and [`RedisServer`]s. Cloning shares the
@@ -143,11 +145,33 @@ impl Redis {
     }
 }
 
-/// A client for `url`, and `url` with its password hidden.
+/// A client for `url`, and `url` with its password hidden. The credentials are handed to
+/// the client as settings, never inside a URL it may quote.
 pub(crate) fn client(url: &str) -> Result<(redis::Client, String), Error> {
-    let shown = crate::redact::url(url);
-    let client = redis::Client::open(url)
-        .map_err(|e| Error::invalid_config("redis url", format!("{shown}: {e}")))?;
+    let credentials = Credentials::split("redis url", url)?;
+    let shown = credentials.shown.clone();
+    let refused = |e: redis::RedisError| {
+        Error::invalid_config(
+            "redis url",
+            format!("{shown}: {}", credentials.scrub(&e.to_string())),
+        )
+    };
+    let mut info = credentials
+        .bare
+        .as_str()
+        .into_connection_info()
+        .map_err(refused)?;
+    if credentials.user.is_some() || credentials.password.is_some() {
+        let mut settings = info.redis_settings().clone();
+        if let Some(user) = credentials.user.as_deref().filter(|u| !u.is_empty()) {
+            settings = settings.set_username(user);
+        }
+        if let Some(password) = &credentials.password {
+            settings = settings.set_password(password);
+        }
+        info = info.set_redis_settings(settings);
+    }
+    let client = redis::Client::open(info).map_err(refused)?;
     Ok((client, shown))
 }
 
