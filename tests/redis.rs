@@ -816,3 +816,133 @@ async fn a_receiver_outlasting_min_idle_is_not_handed_its_message_twice() {
     running.stop(GRACE).await.unwrap();
     assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_never_run_a_receiver_slower_than_min_idle_twice() {
+    // Fewer messages than either server has room for: the other always has slots free
+    // to take over what looks idle.
+    const MESSAGES: u64 = 2;
+    let Some(redis) = connect().await else { return };
+    let stream = stream_name();
+    let _cleanup = Cleanup(vec![stream.clone()]);
+    let runs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let slow = || {
+        let runs = runs.clone();
+        msgio::ReceiverFunc::new(move |_: Context, msg: Message| {
+            let runs = runs.clone();
+            async move {
+                runs.lock()
+                    .unwrap()
+                    .push(msg.attributes.get("X-Kit-Seq").unwrap_or("?").to_owned());
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                Ok(())
+            }
+        })
+    };
+    let mut running = Vec::new();
+    for _ in 0..2 {
+        let server = redis
+            .server(quick(&stream, 1000), ServerConfig::new().concurrency(2))
+            .await
+            .unwrap();
+        running.push(start(server, slow()));
+    }
+    for seq in 0..MESSAGES {
+        redis
+            .topic(&stream)
+            .publish(&Context::background(), seq_message(seq))
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let done = runs.lock().unwrap().len() as u64 >= MESSAGES;
+        if done && pending_count(&stream).await == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never all acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for r in running {
+        r.stop(GRACE).await.unwrap();
+    }
+    let mut seen = runs.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(seen, ["0", "1"], "each message ran once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_server_hands_back_at_shutdown_is_taken_over_at_once() {
+    const MESSAGES: u64 = 20;
+    let Some(redis) = connect().await else { return };
+    let stream = stream_name();
+    let _cleanup = Cleanup(vec![stream.clone()]);
+    for seq in 0..MESSAGES {
+        redis
+            .topic(&stream)
+            .publish(&Context::background(), seq_message(seq))
+            .await
+            .unwrap();
+    }
+    // The first server holds every message (one running, the rest fetched ahead), with the
+    // default min_idle of 30 s.
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel();
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    let g = gate.clone();
+    let first = redis
+        .server(
+            StreamOptions::new(&stream, "g"),
+            ServerConfig::new()
+                .concurrency(1)
+                .prefetch(MESSAGES as usize),
+        )
+        .await
+        .unwrap();
+    let first_done = Recorder::new();
+    let fd = first_done.clone();
+    let running_first = start(
+        first,
+        msgio::ReceiverFunc::new(move |ctx: Context, msg: Message| {
+            let (started_tx, g, fd) = (started_tx.clone(), g.clone(), fd.clone());
+            async move {
+                let _ = started_tx.send(());
+                g.notified().await;
+                msgio::Receiver::receive(&fd, ctx, msg).await
+            }
+        }),
+    );
+    started_rx.recv().await.unwrap();
+    // Held: the first server took them all from the stream.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = Recorder::new();
+    let running_second = start(
+        redis
+            .server(StreamOptions::new(&stream, "g"), ServerConfig::new())
+            .await
+            .unwrap(),
+        second.clone(),
+    );
+    let shutdown = tokio::spawn({
+        let gate = gate.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            gate.notify_one();
+            running_first.stop(GRACE).await
+        }
+    });
+    shutdown.await.unwrap().unwrap();
+    let by_first: std::collections::BTreeSet<u64> = first_done
+        .received()
+        .iter()
+        .filter_map(|r| r.seq())
+        .collect();
+    // Well before min_idle (30 s): parked for the running server, not left idle.
+    second
+        .wait_for_the_rest(&by_first, MESSAGES as usize, Duration::from_secs(10))
+        .await
+        .unwrap();
+    running_second.stop(GRACE).await.unwrap();
+}

@@ -91,6 +91,29 @@ return {r[1], r[2], counts_of(r[2]), 0}
     )
 });
 
+/// Resets the idle time of the entries this consumer still holds (a receiver runs them, or
+/// they wait for their next attempt), so that no other consumer takes them over: `min_idle`
+/// then only decides how soon a dead consumer's entries come back. An entry another
+/// consumer took meanwhile is left to it. Returns how many were refreshed.
+///
+/// KEYS: the stream. ARGV: group, consumer, then the entry ids.
+pub(super) static REFRESH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
+local n = 0
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', stream, group, ARGV[i], ARGV[i], 1, consumer)
+  if p[1] then
+    redis.call('XCLAIM', stream, group, consumer, 0, ARGV[i], 'JUSTID')
+    n = n + 1
+  end
+end
+return n
+",
+    )
+});
+
 /// Removes the consumer from the group when it holds nothing pending. Returns 1 when it
 /// was removed.
 ///

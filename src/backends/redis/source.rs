@@ -69,9 +69,10 @@ impl StreamOptions {
     }
 
     /// How long an entry must have been pending without being acknowledged before another
-    /// consumer takes it over (default 30 s). Keep it above the time a receiver may take,
-    /// and above retry delays: a server never runs one entry twice at once itself, but
-    /// another server would take over an entry whose receiver outlasts `min_idle`.
+    /// consumer takes it over (default 30 s): how soon a dead consumer's entries come back.
+    /// A living server refreshes the idle time of every entry it holds (running, queued,
+    /// or waiting out a retry delay) every third of `min_idle`, so a receiver slower than
+    /// `min_idle` is never run twice at once by two servers.
     pub fn min_idle(mut self, min_idle: Duration) -> Self {
         self.min_idle = min_idle;
         self
@@ -161,6 +162,7 @@ impl RedisServer {
             conn: redis.conn.clone(),
             reader,
             reading: Mutex::new(None),
+            lease: Mutex::new(None),
             state: Arc::new(Mutex::new(LocalState {
                 redeliver: VecDeque::new(),
                 next_claim: Instant::now(),
@@ -220,6 +222,8 @@ pub(super) struct StreamSource {
     state: Arc<Mutex<LocalState>>,
     /// The read a stopped fetch left to finish, which [`close`](Source::close) waits for.
     reading: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Keeps what this consumer holds from going idle (see [`StreamSource::start_lease`]).
+    lease: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 pub(super) struct LocalState {
@@ -577,6 +581,57 @@ impl StreamSource {
         }
     }
 
+    /// Refreshes, every third of `min_idle`, the idle time of the entries this consumer
+    /// holds: those handed to the engine and not settled (running, queued, or a failed
+    /// attempt whose retry delay the engine holds) and failed attempts waiting to be
+    /// claimed back. A receiver slower than `min_idle`, or a retry delay longer than it,
+    /// then never has its entry taken over by another server while this one lives.
+    fn start_lease(&self) {
+        let mut lease = self.lease.lock().unwrap_or_else(|p| p.into_inner());
+        if lease.is_some() {
+            return;
+        }
+        let state = self.state.clone();
+        let mut conn = self.conn.clone();
+        let (stream, group, consumer) = (
+            self.options.stream.clone(),
+            self.options.group.clone(),
+            self.consumer.clone(),
+        );
+        let every = (self.options.min_idle / 3).max(Duration::from_millis(1));
+        *lease = Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let held: Vec<EntryId> = {
+                    let state = state.lock().unwrap_or_else(|p| p.into_inner());
+                    state
+                        .in_flight
+                        .iter()
+                        .copied()
+                        .chain(state.redeliver.iter().map(|(id, _)| *id))
+                        .collect()
+                };
+                if held.is_empty() {
+                    continue;
+                }
+                let mut invocation = scripts::REFRESH.key(&stream);
+                invocation.arg(&group).arg(&consumer);
+                for id in &held {
+                    invocation.arg(id);
+                }
+                if let Err(e) = invocation.invoke_async::<i64>(&mut conn).await {
+                    log::warning!(
+                        "msgio: could not refresh the {} entries held on stream {stream:?} ({e}); another consumer may take them over after min_idle",
+                        held.len()
+                    );
+                }
+            }
+        }));
+    }
+
     /// Wakes a blocked read, so that claimed-back attempts do not wait out the block.
     async fn wake_reader(&self) {
         let id = {
@@ -668,6 +723,7 @@ impl Source for StreamSource {
     }
 
     async fn fetch(&self, max: usize, out: &mut Vec<Delivery<Token>>) -> Result<(), Error> {
+        self.start_lease();
         let before = out.len();
         let result = self.fetch_from(max.max(1), out).await;
         if out.len() > before {
@@ -720,6 +776,9 @@ impl Source for StreamSource {
     }
 
     async fn close(&self) -> Result<(), Error> {
+        if let Some(lease) = self.lease.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            lease.abort();
+        }
         // A read cut short by shutdown may still bring entries: wake it and wait for them.
         let reading = self
             .reading
