@@ -15,6 +15,8 @@ use std::io::Write;
 use bytes::Bytes;
 use redis::Value;
 
+use crate::Error;
+
 use crate::Attributes;
 
 /// The field holding the body.
@@ -136,22 +138,43 @@ fn bytes_of(value: Value) -> Option<Vec<u8>> {
 
 /// The delayed-set member for a message: MessagePack `[nonce, maxlen, fields...]`, each
 /// a `str 32` (the bundled cmsgpack reads no bin types, and its strings are binary-safe).
+///
+/// # Errors
+///
+/// [`Error::BodyTooLarge`] for a body, and [`Error::InvalidAttribute`] for an attribute,
+/// longer than a `str 32` holds (4 GiB; Redis itself takes at most 512 MiB by default).
 pub(super) fn delayed_member(
     nonce: u64,
     max_len: Option<usize>,
     attributes: &Attributes,
     body: &[u8],
-) -> Vec<u8> {
+) -> Result<Vec<u8>, Error> {
+    const MAX: usize = u32::MAX as usize;
+    if body.len() > MAX {
+        return Err(Error::BodyTooLarge { limit: MAX });
+    }
+    for (key, value) in attributes.iter() {
+        if key.len() + ATTR.len() > MAX || value.len() > MAX {
+            return Err(Error::invalid_attribute(
+                key,
+                "longer than 4 GiB, more than a delayed Redis message holds",
+            ));
+        }
+    }
     fn push(out: &mut Vec<u8>, prefix: &[u8], part: &[u8]) {
-        let len =
-            u32::try_from(prefix.len() + part.len()).expect("a Redis string is under 512 MiB");
+        // Every part was checked above to fit.
+        let len = u32::try_from(prefix.len() + part.len()).unwrap_or(u32::MAX);
         out.push(0xdb);
         out.extend_from_slice(&len.to_be_bytes());
         out.extend_from_slice(prefix);
         out.extend_from_slice(part);
     }
-    let count =
-        u32::try_from(2 + 2 * (1 + attributes.iter().count())).expect("fewer than 2^32 fields");
+    let count = u32::try_from(2 + 2 * (1 + attributes.iter().count())).map_err(|_| {
+        Error::invalid_attribute(
+            "",
+            "more attribute values than a delayed Redis message holds",
+        )
+    })?;
     let mut out = Vec::with_capacity(64 + body.len());
     out.push(0xdd); // array 32
     out.extend_from_slice(&count.to_be_bytes());
@@ -161,7 +184,7 @@ pub(super) fn delayed_member(
         push(&mut out, prefix, name);
         push(&mut out, b"", value);
     });
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -235,7 +258,7 @@ mod tests {
 
     #[test]
     fn the_delayed_member_is_a_messagepack_array_of_str32() {
-        let member = delayed_member(1, Some(10), &Attributes::new(), b"hi");
+        let member = delayed_member(1, Some(10), &Attributes::new(), b"hi").unwrap();
         assert_eq!(&member[..5], &[0xdd, 0, 0, 0, 4]);
         assert_eq!(&member[5..10], &[0xdb, 0, 0, 0, 16]);
         assert!(member.ends_with(&[0xdb, 0, 0, 0, 2, b'h', b'i']));

@@ -127,7 +127,7 @@ impl TopicInner {
             }
             Some(delay) => {
                 let nonce = self.nonce.fetch_add(1, Ordering::Relaxed);
-                let member = encoding::delayed_member(nonce, self.max_len, attributes, body);
+                let member = encoding::delayed_member(nonce, self.max_len, attributes, body)?;
                 let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX).max(1);
                 let send = async {
                     scripts::DELAY
