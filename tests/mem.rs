@@ -22,6 +22,10 @@ impl Transport for Mem {
     async fn server(&self, queue: &MemQueue, config: ServerConfig) -> Result<MemServer, Error> {
         queue.server(config)
     }
+
+    async fn unsettled(&self, queue: &MemQueue) -> Result<Option<u64>, Error> {
+        Ok(Some(queue.len() as u64))
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

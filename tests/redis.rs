@@ -70,6 +70,32 @@ impl Transport for Streams {
             .await
     }
 
+    async fn unsettled(&self, dest: &Dest) -> Result<Option<u64>, Error> {
+        let mut raw = raw_at(&self.url).await;
+        // Delivered and not acknowledged, plus not delivered yet (the group's lag).
+        let (pending, ..): (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+            .arg(&dest.stream)
+            .arg("kit")
+            .query_async(&mut raw)
+            .await
+            .map_err(Error::other)?;
+        let groups: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&dest.stream)
+            .query_async(&mut raw)
+            .await
+            .map_err(Error::other)?;
+        let lag = groups
+            .iter()
+            .find(|g| matches!(g.get("name"), Some(redis::Value::BulkString(n)) if n == b"kit"))
+            .and_then(|g| match g.get("lag") {
+                Some(redis::Value::Int(n)) => u64::try_from(*n).ok(),
+                _ => None,
+            })
+            .unwrap_or(0);
+        Ok(Some(pending + lag))
+    }
+
     async fn remove(&self, dest: Dest) -> Result<(), Error> {
         let _: () = redis::cmd("DEL")
             .arg(&dest.stream)

@@ -69,6 +69,10 @@ pub(crate) const ALL: &[Case] = &[
         needs: always,
     },
     Case {
+        name: "retry_after_delay",
+        needs: always,
+    },
+    Case {
         name: "concurrency_limit",
         needs: always,
     },
@@ -117,6 +121,10 @@ pub(crate) const ALL: &[Case] = &[
         needs: |c| (!c.persistence).then_some("needs persistence"),
     },
     Case {
+        name: "abandoned_at_the_deadline_is_redelivered",
+        needs: |c| (!c.persistence).then_some("needs persistence"),
+    },
+    Case {
         name: "consumer_group",
         needs: |c| (!c.consumer_groups).then_some("needs consumer_groups"),
     },
@@ -147,6 +155,7 @@ async fn dispatch<T: Transport>(name: &str, t: &T, caps: &Capabilities) -> Resul
         "continue_after_errors" => continue_after_errors(t, &dest).await,
         "panic_then_redelivery" => panic_then_redelivery(t, &dest).await,
         "reject_is_not_retried" => reject_is_not_retried(t, &dest).await,
+        "retry_after_delay" => retry_after_delay(t, &dest).await,
         "concurrency_limit" => concurrency_limit(t, &dest).await,
         "shutdown_drains_in_flight" => shutdown_drains_in_flight(t, &dest).await,
         "shutdown_deadline_cancels_context" => shutdown_deadline_cancels_context(t, &dest).await,
@@ -163,6 +172,9 @@ async fn dispatch<T: Transport>(name: &str, t: &T, caps: &Capabilities) -> Resul
         "delay" => delay(t, &dest).await,
         "dead_letter_after_max_attempts" => dead_letter_after_max_attempts(t, &dest).await,
         "no_loss_across_close_and_reopen" => no_loss_across_close_and_reopen(t, &dest).await,
+        "abandoned_at_the_deadline_is_redelivered" => {
+            abandoned_at_the_deadline_is_redelivered(t, &dest).await
+        }
         "consumer_group" => consumer_group(t, &dest).await,
         "broker_restart" => broker_restart(t, &dest, caps).await,
         other => Err(format!("no case named {other}")),
@@ -197,6 +209,26 @@ async fn server<T: Transport>(
 /// The sequence numbers of `received`, each once.
 fn seqs(received: &[super::Received]) -> BTreeSet<u64> {
     received.iter().filter_map(|r| r.seq()).collect()
+}
+
+/// Waits until the broker holds nothing unsettled on `dest`, when the transport can tell
+/// ([`Transport::unsettled`]): what `what` acknowledged, rejected or dead-lettered was
+/// settled at the broker.
+async fn settled<T: Transport>(t: &T, dest: &T::Destination, what: &str) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + patience();
+    loop {
+        match t.unsettled(dest).await {
+            Ok(None | Some(0)) => return Ok(()),
+            Ok(Some(n)) if tokio::time::Instant::now() >= deadline => {
+                return Err(format!(
+                    "{what}: the broker still holds {n} message(s) unsettled after {:?}",
+                    patience()
+                ));
+            }
+            Ok(Some(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) => return Err(format!("counting unsettled messages: {e}")),
+        }
+    }
 }
 
 /// Deterministic bytes covering every byte value.
@@ -363,7 +395,7 @@ async fn resend_on_error<T: Transport>(t: &T, dest: &T::Destination) -> Result<(
         "attempts seen: {attempts:?}, expected [1, 2]"
     );
     ensure!(got[1].body == "fails once", "the redelivered body changed");
-    Ok(())
+    settled(t, dest, "a message acknowledged at its second attempt").await
 }
 
 async fn continue_after_errors<T: Transport>(t: &T, dest: &T::Destination) -> Result<(), String> {
@@ -441,7 +473,9 @@ async fn reject_is_not_retried<T: Transport>(t: &T, dest: &T::Destination) -> Re
         rejected == 1,
         "the rejected message was delivered {rejected} times"
     );
-    Ok(())
+    // Watching for a while proves little (a broker redelivers after its own timeout):
+    // the reject must be settled at the broker.
+    settled(t, dest, "a rejected message (no dead-letter topic)").await
 }
 
 async fn concurrency_limit<T: Transport>(t: &T, dest: &T::Destination) -> Result<(), String> {
@@ -480,6 +514,11 @@ async fn concurrency_limit<T: Transport>(t: &T, dest: &T::Destination) -> Result
     ensure!(
         peak <= LIMIT,
         "{peak} receivers ran at once with concurrency {LIMIT}"
+    );
+    // The limit is a promise of concurrency too: with work waiting, it is reached.
+    ensure!(
+        peak == LIMIT,
+        "at most {peak} receivers ran at once with concurrency {LIMIT} and {MESSAGES} messages waiting"
     );
     Ok(())
 }
@@ -908,11 +947,12 @@ async fn dead_letter_after_max_attempts<T: Transport>(
         let running_dlq = start(server(t, &dlq, ServerConfig::new()).await?, letters.clone());
         publish_seq(&topic, 1, body.clone(), &attrs).await?;
         publish_seq(&topic, 2, "rejected", &attrs).await?;
-        let got = letters.wait_for(2, patience()).await;
+        letters.wait_for(2, patience()).await?;
         tokio::time::sleep(QUIET).await;
         running.stop(GRACE).await?;
         running_dlq.stop(GRACE).await?;
-        let got = got?;
+        // What came during the quiet period counts too: a late duplicate dead letter.
+        let got = letters.received();
         let attempts: Vec<u32> = failing
             .received()
             .iter()
@@ -984,7 +1024,8 @@ async fn dead_letter_after_max_attempts<T: Transport>(
             reason.contains("rejected on purpose"),
             "reject reason: {reason:?}"
         );
-        Ok(())
+        settled(t, dest, "dead-lettered messages").await?;
+        settled(t, &dlq, "dead letters read and acknowledged").await
     }
     .await;
     let removed = t.remove(dlq).await;
@@ -997,16 +1038,43 @@ async fn no_loss_across_close_and_reopen<T: Transport>(
     dest: &T::Destination,
 ) -> Result<(), String> {
     const MESSAGES: u64 = 50;
+    const AHEAD: usize = 8;
     let topic = topic(t, dest).await?;
     for seq in 0..MESSAGES / 2 {
         publish_seq(&topic, seq, "before", &Attributes::new()).await?;
     }
-    // The first server acks a few, then shuts down with messages still waiting.
+    // The first server runs one message at a time with more fetched ahead, and its first
+    // receiver holds until shutdown has begun: every run, the server shuts down holding
+    // messages it fetched and never started. They must come back to the next server.
     let first = Recorder::new();
-    let config = ServerConfig::new().concurrency(1).prefetch(1);
-    let running = start(server(t, dest, config).await?, first.clone());
-    first.wait_for(5, patience()).await?;
-    running.stop(GRACE).await?;
+    let (started, gate) = (Arc::new(AtomicBool::new(false)), Arc::new(Notify::new()));
+    let receiver = {
+        let (first, started, gate) = (first.clone(), started.clone(), gate.clone());
+        ReceiverFunc::new(move |ctx: Context, msg: Message| {
+            let (first, started, gate) = (first.clone(), started.clone(), gate.clone());
+            async move {
+                if !started.swap(true, Ordering::SeqCst) {
+                    gate.notified().await;
+                }
+                first.receive(ctx, msg).await
+            }
+        })
+    };
+    let config = ServerConfig::new().concurrency(1).prefetch(AHEAD);
+    let running = start(server(t, dest, config).await?, receiver);
+    until("the first receiver started", &started).await?;
+    // Time for the fetch ahead to fill.
+    tokio::time::sleep(QUIET).await;
+    let stopping = running.server.clone();
+    let shutdown = tokio::spawn(async move { stopping.shutdown(GRACE).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gate.notify_one();
+    tokio::time::timeout(patience(), shutdown)
+        .await
+        .map_err(|_| "shutdown did not return".to_owned())?
+        .map_err(|e| format!("shutdown task failed: {e}"))?
+        .map_err(|e| format!("shutdown failed: {e}"))?;
+    running.join().await??;
     // Publishing goes on while no server runs.
     for seq in MESSAGES / 2..MESSAGES {
         publish_seq(&topic, seq, "between", &Attributes::new()).await?;
@@ -1025,12 +1093,137 @@ async fn no_loss_across_close_and_reopen<T: Transport>(
     all.map(|_| ())
 }
 
+/// A receiver that ignores its context past the shutdown deadline is abandoned: its
+/// message is not lost but delivered again, to the next server.
+async fn abandoned_at_the_deadline_is_redelivered<T: Transport>(
+    t: &T,
+    dest: &T::Destination,
+) -> Result<(), String> {
+    let topic = topic(t, dest).await?;
+    let started = Arc::new(AtomicBool::new(false));
+    let never = Arc::new(Notify::new());
+    let receiver = {
+        let (started, never) = (started.clone(), never.clone());
+        ReceiverFunc::new(move |_: Context, _: Message| {
+            let (started, never) = (started.clone(), never.clone());
+            async move {
+                started.store(true, Ordering::SeqCst);
+                // Ignores cancellation.
+                never.notified().await;
+                Ok(())
+            }
+        })
+    };
+    let config = ServerConfig::new().cancel_grace(Duration::from_millis(100));
+    let running = start(server(t, dest, config).await?, receiver);
+    publish_seq(&topic, 1, "abandoned", &Attributes::new()).await?;
+    until("the receiver started", &started).await?;
+    let result = running.server.shutdown(Duration::from_millis(100)).await;
+    ensure!(
+        matches!(result, Err(Error::DeadlineExceeded)),
+        "shutdown past its deadline returned {result:?}, not DeadlineExceeded"
+    );
+    running.join().await??;
+    let again = Recorder::new();
+    let running = start(server(t, dest, ServerConfig::new()).await?, again.clone());
+    let got = again.wait_for(1, patience()).await;
+    running.stop(GRACE).await?;
+    let got = got?;
+    ensure!(
+        got[0].seq() == Some(1),
+        "the abandoned message did not come back"
+    );
+    Ok(())
+}
+
+/// `Error::retry_after`: the next attempt comes no earlier than the delay, and other
+/// messages flow meanwhile (the delay holds no concurrency slot).
+async fn retry_after_delay<T: Transport>(t: &T, dest: &T::Destination) -> Result<(), String> {
+    const DELAY: Duration = Duration::from_millis(800);
+    const OTHERS: u64 = 10;
+    let topic = topic(t, dest).await?;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorder = {
+        let seen = seen.clone();
+        Recorder::with(move |r, _| {
+            seen.lock().unwrap_or_else(|p| p.into_inner()).push((
+                r.seq(),
+                r.attempt,
+                tokio::time::Instant::now(),
+            ));
+            if r.seq() == Some(0) && r.attempt == 1 {
+                Err(Error::retry_after(DELAY, "later, please"))
+            } else {
+                Ok(())
+            }
+        })
+    };
+    let config = ServerConfig::new().concurrency(1);
+    let running = start(server(t, dest, config).await?, recorder.clone());
+    publish_seq(&topic, 0, "retried later", &Attributes::new()).await?;
+    recorder.wait_for(1, patience()).await?;
+    for seq in 1..=OTHERS {
+        publish_seq(&topic, seq, "meanwhile", &Attributes::new()).await?;
+    }
+    let all = recorder
+        .wait_until("the others and the second attempt", patience(), |r| {
+            seqs(r).len() == OTHERS as usize + 1
+                && r.iter().any(|r| r.seq() == Some(0) && r.attempt > 1)
+        })
+        .await;
+    running.stop(GRACE).await?;
+    all?;
+    let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let at = |attempt: u32| {
+        seen.iter()
+            .find(|(seq, a, _)| *seq == Some(0) && *a == attempt)
+            .map(|(_, _, at)| *at)
+    };
+    let (Some(first), Some(second)) = (
+        at(1),
+        seen.iter()
+            .find(|(seq, a, _)| *seq == Some(0) && *a > 1)
+            .map(|(_, _, at)| *at),
+    ) else {
+        return Err(format!("the retried message's attempts: {seen:?}"));
+    };
+    let waited = second.duration_since(first);
+    // Timers may round a little; the attempt must not come meaningfully early.
+    ensure!(
+        waited + Duration::from_millis(10) >= DELAY,
+        "asked to retry after {DELAY:?}, the next attempt came after {waited:?}"
+    );
+    let late: Vec<_> = seen
+        .iter()
+        .filter(|(seq, _, at)| seq.is_some_and(|s| s > 0) && *at > second)
+        .filter_map(|(seq, ..)| *seq)
+        .collect();
+    ensure!(
+        late.is_empty(),
+        "messages {late:?} waited for the delayed retry instead of flowing meanwhile"
+    );
+    Ok(())
+}
+
 async fn consumer_group<T: Transport>(t: &T, dest: &T::Destination) -> Result<(), String> {
     const MESSAGES: u64 = 200;
     let topic = topic(t, dest).await?;
     let (a, b) = (Recorder::new(), Recorder::new());
-    let running_a = start(server(t, dest, ServerConfig::new()).await?, a.clone());
-    let running_b = start(server(t, dest, ServerConfig::new()).await?, b.clone());
+    // Each message takes a little while, so that one member cannot drain the destination
+    // before the other has asked for anything.
+    let slowly = |recorder: &Recorder| {
+        let recorder = recorder.clone();
+        ReceiverFunc::new(move |ctx: Context, msg: Message| {
+            let recorder = recorder.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                recorder.receive(ctx, msg).await
+            }
+        })
+    };
+    let config = || ServerConfig::new().concurrency(4);
+    let running_a = start(server(t, dest, config()).await?, slowly(&a));
+    let running_b = start(server(t, dest, config()).await?, slowly(&b));
     for seq in 0..MESSAGES {
         publish_seq(&topic, seq, "shared", &Attributes::new()).await?;
     }
@@ -1065,6 +1258,11 @@ async fn consumer_group<T: Transport>(t: &T, dest: &T::Destination) -> Result<()
     ensure!(
         twice.is_empty(),
         "delivered to more than one member: {twice:?}"
+    );
+    let (share_a, share_b) = (seqs(&a.received()).len(), seqs(&b.received()).len());
+    ensure!(
+        share_a > 0 && share_b > 0,
+        "one member took everything: {share_a} and {share_b} of {MESSAGES}"
     );
     Ok(())
 }

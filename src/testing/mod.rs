@@ -84,6 +84,22 @@ pub trait Transport: Send + Sync + 'static {
         config: ServerConfig,
     ) -> impl Future<Output = Result<Self::Server, Error>> + Send;
 
+    /// How many messages `destination` still holds for servers, as the broker counts them:
+    /// waiting to be delivered, or delivered and not settled. With it the kit checks that
+    /// what was acknowledged, rejected or dead-lettered is settled at the broker (a pending
+    /// count of 0), not only that no server saw it again within a short time. Called when
+    /// no server of the case runs.
+    ///
+    /// `Ok(None)`, the default, says the transport cannot tell: the kit then skips those
+    /// checks.
+    fn unsettled(
+        &self,
+        destination: &Self::Destination,
+    ) -> impl Future<Output = Result<Option<u64>, Error>> + Send {
+        let _ = destination;
+        async { Ok(None) }
+    }
+
     /// Removes what `destination` left on the broker. Called after each case.
     fn remove(
         &self,

@@ -48,6 +48,28 @@ impl Transport for Rabbit {
         self.amqp.server(QueueOptions::new(queue), config).await
     }
 
+    async fn unsettled(&self, queue: &String) -> Result<Option<u64>, Error> {
+        // Ready messages: what a consumer held unacknowledged went back to the queue when
+        // its channel closed, with its server.
+        let connection = lapin::Connection::connect(&url(), lapin::ConnectionProperties::default())
+            .await
+            .map_err(Error::other)?;
+        let channel = connection.create_channel().await.map_err(Error::other)?;
+        let declared = channel
+            .queue_declare(
+                queue.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .map_err(Error::other)?;
+        let _ = connection.close(0, "".into()).await;
+        Ok(Some(u64::from(declared.message_count())))
+    }
+
     async fn remove(&self, queue: String) -> Result<(), Error> {
         self.amqp.delete_wait_queues("", &queue).await?;
         self.amqp.delete_queue(&queue).await
