@@ -136,6 +136,12 @@ pub mod amqp;
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
+/// Entry points of the fuzz targets in `fuzz/` (built with `--cfg fuzzing`): not API.
+/// Unit tests run them over the committed seeds, so that they always build.
+#[cfg(any(fuzzing, test))]
+#[doc(hidden)]
+pub mod fuzz;
+
 /// The README's examples, compiled and run as doc tests (they use the in-memory and Redis
 /// transports, so they need both features, as `cargo test --all-features` has).
 #[cfg(all(doctest, feature = "mem", feature = "redis"))]

@@ -276,3 +276,9 @@ impl Amqp {
             .await
     }
 }
+
+/// For the fuzz target: decodes delivery properties as the server does.
+#[cfg(any(fuzzing, test))]
+pub(crate) fn fuzz_decode(props: &lapin::BasicProperties) {
+    let _ = encoding::decode(props);
+}

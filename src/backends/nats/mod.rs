@@ -231,6 +231,25 @@ fn endpoint(url: &str) -> Result<(Endpoint, Vec<async_nats::ServerAddr>), Error>
     ))
 }
 
+/// For the fuzz target: reads `data` as a pull connection reads what the server sends
+/// (in pieces, as it may arrive), and each message's header block as attributes.
+#[cfg(any(fuzzing, test))]
+pub(crate) fn fuzz_read(data: &[u8]) {
+    let mut buf = bytes::BytesMut::new();
+    for piece in data.chunks(61) {
+        buf.extend_from_slice(piece);
+        while let Ok(Some(op)) = wire::parse_op(&mut buf, 1 << 20) {
+            if let wire::ServerOp::Msg(msg) = op {
+                let (_, _) = encoding::attributes(msg.headers.as_deref());
+                if let Some(reply) = &msg.reply {
+                    let _ = wire::ack_info(reply);
+                }
+            }
+        }
+    }
+    let (_, _) = encoding::attributes(Some(data));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -203,3 +203,9 @@ pub(crate) fn error(e: redis::RedisError) -> Error {
         Error::other(e)
     }
 }
+
+/// For the fuzz target: decodes a stream entry's fields as the server does.
+#[cfg(any(fuzzing, test))]
+pub(crate) fn fuzz_decode(fields: Vec<redis::Value>) -> bool {
+    matches!(encoding::decode(fields), encoding::Decoded::Ok { .. })
+}
