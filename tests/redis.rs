@@ -972,3 +972,77 @@ async fn what_a_server_hands_back_at_shutdown_is_taken_over_at_once() {
         .unwrap();
     running_second.stop(GRACE).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_still_holding_entries_stays_in_the_group_and_nothing_is_lost() {
+    let Some(redis) = connect().await else { return };
+    let stream = stream_name();
+    let _cleanup = Cleanup(vec![stream.clone()]);
+    let topic = redis.topic(&stream);
+    // Message 2 is read by a consumer that then vanished.
+    let server = redis
+        .server(
+            StreamOptions::new(&stream, "g").consumer("worker-1"),
+            ServerConfig::new(),
+        )
+        .await
+        .unwrap();
+    topic
+        .publish(&Context::background(), seq_message(2))
+        .await
+        .unwrap();
+    read_without_ack(&stream, "ghost").await;
+    let recorder = Recorder::new();
+    let running = start(server, recorder.clone());
+    topic
+        .publish(&Context::background(), seq_message(1))
+        .await
+        .unwrap();
+    // Served: the server has looked through what its name held when it started.
+    recorder.wait_for(1, WAIT).await.unwrap();
+    // Message 2 moves to worker-1 behind the server's back (as a reply a dropped
+    // connection never brought would leave it): pending under its name, held by nothing
+    // in it, and not idle.
+    let _: redis::Value = redis::cmd("XCLAIM")
+        .arg(&stream)
+        .arg("g")
+        .arg("worker-1")
+        .arg(0)
+        .arg(
+            redis::cmd("XPENDING")
+                .arg(&stream)
+                .arg("g")
+                .arg("-")
+                .arg("+")
+                .arg(1)
+                .arg("ghost")
+                .query_async::<Vec<(String, String, u64, u64)>>(&mut raw().await)
+                .await
+                .unwrap()[0]
+                .0
+                .clone(),
+        )
+        .arg("JUSTID")
+        .query_async(&mut raw().await)
+        .await
+        .unwrap();
+    running.stop(GRACE).await.unwrap();
+    // Deleting the consumer would have deleted the entry's pending record with it: lost.
+    assert_eq!(
+        pending_count(&stream).await,
+        1,
+        "the held entry is still pending"
+    );
+    // And another consumer takes it over once it is idle.
+    let second = Recorder::new();
+    let running = start(
+        redis
+            .server(quick(&stream, 200), ServerConfig::new())
+            .await
+            .unwrap(),
+        second.clone(),
+    );
+    let got = second.wait_for(1, WAIT).await.unwrap();
+    running.stop(GRACE).await.unwrap();
+    assert_eq!(got[0].seq(), Some(2));
+}
