@@ -81,3 +81,72 @@ fn a_zero_capacity_is_refused_by_name() {
     let err = MemQueue::new(0).unwrap_err();
     assert!(err.to_string().contains("capacity"), "{err}");
 }
+
+/// What a server fetched ahead and never started goes back to the front of the queue, in
+/// the order it was published: the next server sees it first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn released_messages_go_back_to_the_front_in_order() {
+    use msgio::testing::Recorder;
+    use msgio::{Context, Message, ReceiverFunc, Server, Topic};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let queue = MemQueue::new(100).unwrap();
+    let topic = queue.topic();
+    let publish = |seq: u64| {
+        let topic = topic.clone();
+        async move {
+            let mut msg = Message::new("x");
+            msg.attributes.set("X-Kit-Seq", seq.to_string());
+            topic.publish(&Context::background(), msg).await.unwrap();
+        }
+    };
+    for seq in 0..10 {
+        publish(seq).await;
+    }
+    // One at a time, four ahead: the first holds until shutdown has begun.
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel();
+    let first = queue
+        .server(ServerConfig::new().concurrency(1).prefetch(4))
+        .unwrap();
+    let g = gate.clone();
+    let serving = first.clone();
+    let task = tokio::spawn(async move {
+        serving
+            .serve(ReceiverFunc::new(move |_: Context, _: Message| {
+                let (g, started_tx) = (g.clone(), started_tx.clone());
+                async move {
+                    let _ = started_tx.send(());
+                    g.notified().await;
+                    Ok(())
+                }
+            }))
+            .await
+    });
+    started_rx.recv().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(queue.len(), 5, "the first server holds five");
+    let stopping = first.clone();
+    let shutdown = tokio::spawn(async move { stopping.shutdown(Duration::from_secs(5)).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gate.notify_one();
+    shutdown.await.unwrap().unwrap();
+    assert!(matches!(task.await.unwrap(), Err(Error::ServerClosed)));
+    for seq in 10..15 {
+        publish(seq).await;
+    }
+    let recorder = Recorder::new();
+    let second = queue.server(ServerConfig::new().concurrency(1)).unwrap();
+    let serving = second.clone();
+    let r = recorder.clone();
+    let task = tokio::spawn(async move { serving.serve(r).await });
+    let got = recorder
+        .wait_for(14, Duration::from_secs(10))
+        .await
+        .unwrap();
+    second.shutdown(Duration::from_secs(5)).await.unwrap();
+    task.await.unwrap().unwrap_err();
+    let order: Vec<u64> = got.iter().filter_map(|r| r.seq()).collect();
+    assert_eq!(order, (1..15).collect::<Vec<_>>());
+}
