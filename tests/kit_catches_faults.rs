@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use msgio::mem::{MemQueue, MemServer, MemTopic};
 use msgio::testing::{Capabilities, Outcome, Report, Transport};
-use msgio::{Context, Error, Message, Receiver, Server, ServerConfig};
+use msgio::{
+    BufferedWriter, Context, Error, Message, MessageWriter, Outgoing, Publish, Receiver, Server,
+    ServerConfig, Topic,
+};
 
 /// Wraps every receiver the server is given.
 trait Fault: Clone + Send + Sync + 'static {
@@ -74,6 +77,132 @@ impl<F: Fault> Transport for Transported<F> {
             server: q.server(config)?,
             fault: self.0.clone(),
         })
+    }
+    async fn unsettled(&self, q: &MemQueue) -> Result<Option<u64>, Error> {
+        Ok(Some(q.len() as u64))
+    }
+}
+
+/// A server that runs twice the receivers at once that it was configured for.
+struct TooConcurrent;
+
+impl Transport for TooConcurrent {
+    type Destination = MemQueue;
+    type Topic = MemTopic;
+    type Server = MemServer;
+
+    async fn destination(&self) -> Result<MemQueue, Error> {
+        MemQueue::new(10_000)
+    }
+    async fn topic(&self, q: &MemQueue) -> Result<MemTopic, Error> {
+        Ok(q.topic())
+    }
+    async fn server(&self, q: &MemQueue, config: ServerConfig) -> Result<MemServer, Error> {
+        let n = config.get_concurrency();
+        q.server(config.concurrency(n * 2))
+    }
+}
+
+/// What a faulty topic does to what it publishes.
+#[derive(Clone, Copy)]
+enum TopicFault {
+    /// Publishes at once what was to be delayed.
+    IgnoresDelays,
+    /// Publishes each pair of messages in reverse order.
+    SwapsPairs,
+}
+
+/// A topic over an in-memory queue with one fault.
+#[derive(Clone)]
+struct FaultyTopic {
+    inner: MemTopic,
+    fault: TopicFault,
+    held: Arc<tokio::sync::Mutex<Option<Outgoing>>>,
+}
+
+impl Topic for FaultyTopic {
+    type Writer = BufferedWriter<FaultyTopic>;
+
+    fn new_writer(&self, ctx: &Context) -> Result<Self::Writer, Error> {
+        Ok(BufferedWriter::new(self.clone(), ctx))
+    }
+}
+
+impl FaultyTopic {
+    async fn send(
+        inner: &MemTopic,
+        ctx: &Context,
+        out: Outgoing,
+        delay: bool,
+    ) -> Result<(), Error> {
+        use futures::io::AsyncWriteExt;
+        let mut writer = inner.new_writer(ctx)?;
+        *writer.attributes_mut() = out.attributes;
+        if let (true, Some(d)) = (delay, out.delay) {
+            writer.set_delay(d);
+        }
+        writer.write_all(&out.body).await?;
+        writer.close().await?;
+        Ok(())
+    }
+}
+
+impl Publish for FaultyTopic {
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
+
+    fn publish(&self, ctx: &Context, message: Outgoing) -> Self::Future {
+        let (inner, fault, held, ctx) = (
+            self.inner.clone(),
+            self.fault,
+            self.held.clone(),
+            ctx.clone(),
+        );
+        Box::pin(async move {
+            match fault {
+                TopicFault::IgnoresDelays => Self::send(&inner, &ctx, message, false).await,
+                TopicFault::SwapsPairs => {
+                    let mut held = held.lock().await;
+                    match held.take() {
+                        None => {
+                            *held = Some(message);
+                            Ok(())
+                        }
+                        Some(first) => {
+                            Self::send(&inner, &ctx, message, true).await?;
+                            Self::send(&inner, &ctx, first, true).await
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+impl std::fmt::Debug for FaultyTopic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FaultyTopic")
+    }
+}
+
+struct TopicFaulted(TopicFault);
+
+impl Transport for TopicFaulted {
+    type Destination = MemQueue;
+    type Topic = FaultyTopic;
+    type Server = MemServer;
+
+    async fn destination(&self) -> Result<MemQueue, Error> {
+        MemQueue::new(10_000)
+    }
+    async fn topic(&self, q: &MemQueue) -> Result<FaultyTopic, Error> {
+        Ok(FaultyTopic {
+            inner: q.topic(),
+            fault: self.0,
+            held: Arc::default(),
+        })
+    }
+    async fn server(&self, q: &MemQueue, config: ServerConfig) -> Result<MemServer, Error> {
+        q.server(config)
     }
 }
 
@@ -166,4 +295,90 @@ async fn the_kit_fails_a_server_that_truncates_bodies() {
     )
     .await;
     assert!(failed(&report, "round_trip"), "{report}");
+}
+
+/// Hands every message to the receiver twice.
+#[derive(Clone)]
+struct Duplicates;
+
+impl Fault for Duplicates {
+    async fn call<R: Receiver>(
+        &self,
+        inner: &R,
+        ctx: Context,
+        mut msg: Message,
+    ) -> Result<(), Error> {
+        let body = msg.clone_body(64 << 20).await?;
+        let copy = msg.with_body(body);
+        inner.receive(ctx.clone(), copy).await?;
+        inner.receive(ctx, msg).await
+    }
+}
+
+/// Retries a rejected message two seconds later instead of settling it.
+#[derive(Clone)]
+struct RedeliversRejectsLate;
+
+impl Fault for RedeliversRejectsLate {
+    async fn call<R: Receiver>(&self, inner: &R, ctx: Context, msg: Message) -> Result<(), Error> {
+        match inner.receive(ctx, msg).await {
+            Err(e) if e.is_reject() => Err(Error::retry_after(Duration::from_secs(2), e)),
+            other => other,
+        }
+    }
+}
+
+fn quick() -> Capabilities {
+    Capabilities::new().wait(Duration::from_secs(3))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kit_fails_a_server_that_delivers_twice() {
+    let report =
+        msgio::testing::run_matching(Transported(Duplicates), quick().consumer_groups(), |name| {
+            ["closed_writer", "consumer_group"].contains(&name)
+        })
+        .await;
+    assert!(failed(&report, "closed_writer"), "{report}");
+    assert!(failed(&report, "consumer_group"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kit_fails_a_topic_that_reorders() {
+    let report = msgio::testing::run_matching(
+        TopicFaulted(TopicFault::SwapsPairs),
+        quick().ordering(),
+        |name| name == "ordering",
+    )
+    .await;
+    assert!(failed(&report, "ordering"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kit_fails_a_topic_that_delivers_delayed_messages_early() {
+    let report = msgio::testing::run_matching(
+        TopicFaulted(TopicFault::IgnoresDelays),
+        quick().delay(),
+        |name| name == "delay",
+    )
+    .await;
+    assert!(failed(&report, "delay"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kit_fails_a_server_that_runs_too_many_at_once() {
+    let report =
+        msgio::testing::run_matching(TooConcurrent, quick(), |name| name == "concurrency_limit")
+            .await;
+    assert!(failed(&report, "concurrency_limit"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kit_fails_a_server_that_redelivers_a_reject_late() {
+    let report =
+        msgio::testing::run_matching(Transported(RedeliversRejectsLate), quick(), |name| {
+            name == "reject_is_not_retried"
+        })
+        .await;
+    assert!(failed(&report, "reject_is_not_retried"), "{report}");
 }

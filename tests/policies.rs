@@ -811,3 +811,18 @@ async fn least_loaded_sends_each_message_to_the_member_with_the_fewest_in_hand()
         t.await.unwrap().unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_a_failing_message_gets_ten_attempts_then_is_dead_lettered() {
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let a = attempts.clone();
+    let failing = ReceiverFunc::new(move |ctx: Context, _: Message| {
+        a.lock().unwrap().push(ctx.attempt());
+        async { Err(Error::other("always fails")) }
+    });
+    let dlq = msgio::mem::MemQueue::named("dead", 16).unwrap();
+    assert_eq!(ServerConfig::new().get_max_attempts(), Some(10));
+    let letter = dead_letter_of(failing, ServerConfig::new().dead_letter(dlq.topic()), &dlq).await;
+    assert_eq!(*attempts.lock().unwrap(), (1..=10).collect::<Vec<u32>>());
+    assert_eq!(letter.attributes.get(keys::ATTEMPTS), Some("10"));
+}
