@@ -217,7 +217,7 @@ mod tests {
         assert_eq!(c.user.as_deref(), Some("guest"));
         assert_eq!(c.password.as_deref(), Some("p/?#@ss"));
         assert_eq!(c.shown, "amqp://guest:***@127.0.0.1:5672/%2f");
-        assert!(!format!("{c:?}").contains("ss"));
+        assert!(!format!("{c:?}").contains("p/?#@ss"), "{c:?}");
 
         let token = Credentials::split("url", "nats://s3cr3t@127.0.0.1:4222").unwrap();
         assert_eq!(token.bare, "nats://127.0.0.1:4222");
@@ -236,14 +236,14 @@ mod tests {
 
     #[test]
     fn an_unencoded_password_is_refused_without_showing_it() {
-        for url in [
-            "redis://u:pa/ss@host:6379",
-            "amqp://u:pa?ss@host/%2f",
-            "nats://u:pa#ss@host",
-            "redis://u:p@ss@host/x?y=@z",
+        for (url, secret) in [
+            ("redis://u:pa/ss@host:6379", "pa/ss"),
+            ("amqp://u:pa?ss@host/%2f", "pa?ss"),
+            ("nats://u:pa#ss@host", "pa#ss"),
+            ("redis://u:p@ss@host/x?y=@z", "p@ss"),
         ] {
             let err = Credentials::split("url", url).unwrap_err().to_string();
-            assert!(!err.contains("pa") && !err.contains("ss@"), "{err}");
+            assert!(!err.contains(secret), "{err}");
             assert!(err.contains("percent-encode"), "{err}");
         }
         let err = Credentials::split("url", "redis://u:%ff@host")
