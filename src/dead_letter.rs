@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::{Attributes, Error, Message, MessageId, keys};
+use crate::{Attributes, BoxTopic, Context, Error, Message, MessageId, Topic, keys};
 
 /// What becomes of a message whose attempt failed with an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +51,94 @@ pub(crate) fn message(
     Message::from_parts(attributes, body)
 }
 
+/// A message to dead-letter and what to say of it.
+pub(crate) struct Letter<'a> {
+    pub(crate) attributes: Attributes,
+    pub(crate) body: Bytes,
+    pub(crate) reason: &'a str,
+    pub(crate) attempt: u32,
+    pub(crate) source: Option<&'a str>,
+    pub(crate) message_id: Option<&'a MessageId>,
+}
+
+/// What publishing a dead letter came to.
+#[derive(Debug)]
+pub(crate) enum Published {
+    Done,
+    /// It failed for now: try again later.
+    Retry(Error),
+    /// It can never be published, even with its attributes folded into one: give up.
+    Refused(Error),
+}
+
+/// Publishes `letter` to `topic`. When the topic refuses the message's attributes (a key
+/// or a value its transport cannot carry), publishes it again with every original
+/// attribute folded into [`keys::ATTRIBUTES`], form-encoded: nothing is lost, and a
+/// letter the topic will never take is not retried for ever.
+pub(crate) async fn publish(topic: &BoxTopic, ctx: &Context, letter: Letter<'_>) -> Published {
+    let Letter {
+        attributes,
+        body,
+        reason,
+        attempt,
+        source,
+        message_id,
+    } = letter;
+    let folded = form_encode(&attributes);
+    let first = message(
+        attributes,
+        body.clone(),
+        reason,
+        attempt,
+        source,
+        message_id,
+    );
+    let refused = match topic.publish(ctx, first).await {
+        Ok(()) => return Published::Done,
+        Err(e @ Error::InvalidAttribute { .. }) => e,
+        Err(e @ Error::BodyTooLarge { .. }) => return Published::Refused(e),
+        Err(e) => return Published::Retry(e),
+    };
+    let mut attributes = Attributes::new();
+    attributes.set(keys::ATTRIBUTES, folded);
+    let reason = format!(
+        "{reason} (attributes folded into {}: {refused})",
+        keys::ATTRIBUTES
+    );
+    let second = message(attributes, body, &reason, attempt, source, message_id);
+    match topic.publish(ctx, second).await {
+        Ok(()) => Published::Done,
+        Err(e @ (Error::InvalidAttribute { .. } | Error::BodyTooLarge { .. })) => {
+            Published::Refused(e)
+        }
+        Err(e) => Published::Retry(e),
+    }
+}
+
+/// `attributes` as `application/x-www-form-urlencoded`: `key=value` pairs in order, joined
+/// by `&`, every byte but `A-Z a-z 0-9 - . _ ~` percent-encoded (a space too, as `%20`).
+fn form_encode(attributes: &Attributes) -> String {
+    fn encode(out: &mut String, text: &str) {
+        for b in text.bytes() {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                out.push(char::from(b));
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    let mut out = String::new();
+    for (key, value) in attributes.iter() {
+        if !out.is_empty() {
+            out.push('&');
+        }
+        encode(&mut out, key);
+        out.push('=');
+        encode(&mut out, value);
+    }
+    out
+}
+
 /// Why `error` failed the message, without the wrapping of a reject: the reason given to
 /// [`Error::reject`] itself.
 fn reason(error: &Error) -> String {
@@ -72,6 +160,18 @@ fn header_safe(reason: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn folded_attributes_are_form_encoded_in_order() {
+        let mut attrs = Attributes::new();
+        attrs.add("X-Multi", "a b");
+        attrs.add("X-Multi", "ü&=");
+        attrs.set("with space", "v");
+        assert_eq!(
+            form_encode(&attrs),
+            "X-Multi=a%20b&X-Multi=%C3%BC%26%3D&with%20space=v"
+        );
+    }
 
     #[test]
     fn one_decision_one_reason_format() {

@@ -32,3 +32,10 @@ pub const NOT_BEFORE: &str = "X-Msgio-Not-Before";
 /// a receiver) with the headers that could be read, this attribute and the reason. Set by
 /// the NATS transport.
 pub const RAW_HEADERS: &str = "X-Msgio-Raw-Headers";
+
+/// The original attributes of a dead letter, when the dead-letter topic could not carry
+/// them as they were (a key or a value its transport refuses, such as a non-ASCII key on
+/// NATS): every attribute, in order, as `application/x-www-form-urlencoded`
+/// (`key=value` pairs joined by `&`, all but `A-Z a-z 0-9 - . _ ~` percent-encoded). The
+/// dead letter then carries this instead of them, with the reason saying why.
+pub const ATTRIBUTES: &str = "X-Msgio-Attributes";

@@ -26,4 +26,17 @@ macro_rules! notice {
     }};
 }
 
-pub(crate) use {notice, warning};
+macro_rules! error {
+    ($($arg:tt)+) => {{
+        #[cfg(feature = "tracing")]
+        {
+            ::tracing::error!($($arg)+);
+        }
+        #[cfg(not(feature = "tracing"))]
+        {
+            let _ = format_args!($($arg)+);
+        }
+    }};
+}
+
+pub(crate) use {error, notice, warning};

@@ -826,3 +826,133 @@ async fn by_default_a_failing_message_gets_ten_attempts_then_is_dead_lettered() 
     assert_eq!(*attempts.lock().unwrap(), (1..=10).collect::<Vec<u32>>());
     assert_eq!(letter.attributes.get(keys::ATTEMPTS), Some("10"));
 }
+
+/// A dead-letter topic that refuses, as a NATS topic would, any attribute key holding a
+/// space, and every body over `max_body` bytes; what it takes goes to `inner`.
+#[derive(Clone, Debug)]
+struct Picky {
+    inner: msgio::mem::MemTopic,
+    max_body: usize,
+}
+
+impl Topic for Picky {
+    type Writer = msgio::BufferedWriter<Picky>;
+    fn new_writer(&self, ctx: &Context) -> Result<Self::Writer, Error> {
+        Ok(msgio::BufferedWriter::new(self.clone(), ctx))
+    }
+}
+
+impl msgio::Publish for Picky {
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>> + Send>>;
+    fn publish(&self, ctx: &Context, out: msgio::Outgoing) -> Self::Future {
+        let (inner, max_body, ctx) = (self.inner.clone(), self.max_body, ctx.clone());
+        Box::pin(async move {
+            if let Some(key) = out.attributes.keys().find(|k| k.contains(' ')) {
+                return Err(Error::InvalidAttribute {
+                    key: key.to_owned(),
+                    reason: "no spaces here".into(),
+                });
+            }
+            if out.body.len() > max_body {
+                return Err(Error::BodyTooLarge { limit: max_body });
+            }
+            inner
+                .publish(&ctx, Message::from_parts(out.attributes, out.body))
+                .await
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_the_topic_cannot_carry_is_folded_not_retried_for_ever() {
+    let rejecting = || {
+        ReceiverFunc::new(|_: Context, _: Message| async { Err::<(), _>(Error::reject("poison")) })
+    };
+    // Serves one message that has an attribute the dead-letter topic refuses.
+    let run = |receiver: BoxReceiverLike, config: ServerConfig| async move {
+        let queue = msgio::mem::MemQueue::named("orders", 16).unwrap();
+        let server = queue.server(config).unwrap();
+        let serving = server.clone();
+        let task = tokio::spawn(async move { serving.serve(receiver).await });
+        let mut msg = Message::new("body");
+        msg.attributes.add("with space", "a b");
+        msg.attributes.add("X-Tag", "ü&=");
+        queue
+            .topic()
+            .publish(&Context::background(), msg)
+            .await
+            .unwrap();
+        (server, task, queue)
+    };
+    type BoxReceiverLike = msgio::BoxReceiver;
+    for by_decorator in [false, true] {
+        let dlq = msgio::mem::MemQueue::named("dead", 16).unwrap();
+        let picky = Picky {
+            inner: dlq.topic(),
+            max_body: 1 << 20,
+        };
+        let (receiver, config) = if by_decorator {
+            (
+                msgio::BoxReceiver::new(DeadLetter::new(rejecting(), picky)),
+                ServerConfig::new(),
+            )
+        } else {
+            (
+                msgio::BoxReceiver::new(rejecting()),
+                ServerConfig::new().dead_letter(picky),
+            )
+        };
+        let (server, task, _queue) = run(receiver, config).await;
+        eventually("the folded dead letter", || dlq.len() == 1).await;
+        server.shutdown(Duration::from_secs(5)).await.unwrap();
+        task.await.unwrap().unwrap_err();
+        let letters = Recorder::new();
+        let dlq_server = dlq.server(ServerConfig::new()).unwrap();
+        let serving = dlq_server.clone();
+        let l = letters.clone();
+        let t = tokio::spawn(async move { serving.serve(l).await });
+        let got = letters.wait_for(1, Duration::from_secs(10)).await.unwrap();
+        dlq_server.shutdown(Duration::from_secs(5)).await.unwrap();
+        t.await.unwrap().unwrap_err();
+        let letter = &got[0];
+        assert_eq!(letter.body, "body");
+        assert_eq!(
+            letter.attributes.get(keys::ATTRIBUTES),
+            Some("with%20space=a%20b&X-Tag=%C3%BC%26%3D"),
+            "by decorator: {by_decorator}"
+        );
+        assert!(letter.attributes.get("X-Tag").is_none());
+        let reason = letter.attributes.get(keys::DEAD_LETTER_REASON).unwrap();
+        assert!(
+            reason.contains("poison") && reason.contains("no spaces here"),
+            "{reason}"
+        );
+    }
+
+    // A body the topic will never take: rejected at its source, not retried for ever.
+    let dlq = msgio::mem::MemQueue::named("dead", 16).unwrap();
+    let picky = Picky {
+        inner: dlq.topic(),
+        max_body: 1,
+    };
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let a = attempts.clone();
+    let receiver = msgio::BoxReceiver::new(ReceiverFunc::new(move |_: Context, _: Message| {
+        a.fetch_add(1, Ordering::SeqCst);
+        async { Err::<(), _>(Error::reject("poison")) }
+    }));
+    let (server, task, queue) = run(receiver, ServerConfig::new().dead_letter(picky)).await;
+    eventually("the message settled", || {
+        attempts.load(Ordering::SeqCst) >= 1 && queue.is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.shutdown(Duration::from_secs(5)).await.unwrap();
+    task.await.unwrap().unwrap_err();
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        1,
+        "retried a dead letter that can never go"
+    );
+    assert!(queue.is_empty() && dlq.is_empty());
+}

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::dead_letter::{Fate, fate};
+use crate::dead_letter::{Fate, Published, fate};
 use crate::receiver::catch_panic;
 use crate::{BoxTopic, Context, Error, Message, Receiver, Topic};
 
@@ -91,22 +91,24 @@ impl<R: Receiver> Receiver for DeadLetter<R> {
             Fate::Retry(_) => return Err(error),
             Fate::GiveUp(reason) => reason,
         };
-        let letter = crate::dead_letter::message(
+        let letter = crate::dead_letter::Letter {
             attributes,
             body,
-            &reason,
+            reason: &reason,
             attempt,
-            source.as_deref(),
-            id.as_ref(),
-        );
-        self.topic
-            .publish(&Context::background(), letter)
-            .await
-            .map_err(|e| {
-                Error::retry_after(
-                    Duration::from_secs(1),
-                    format!("could not dead-letter ({e}) after: {error}"),
-                )
-            })
+            source: source.as_deref(),
+            message_id: id.as_ref(),
+        };
+        match crate::dead_letter::publish(&self.topic, &Context::background(), letter).await {
+            Published::Done => Ok(()),
+            Published::Retry(e) => Err(Error::retry_after(
+                Duration::from_secs(1),
+                format!("could not dead-letter ({e}) after: {error}"),
+            )),
+            // Retrying would fail the same way for ever: the server settles the reject.
+            Published::Refused(e) => Err(Error::reject(format!(
+                "the dead-letter topic refuses it for good ({e}) after: {error}"
+            ))),
+        }
     }
 }

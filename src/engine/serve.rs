@@ -15,10 +15,10 @@ use super::workers::{Pool, Workers};
 use super::{Delivery, Health, HealthState, ServerConfig, Settle, Settlement, Source};
 use crate::backoff::Delays;
 use crate::context::Origin;
-use crate::dead_letter::Fate;
+use crate::dead_letter::{Fate, Published};
 use crate::receiver::catch_panic;
 use crate::{
-    Attributes, BoxTopic, Context, Error, Message, MessageId, Receiver, Server, Topic, keys, log,
+    Attributes, BoxTopic, Context, Error, Message, MessageId, Receiver, Server, keys, log,
 };
 
 /// A [`Server`] built from a [`Source`]: the delivery engine.
@@ -512,19 +512,19 @@ impl<S: Source, R: Receiver> Dispatch<S, R> {
         attributes: Attributes,
         body: Bytes,
     ) -> Settle {
-        let letter = crate::dead_letter::message(
+        let letter = crate::dead_letter::Letter {
             attributes,
             body,
-            &reason,
+            reason: &reason,
             attempt,
-            Some(&self.name),
-            message_id.as_ref(),
-        );
+            source: Some(&self.name),
+            message_id: message_id.as_ref(),
+        };
         // A child: a dead-letter topic that cancels its context must not abort the server.
         let ctx = Context::with_cancellation_token(self.abort.child_token());
-        match topic.publish(&ctx, letter).await {
-            Ok(()) => Settle::Ack,
-            Err(e) => {
+        match crate::dead_letter::publish(topic, &ctx, letter).await {
+            Published::Done => Settle::Ack,
+            Published::Retry(e) => {
                 log::warning!(
                     "msgio: could not dead-letter message {} from {:?} ({e}); it will be retried",
                     display_id(message_id.as_ref()),
@@ -533,6 +533,14 @@ impl<S: Source, R: Receiver> Dispatch<S, R> {
                 Settle::Nack {
                     delay: Some(self.dead_letter_retry),
                 }
+            }
+            Published::Refused(e) => {
+                log::error!(
+                    "msgio: the dead-letter topic refuses message {} from {:?} for good ({e}); rejecting it at its source (after: {reason})",
+                    display_id(message_id.as_ref()),
+                    self.name
+                );
+                Settle::Reject
             }
         }
     }
