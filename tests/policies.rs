@@ -44,6 +44,19 @@ async fn eventually(what: &str, cond: impl Fn() -> bool) {
     }
 }
 
+/// Serves `dlq` until `n` dead letters were read, and returns them.
+async fn read_letters(dlq: &msgio::mem::MemQueue, n: usize) -> Vec<msgio::testing::Received> {
+    let letters = Recorder::new();
+    let server = dlq.server(ServerConfig::new()).unwrap();
+    let serving = server.clone();
+    let l = letters.clone();
+    let task = tokio::spawn(async move { serving.serve(l).await });
+    let got = letters.wait_for(n, Duration::from_secs(10)).await.unwrap();
+    server.shutdown(Duration::from_secs(5)).await.unwrap();
+    task.await.unwrap().unwrap_err();
+    got
+}
+
 #[tokio::test]
 async fn retry_backs_off_then_rejects_at_the_last_attempt() {
     let failing = ReceiverFunc::new(|_: Context, _: Message| async { Err(Error::other("down")) });
@@ -139,14 +152,7 @@ async fn a_poison_message_is_dead_lettered_while_others_flow() {
     server.shutdown(Duration::from_secs(5)).await.unwrap();
     task.await.unwrap().unwrap_err();
 
-    let letters = Recorder::new();
-    let dlq_server = dlq.server(ServerConfig::new()).unwrap();
-    let serving = dlq_server.clone();
-    let l = letters.clone();
-    let task = tokio::spawn(async move { serving.serve(l).await });
-    let got = letters.wait_for(1, Duration::from_secs(10)).await.unwrap();
-    dlq_server.shutdown(Duration::from_secs(5)).await.unwrap();
-    task.await.unwrap().unwrap_err();
+    let got = read_letters(&dlq, 1).await;
     let letter = &got[0];
     assert_eq!(letter.body, "poison");
     assert_eq!(
@@ -657,15 +663,7 @@ async fn dead_letter_of<R: Receiver + 'static>(
     eventually("the dead letter", || dlq.len() == 1).await;
     server.shutdown(Duration::from_secs(5)).await.unwrap();
     task.await.unwrap().unwrap_err();
-    let letters = Recorder::new();
-    let dlq_server = dlq.server(ServerConfig::new()).unwrap();
-    let serving = dlq_server.clone();
-    let l = letters.clone();
-    let task = tokio::spawn(async move { serving.serve(l).await });
-    let got = letters.wait_for(1, Duration::from_secs(10)).await.unwrap();
-    dlq_server.shutdown(Duration::from_secs(5)).await.unwrap();
-    task.await.unwrap().unwrap_err();
-    got[0].clone()
+    read_letters(dlq, 1).await.remove(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -906,14 +904,7 @@ async fn a_dead_letter_the_topic_cannot_carry_is_folded_not_retried_for_ever() {
         eventually("the folded dead letter", || dlq.len() == 1).await;
         server.shutdown(Duration::from_secs(5)).await.unwrap();
         task.await.unwrap().unwrap_err();
-        let letters = Recorder::new();
-        let dlq_server = dlq.server(ServerConfig::new()).unwrap();
-        let serving = dlq_server.clone();
-        let l = letters.clone();
-        let t = tokio::spawn(async move { serving.serve(l).await });
-        let got = letters.wait_for(1, Duration::from_secs(10)).await.unwrap();
-        dlq_server.shutdown(Duration::from_secs(5)).await.unwrap();
-        t.await.unwrap().unwrap_err();
+        let got = read_letters(&dlq, 1).await;
         let letter = &got[0];
         assert_eq!(letter.body, "body");
         assert_eq!(
