@@ -122,31 +122,28 @@ pub fn decompress(data: &[u8]) {
         );
         Ok::<(), Error>(())
     });
+    let ctx = Context::background();
+    let limit = LIMIT as u64;
+    msg.attributes.set(
+        "Content-Encoding",
+        ["gzip", "zstd", "lz4"][usize::from(which % 3)],
+    );
     let result = match which % 3 {
-        0 => {
-            msg.attributes.set("Content-Encoding", "gzip");
-            block_on(
-                gzip::receiver(read)
-                    .max_decoded_size(LIMIT as u64)
-                    .receive(Context::background(), msg),
-            )
-        }
-        1 => {
-            msg.attributes.set("Content-Encoding", "zstd");
-            block_on(
-                zstd::receiver(read)
-                    .max_decoded_size(LIMIT as u64)
-                    .receive(Context::background(), msg),
-            )
-        }
-        _ => {
-            msg.attributes.set("Content-Encoding", "lz4");
-            block_on(
-                lz4::receiver(read)
-                    .max_decoded_size(LIMIT as u64)
-                    .receive(Context::background(), msg),
-            )
-        }
+        0 => block_on(
+            gzip::receiver(read)
+                .max_decoded_size(limit)
+                .receive(ctx, msg),
+        ),
+        1 => block_on(
+            zstd::receiver(read)
+                .max_decoded_size(limit)
+                .receive(ctx, msg),
+        ),
+        _ => block_on(
+            lz4::receiver(read)
+                .max_decoded_size(limit)
+                .receive(ctx, msg),
+        ),
     };
     if let Err(e) = result {
         assert!(
