@@ -109,8 +109,9 @@ impl Nats {
     /// password holding `/`, `?`, `#` or `@` must be percent-encoded. The credentials are
     /// handed to the client as options, never inside a URL it may log.
     ///
-    /// The server's pull connection does not speak TLS yet: a `tls://` URL, or a server
-    /// that requires TLS, is refused when the server first fetches.
+    /// The server's pull connection does not speak TLS yet: with a `tls://` URL,
+    /// [`server`](Nats::server) is refused; a server that requires TLS is refused when the
+    /// server first fetches. Topics work over TLS.
     ///
     /// # Errors
     ///
@@ -152,14 +153,24 @@ impl Nats {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] naming a setting out of range; [`Error::ConnectionLost`]
-    /// when NATS does not answer; [`Error::Other`] when JetStream refuses the stream or the
+    /// [`Error::InvalidConfig`] naming a setting out of range, or for a `tls://` URL (the
+    /// server's pull connection does not speak TLS yet); [`Error::ConnectionLost`] when
+    /// NATS does not answer; [`Error::Other`] when JetStream refuses the stream or the
     /// consumer.
     pub async fn server(
         &self,
         options: ConsumerOptions,
         config: ServerConfig,
     ) -> Result<NatsServer, Error> {
+        if self.endpoint.tls {
+            return Err(Error::invalid_config(
+                "nats url",
+                format!(
+                    "{}: the NATS server's pull connection does not speak TLS yet",
+                    self.endpoint.shown
+                ),
+            ));
+        }
         NatsServer::new(self, options, config).await
     }
 
@@ -193,6 +204,7 @@ fn endpoint(url: &str) -> Result<(Endpoint, Vec<async_nats::ServerAddr>), Error>
     let shown: Vec<String> = url.split(',').map(crate::redact::url).collect();
     let shown = shown.join(",");
     let mut auth = Auth::None;
+    let mut tls = false;
     let mut servers = Vec::new();
     let mut addrs = Vec::new();
     for part in url.split(',').map(str::trim) {
@@ -218,6 +230,7 @@ fn endpoint(url: &str) -> Result<(Endpoint, Vec<async_nats::ServerAddr>), Error>
             (Some(token), None) => auth = Auth::Token(token),
             _ => {}
         }
+        tls |= addr.tls_required();
         servers.push(format!("{}:{}", addr.host(), addr.port()));
         addrs.push(addr);
     }
@@ -226,6 +239,7 @@ fn endpoint(url: &str) -> Result<(Endpoint, Vec<async_nats::ServerAddr>), Error>
             servers,
             auth,
             shown,
+            tls,
         },
         addrs,
     ))
@@ -253,6 +267,12 @@ pub(crate) fn fuzz_read(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tls_url_is_marked() {
+        assert!(endpoint("tls://127.0.0.1:4222").unwrap().0.tls);
+        assert!(!endpoint("nats://127.0.0.1:4222").unwrap().0.tls);
+    }
 
     #[test]
     fn credentials_leave_the_url_and_are_decoded() {

@@ -35,6 +35,8 @@ pub(super) struct Endpoint {
     pub(super) auth: Auth,
     /// The URL as it may be shown.
     pub(super) shown: String,
+    /// Whether the URL asks for TLS (`tls://`), which the pull connection does not speak.
+    pub(super) tls: bool,
 }
 
 impl std::fmt::Debug for Endpoint {
