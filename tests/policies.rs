@@ -89,18 +89,33 @@ async fn retry_backs_off_then_rejects_at_the_last_attempt() {
     );
     let err = named.receive(at(1), Message::default()).await.unwrap_err();
     assert_eq!(err.retry_delay(), Some(Duration::from_secs(9)));
+    // A reject passes through untouched, the receiver's own error inside it: at the last
+    // attempt too, where another failure would have been turned into a reject.
+    #[derive(Debug)]
+    struct Malformed;
+    impl std::fmt::Display for Malformed {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("malformed order")
+        }
+    }
+    impl std::error::Error for Malformed {}
     let rejecting = Retry::new(
-        ReceiverFunc::new(|_: Context, _: Message| async { Err(Error::reject("bad")) }),
+        ReceiverFunc::new(|_: Context, _: Message| async { Err(Error::reject(Malformed)) }),
         fast_backoff(),
         5,
     );
-    assert!(
-        rejecting
-            .receive(at(1), Message::default())
+    for attempt in [1, 5] {
+        let err = rejecting
+            .receive(at(attempt), Message::default())
             .await
-            .unwrap_err()
-            .is_reject()
-    );
+            .unwrap_err();
+        assert!(err.is_reject(), "{err}");
+        let source = std::error::Error::source(&err).expect("the reject's reason");
+        assert!(
+            source.downcast_ref::<Malformed>().is_some(),
+            "attempt {attempt}: the receiver's error was replaced: {source:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
