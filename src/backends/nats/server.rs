@@ -278,7 +278,7 @@ impl ConsumerSource {
             None => Delivery::new(token, msg.payload).with_attributes(attributes),
             Some(why) => {
                 log::warning!(
-                    "msgio: message {} on {:?} has headers that cannot be read ({why}); dead-lettering it",
+                    "msgio: message {} on {:?} has headers that cannot be read ({why}); it goes to the dead-letter topic, or is terminated when there is none",
                     ack.stream_seq,
                     self.name
                 );
