@@ -21,6 +21,7 @@ pub(crate) fn encode_group(group: &[u8], out: &mut Vec<u8>) {
 }
 
 /// `data` encoded.
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 pub(crate) fn encode(data: &[u8]) -> String {
     let mut out = Vec::with_capacity(data.len().div_ceil(3) * 4);
     for group in data.chunks(3) {

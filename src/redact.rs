@@ -47,6 +47,10 @@ pub(crate) fn url(url: &str) -> String {
 /// A broker URL split into the URL without its credentials and the credentials, both
 /// percent-decoded. `Debug` hides the password.
 #[derive(Clone)]
+#[cfg_attr(
+    not(any(feature = "redis", feature = "nats", feature = "amqp")),
+    allow(dead_code)
+)]
 pub(crate) struct Credentials {
     /// The URL without its user part (`scheme://host:port/path?query`).
     pub(crate) bare: String,
@@ -70,6 +74,10 @@ impl fmt::Debug for Credentials {
     }
 }
 
+#[cfg_attr(
+    not(any(feature = "redis", feature = "nats", feature = "amqp")),
+    allow(dead_code)
+)]
 impl Credentials {
     /// Splits `url` (`scheme://[user[:password]@]host...`).
     ///
@@ -155,6 +163,10 @@ impl Credentials {
 }
 
 /// `s` with its `%XX` escapes decoded, when that is UTF-8 and every escape is whole.
+#[cfg_attr(
+    not(any(feature = "redis", feature = "nats", feature = "amqp")),
+    allow(dead_code)
+)]
 fn percent_decode(s: &str) -> Option<String> {
     if !s.contains('%') {
         return Some(s.to_owned());
