@@ -1183,3 +1183,61 @@ async fn a_dead_letter_topic_that_cancels_its_context_does_not_abort_the_server(
     assert_eq!(source.settled()[1], (2, Settle::Ack));
     stop(&engine, task).await;
 }
+
+/// Whether `cond` holds once the tasks have run as far as they can without the clock
+/// moving (a paused clock only moves when every task waits on it).
+async fn without_waiting(cond: impl Fn() -> bool) -> bool {
+    for _ in 0..1000 {
+        if cond() {
+            return true;
+        }
+        tokio::task::yield_now().await;
+    }
+    cond()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_batch_goes_at_once_and_a_partial_one_when_the_interval_passes() {
+    use super::health::HealthCell;
+    use super::settle::{Settler, settle_channel};
+    let source = Scripted::default();
+    let (tx, rx) = settle_channel::<u64>(4);
+    let settler = tokio::spawn(
+        Settler {
+            source: Arc::new(source.clone()),
+            health: Arc::new(HealthCell::new()),
+            batch_size: 4,
+            interval: Duration::from_secs(10),
+            retries: 0,
+            backoff: Backoff::default(),
+        }
+        .run(rx, tokio_util::sync::CancellationToken::new()),
+    );
+    let start = tokio::time::Instant::now();
+    let ack = |token| Settlement {
+        token,
+        action: Settle::Ack,
+    };
+    for id in 1..=3 {
+        tx.send(ack(id));
+    }
+    assert!(
+        !without_waiting(|| !source.settled().is_empty()).await,
+        "a partial batch went out before its interval"
+    );
+    tx.send(ack(4));
+    assert!(
+        without_waiting(|| source.settled().len() == 4).await,
+        "a full batch waited for the interval"
+    );
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(*source.0.batch_sizes.lock().unwrap(), [4]);
+    // Two more: they go when the interval has passed, together.
+    tx.send(ack(5));
+    tx.send(ack(6));
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(source.settled().len(), 6);
+    assert_eq!(*source.0.batch_sizes.lock().unwrap(), [4, 2]);
+    drop(tx);
+    settler.await.unwrap();
+}
