@@ -1243,3 +1243,49 @@ async fn a_full_batch_goes_at_once_and_a_partial_one_when_the_interval_passes() 
     drop(tx);
     settler.await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn held_nacks_due_at_the_same_instant_are_all_settled_when_due() {
+    use super::health::HealthCell;
+    use super::settle::{Settler, settle_channel};
+    let source = Scripted::default();
+    source.0.no_nack_delay.store(true, Ordering::SeqCst);
+    let (tx, rx) = settle_channel::<u64>(8);
+    let settler = tokio::spawn(
+        Settler {
+            source: Arc::new(source.clone()),
+            health: Arc::new(HealthCell::new()),
+            batch_size: 8,
+            interval: Duration::ZERO,
+            retries: 0,
+            backoff: Backoff::default(),
+        }
+        .run(rx, tokio_util::sync::CancellationToken::new()),
+    );
+    // One batch, one clock reading: both due at the very same instant.
+    for token in [1, 2] {
+        tx.send(Settlement {
+            token,
+            action: Settle::Nack {
+                delay: Some(Duration::from_secs(1)),
+            },
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(999)).await;
+    assert!(source.settled().is_empty(), "settled before the delay");
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    assert!(
+        without_waiting(|| source.settled().len() == 2).await,
+        "held nacks lost or late: {:?}",
+        source.settled()
+    );
+    assert_eq!(
+        source.settled(),
+        [
+            (1, Settle::Nack { delay: None }),
+            (2, Settle::Nack { delay: None })
+        ]
+    );
+    drop(tx);
+    settler.await.unwrap();
+}
