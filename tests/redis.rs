@@ -951,14 +951,13 @@ async fn what_a_server_hands_back_at_shutdown_is_taken_over_at_once() {
             .unwrap(),
         second.clone(),
     );
-    let shutdown = tokio::spawn({
-        let gate = gate.clone();
-        async move {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            gate.notify_one();
-            running_first.stop(GRACE).await
-        }
-    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Shutdown begins while the first message still runs, so the server stops taking more;
+    // only then is the first receiver let go (released before, the server could start a
+    // second message that waits on the gate for ever).
+    let shutdown = tokio::spawn(async move { running_first.stop(GRACE).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gate.notify_one();
     shutdown.await.unwrap().unwrap();
     let by_first: std::collections::BTreeSet<u64> = first_done
         .received()
