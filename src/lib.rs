@@ -82,8 +82,12 @@
 //! - `otel`: W3C trace context through OpenTelemetry, `decorators::otel`.
 //! - `redis`: the Redis Streams transport, [`msgio::redis`](crate::redis), and the Redis
 //!   dedupe store.
-//! - `nats`: the NATS JetStream transport, [`msgio::nats`](crate::nats).
-//! - `amqp`: the RabbitMQ (AMQP 0.9.1) transport, [`msgio::amqp`](crate::amqp).
+//! - `nats`: the NATS JetStream transport, [`msgio::nats`](crate::nats). Needs Rust 1.89
+//!   (async-nats' own minimum).
+//! - `amqp`: the RabbitMQ (AMQP 0.9.1) transport, [`msgio::amqp`](crate::amqp). Needs
+//!   Rust 1.88 (lapin's own minimum).
+//!
+//! msgio itself needs Rust 1.85; the features above that need newer say so.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]

@@ -1,6 +1,9 @@
 //! The RabbitMQ transport (feature `amqp`, AMQP 0.9.1 on `lapin`): a topic that publishes
 //! with publisher confirms, and a server on `basic.consume`, built on the delivery engine.
 //!
+//! Needs Rust 1.88 or newer, the minimum of the lapin client it is built on (msgio itself
+//! needs 1.85).
+//!
 //! ```no_run
 //! use msgio::amqp::{Amqp, ExchangeKind, QueueOptions};
 //! use msgio::{Context, Message, ReceiverFunc, Server, ServerConfig, Topic};

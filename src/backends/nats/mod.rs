@@ -2,6 +2,9 @@
 //! waits for the stream's acknowledgement, and a server on a durable pull consumer, built
 //! on the delivery engine.
 //!
+//! Needs Rust 1.89 or newer, the minimum of the async-nats client it is built on (msgio
+//! itself needs 1.85).
+//!
 //! ```no_run
 //! use msgio::nats::{ConsumerOptions, Nats};
 //! use msgio::{Context, Message, ReceiverFunc, Server, ServerConfig, Topic};
