@@ -103,6 +103,43 @@ impl Transport for TooConcurrent {
     }
 }
 
+/// A destination whose first server takes every message: a server made after it serves a
+/// queue of its own that nothing is published to (a group member that never gets a share).
+#[derive(Clone)]
+struct StarvedDestination {
+    queue: MemQueue,
+    served: Arc<std::sync::atomic::AtomicBool>,
+}
+
+struct StarvesLaterMembers;
+
+impl Transport for StarvesLaterMembers {
+    type Destination = StarvedDestination;
+    type Topic = MemTopic;
+    type Server = MemServer;
+
+    async fn destination(&self) -> Result<StarvedDestination, Error> {
+        Ok(StarvedDestination {
+            queue: MemQueue::new(10_000)?,
+            served: Arc::default(),
+        })
+    }
+    async fn topic(&self, d: &StarvedDestination) -> Result<MemTopic, Error> {
+        Ok(d.queue.topic())
+    }
+    async fn server(
+        &self,
+        d: &StarvedDestination,
+        config: ServerConfig,
+    ) -> Result<MemServer, Error> {
+        if d.served.swap(true, Ordering::SeqCst) {
+            MemQueue::new(10_000)?.server(config)
+        } else {
+            d.queue.server(config)
+        }
+    }
+}
+
 /// What a faulty topic does to what it publishes.
 #[derive(Clone, Copy)]
 enum TopicFault {
@@ -381,4 +418,14 @@ async fn the_kit_fails_a_server_that_redelivers_a_reject_late() {
         })
         .await;
     assert!(failed(&report, "reject_is_not_retried"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kit_fails_a_group_whose_second_member_gets_nothing() {
+    let report =
+        msgio::testing::run_matching(StarvesLaterMembers, quick().consumer_groups(), |name| {
+            name == "consumer_group"
+        })
+        .await;
+    assert!(failed(&report, "consumer_group"), "{report}");
 }
