@@ -223,6 +223,22 @@ mod tests {
     }
 
     #[test]
+    fn fields_read_as_simple_strings_or_numbers_decode_like_bulk_strings() {
+        // A script's reply (Lua) or a RESP3 proxy may hand fields back in other forms.
+        let fields = vec![
+            Value::SimpleString("attr:X-Count".into()),
+            Value::Int(42),
+            Value::SimpleString("body".into()),
+            Value::SimpleString("hello".into()),
+        ];
+        let Decoded::Ok { attributes, body } = decode(fields) else {
+            panic!("decodes");
+        };
+        assert_eq!(attributes.get("X-Count"), Some("42"));
+        assert_eq!(body.as_ref(), b"hello");
+    }
+
+    #[test]
     fn a_missing_body_is_malformed() {
         let Decoded::Malformed {
             reason, attributes, ..
