@@ -86,6 +86,8 @@
 //!   (async-nats' own minimum).
 //! - `amqp`: the RabbitMQ (AMQP 0.9.1) transport, [`msgio::amqp`](crate::amqp). Needs
 //!   Rust 1.88 (lapin's own minimum).
+//! - `tower`: a tower `Layer` for each receiver decorator, and adapters between
+//!   receivers and tower services, `msgio::tower`.
 //!
 //! msgio itself needs Rust 1.85; the features above that need newer say so.
 
@@ -140,6 +142,10 @@ pub mod amqp;
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub mod tower;
+
 /// Entry points of the fuzz targets in `fuzz/` (built with `--cfg fuzzing`): not API.
 /// Unit tests run them over the committed seeds, so that they always build.
 #[cfg(any(fuzzing, test))]
@@ -147,8 +153,9 @@ pub mod testing;
 pub mod fuzz;
 
 /// The README's examples, compiled and run as doc tests (they use the in-memory and Redis
-/// transports, so they need both features, as `cargo test --all-features` has).
-#[cfg(all(doctest, feature = "mem", feature = "redis"))]
+/// transports and the tower layers, so they need those features, as
+/// `cargo test --all-features` has).
+#[cfg(all(doctest, feature = "mem", feature = "redis", feature = "tower"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 

@@ -195,6 +195,30 @@ impl<R> SafeReceiver<R> {
 
 inner_accessors!([R] SafeReceiver<R>, R, "receiver");
 
+/// A [`SafeReceiver`] layer (feature `tower`): [`SafeReceiver::layer`].
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub type SafeLayer = SafeReceiver<()>;
+
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+impl SafeReceiver<()> {
+    /// A [`Layer`](tower_layer::Layer) that wraps each receiver it is given in a
+    /// [`SafeReceiver::new`].
+    pub fn layer() -> SafeLayer {
+        SafeReceiver::new(())
+    }
+}
+
+#[cfg(feature = "tower")]
+impl<R> tower_layer::Layer<R> for SafeReceiver<()> {
+    type Service = SafeReceiver<R>;
+
+    fn layer(&self, inner: R) -> SafeReceiver<R> {
+        SafeReceiver::new(inner)
+    }
+}
+
 impl<R: Receiver> Receiver for SafeReceiver<R> {
     fn receive(
         &self,

@@ -196,6 +196,35 @@ impl<R, C> DecodeReceiver<R, C> {
 
 inner_accessors!([R, C] DecodeReceiver<R, C>, R, "receiver");
 
+/// A [`DecodeReceiver`] layer (feature `tower`): [`DecodeReceiver::layer`].
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub type DecodeLayer<C> = DecodeReceiver<(), C>;
+
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+impl<C: Clone> DecodeReceiver<(), C> {
+    /// A [`Layer`](tower_layer::Layer) that wraps each receiver it is given in a
+    /// [`DecodeReceiver::new`] with `codec`; [`max_decoded_size`](Self::max_decoded_size)
+    /// applies as it does to a `DecodeReceiver`.
+    pub fn layer(codec: C) -> DecodeLayer<C> {
+        DecodeReceiver::new((), codec)
+    }
+}
+
+#[cfg(feature = "tower")]
+impl<R, C: Clone> tower_layer::Layer<R> for DecodeReceiver<(), C> {
+    type Service = DecodeReceiver<R, C>;
+
+    fn layer(&self, inner: R) -> DecodeReceiver<R, C> {
+        DecodeReceiver {
+            inner,
+            codec: self.codec.clone(),
+            max_decoded: self.max_decoded,
+        }
+    }
+}
+
 impl<R: Receiver, C: Codec> Receiver for DecodeReceiver<R, C> {
     async fn receive(&self, ctx: Context, mut msg: Message) -> Result<(), Error> {
         let mut applied = tokens(&msg.attributes, C::ATTRIBUTE);

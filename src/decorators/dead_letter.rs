@@ -69,6 +69,40 @@ impl<R> DeadLetter<R> {
 
 inner_accessors!([R] DeadLetter<R>, R, "receiver");
 
+/// A [`DeadLetter`] layer (feature `tower`): [`DeadLetter::layer`].
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub type DeadLetterLayer = DeadLetter<()>;
+
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+impl DeadLetter<()> {
+    /// A [`Layer`](tower_layer::Layer) that wraps each receiver it is given in a
+    /// [`DeadLetter::new`] to `topic`; [`max_attempts`](DeadLetter::max_attempts) and
+    /// [`max_body`](DeadLetter::max_body) set it up as they do a `DeadLetter`.
+    pub fn layer<T>(topic: T) -> DeadLetterLayer
+    where
+        T: Topic + 'static,
+        T::Writer: 'static,
+    {
+        DeadLetter::new((), topic)
+    }
+}
+
+#[cfg(feature = "tower")]
+impl<R> tower_layer::Layer<R> for DeadLetter<()> {
+    type Service = DeadLetter<R>;
+
+    fn layer(&self, inner: R) -> DeadLetter<R> {
+        DeadLetter {
+            inner,
+            topic: self.topic.clone(),
+            max_attempts: self.max_attempts,
+            max_body: self.max_body,
+        }
+    }
+}
+
 impl<R: Receiver> Receiver for DeadLetter<R> {
     async fn receive(&self, ctx: Context, mut msg: Message) -> Result<(), Error> {
         let body = match msg.dump_body(self.max_body).await {

@@ -136,6 +136,38 @@ impl<R, S> Dedupe<R, S> {
 
 inner_accessors!([R, S] Dedupe<R, S>, R, "receiver");
 
+/// A [`Dedupe`] layer (feature `tower`): [`Dedupe::layer`].
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub type DedupeLayer<S> = Dedupe<(), S>;
+
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+impl<S: Clone> Dedupe<(), S> {
+    /// A [`Layer`](tower_layer::Layer) that wraps each receiver it is given in a
+    /// [`Dedupe::new`] through a clone of `store` (the built-in stores' clones share their
+    /// keys); the other settings apply as they do to a `Dedupe`.
+    pub fn layer(store: S) -> DedupeLayer<S> {
+        Dedupe::new((), store)
+    }
+}
+
+#[cfg(feature = "tower")]
+impl<R, S: Clone> tower_layer::Layer<R> for Dedupe<(), S> {
+    type Service = Dedupe<R, S>;
+
+    fn layer(&self, inner: R) -> Dedupe<R, S> {
+        Dedupe {
+            inner,
+            store: self.store.clone(),
+            key: self.key.clone(),
+            done_ttl: self.done_ttl,
+            claim_ttl: self.claim_ttl,
+            busy_retry: self.busy_retry,
+        }
+    }
+}
+
 impl<R: Receiver, S: DedupeStore> Receiver for Dedupe<R, S> {
     async fn receive(&self, ctx: Context, msg: Message) -> Result<(), Error> {
         let Some(key) = msg.attributes.get_canonical(&self.key) else {

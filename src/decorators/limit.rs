@@ -25,6 +25,9 @@ use crate::{Context, Error, Message, Receiver};
 #[derive(Debug, Clone)]
 pub struct ConcurrencyLimit<R> {
     inner: R,
+    /// The limit, for a layer to give each receiver it wraps a semaphore of its own.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    max: usize,
     permits: Arc<Semaphore>,
 }
 
@@ -43,12 +46,46 @@ impl<R> ConcurrencyLimit<R> {
         }
         Ok(ConcurrencyLimit {
             inner,
+            max,
             permits: Arc::new(Semaphore::new(max)),
         })
     }
 }
 
 inner_accessors!([R] ConcurrencyLimit<R>, R, "receiver");
+
+/// A [`ConcurrencyLimit`] layer (feature `tower`): [`ConcurrencyLimit::layer`].
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub type ConcurrencyLimitLayer = ConcurrencyLimit<()>;
+
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+impl ConcurrencyLimit<()> {
+    /// A [`Layer`](tower_layer::Layer) that wraps each receiver it is given in a
+    /// [`ConcurrencyLimit::new`] of `max`, each with a limit of its own (as tower's
+    /// `ConcurrencyLimitLayer`; clone one `ConcurrencyLimit` to share a limit).
+    ///
+    /// # Errors
+    ///
+    /// As [`ConcurrencyLimit::new`].
+    pub fn layer(max: usize) -> Result<ConcurrencyLimitLayer, Error> {
+        ConcurrencyLimit::new((), max)
+    }
+}
+
+#[cfg(feature = "tower")]
+impl<R> tower_layer::Layer<R> for ConcurrencyLimit<()> {
+    type Service = ConcurrencyLimit<R>;
+
+    fn layer(&self, inner: R) -> ConcurrencyLimit<R> {
+        ConcurrencyLimit {
+            inner,
+            max: self.max,
+            permits: Arc::new(Semaphore::new(self.max)),
+        }
+    }
+}
 
 impl<R: Receiver> Receiver for ConcurrencyLimit<R> {
     async fn receive(&self, ctx: Context, msg: Message) -> Result<(), Error> {
@@ -90,6 +127,15 @@ struct Bucket {
 }
 
 impl Bucket {
+    /// A full bucket.
+    fn new(per_second: f64, burst: f64) -> Self {
+        Bucket {
+            per_second,
+            burst,
+            state: Mutex::new((burst, Instant::now())),
+        }
+    }
+
     /// Takes a token; returns how long to wait before using it.
     fn reserve(&self) -> Duration {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -135,19 +181,46 @@ impl<R> RateLimit<R> {
                 "must be at least 1",
             ));
         }
-        let burst = f64::from(burst);
         Ok(RateLimit {
             inner,
-            bucket: Arc::new(Bucket {
-                per_second,
-                burst,
-                state: Mutex::new((burst, Instant::now())),
-            }),
+            bucket: Arc::new(Bucket::new(per_second, f64::from(burst))),
         })
     }
 }
 
 inner_accessors!([R] RateLimit<R>, R, "receiver");
+
+/// A [`RateLimit`] layer (feature `tower`): [`RateLimit::layer`].
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub type RateLimitLayer = RateLimit<()>;
+
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+impl RateLimit<()> {
+    /// A [`Layer`](tower_layer::Layer) that wraps each receiver it is given in a
+    /// [`RateLimit::new`], each with a full bucket of its own (as tower's
+    /// `RateLimitLayer`; clone one `RateLimit` to share a bucket).
+    ///
+    /// # Errors
+    ///
+    /// As [`RateLimit::new`].
+    pub fn layer(per_second: f64, burst: u32) -> Result<RateLimitLayer, Error> {
+        RateLimit::new((), per_second, burst)
+    }
+}
+
+#[cfg(feature = "tower")]
+impl<R> tower_layer::Layer<R> for RateLimit<()> {
+    type Service = RateLimit<R>;
+
+    fn layer(&self, inner: R) -> RateLimit<R> {
+        RateLimit {
+            inner,
+            bucket: Arc::new(Bucket::new(self.bucket.per_second, self.bucket.burst)),
+        }
+    }
+}
 
 impl<R: Receiver> Receiver for RateLimit<R> {
     async fn receive(&self, ctx: Context, msg: Message) -> Result<(), Error> {

@@ -76,3 +76,13 @@ pub use limit::{ConcurrencyLimit, RateLimit};
 pub use retry::Retry;
 pub use router::Router;
 pub use timeout::Timeout;
+
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub use {
+    dead_letter::DeadLetterLayer,
+    dedupe::DedupeLayer,
+    limit::{ConcurrencyLimitLayer, RateLimitLayer},
+    retry::RetryLayer,
+    timeout::TimeoutLayer,
+};

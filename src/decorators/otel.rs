@@ -233,7 +233,8 @@ delegate_message_writer!([W: MessageWriter] OtelWriter<W>);
 pub struct OtelReceiver<R> {
     inner: R,
     system: Cow<'static, str>,
-    tracer: BoxedTracer,
+    /// Shared, so that a layer can hand it to every receiver it wraps.
+    tracer: std::sync::Arc<BoxedTracer>,
 }
 
 impl<R: fmt::Debug> fmt::Debug for OtelReceiver<R> {
@@ -252,13 +253,13 @@ impl<R> OtelReceiver<R> {
         OtelReceiver {
             inner,
             system: Cow::Borrowed("msgio"),
-            tracer: global::tracer("msgio"),
+            tracer: std::sync::Arc::new(global::tracer("msgio")),
         }
     }
 
     /// Uses `tracer` instead of the global provider's.
     pub fn with_tracer(mut self, tracer: BoxedTracer) -> Self {
-        self.tracer = tracer;
+        self.tracer = std::sync::Arc::new(tracer);
         self
     }
 
@@ -270,6 +271,36 @@ impl<R> OtelReceiver<R> {
 }
 
 inner_accessors!([R] OtelReceiver<R>, R, "receiver");
+
+/// An [`OtelReceiver`] layer (feature `tower`): [`OtelReceiver::layer`].
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub type OtelLayer = OtelReceiver<()>;
+
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+impl OtelReceiver<()> {
+    /// A [`Layer`](tower_layer::Layer) that wraps each receiver it is given in an
+    /// [`OtelReceiver::new`]; [`with_tracer`](OtelReceiver::with_tracer) and
+    /// [`system`](OtelReceiver::system) apply as they do to an `OtelReceiver` (the
+    /// receivers share the tracer).
+    pub fn layer() -> OtelLayer {
+        OtelReceiver::new(())
+    }
+}
+
+#[cfg(feature = "tower")]
+impl<R> tower_layer::Layer<R> for OtelReceiver<()> {
+    type Service = OtelReceiver<R>;
+
+    fn layer(&self, inner: R) -> OtelReceiver<R> {
+        OtelReceiver {
+            inner,
+            system: self.system.clone(),
+            tracer: std::sync::Arc::clone(&self.tracer),
+        }
+    }
+}
 
 impl<R: Receiver> Receiver for OtelReceiver<R> {
     async fn receive(&self, ctx: Context, msg: Message) -> Result<(), Error> {
@@ -292,7 +323,7 @@ impl<R: Receiver> Receiver for OtelReceiver<R> {
             .span_builder(format!("process {source}"))
             .with_kind(SpanKind::Consumer)
             .with_attributes(attributes)
-            .start_with_context(&self.tracer, &parent);
+            .start_with_context(&*self.tracer, &parent);
         let cx = parent.with_span(span);
         let result = self.inner.receive(ctx, msg).with_context(cx.clone()).await;
         let span = cx.span();

@@ -59,6 +59,34 @@ impl<R> Retry<R> {
 
 inner_accessors!([R] Retry<R>, R, "receiver");
 
+/// A [`Retry`] layer (feature `tower`): [`Retry::layer`].
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub type RetryLayer = Retry<()>;
+
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+impl Retry<()> {
+    /// A [`Layer`](tower_layer::Layer) that wraps each receiver it is given in a
+    /// [`Retry::new`] with these settings.
+    pub fn layer(backoff: Backoff, max_attempts: u32) -> RetryLayer {
+        Retry::new((), backoff, max_attempts)
+    }
+}
+
+#[cfg(feature = "tower")]
+impl<R> tower_layer::Layer<R> for Retry<()> {
+    type Service = Retry<R>;
+
+    fn layer(&self, inner: R) -> Retry<R> {
+        Retry {
+            inner,
+            backoff: self.backoff,
+            max_attempts: self.max_attempts,
+        }
+    }
+}
+
 impl<R: Receiver> Receiver for Retry<R> {
     fn receive(
         &self,

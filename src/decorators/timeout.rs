@@ -40,6 +40,30 @@ impl<R> Timeout<R> {
 
 inner_accessors!([R] Timeout<R>, R, "receiver");
 
+/// A [`Timeout`] layer (feature `tower`): [`Timeout::layer`].
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub type TimeoutLayer = Timeout<()>;
+
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+impl Timeout<()> {
+    /// A [`Layer`](tower_layer::Layer) that wraps each receiver it is given in a
+    /// [`Timeout::new`] of `timeout`.
+    pub fn layer(timeout: Duration) -> TimeoutLayer {
+        Timeout::new((), timeout)
+    }
+}
+
+#[cfg(feature = "tower")]
+impl<R> tower_layer::Layer<R> for Timeout<()> {
+    type Service = Timeout<R>;
+
+    fn layer(&self, inner: R) -> Timeout<R> {
+        Timeout::new(inner, self.timeout)
+    }
+}
+
 impl<R: Receiver> Receiver for Timeout<R> {
     async fn receive(&self, ctx: Context, msg: Message) -> Result<(), Error> {
         let limited = ctx.child().with_timeout(self.timeout);

@@ -158,6 +158,34 @@ impl<R> TracedReceiver<R> {
 
 inner_accessors!([R] TracedReceiver<R>, R, "receiver");
 
+/// A [`TracedReceiver`] layer (feature `tower`): [`TracedReceiver::layer`].
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub type TracedLayer = TracedReceiver<()>;
+
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+impl TracedReceiver<()> {
+    /// A [`Layer`](tower_layer::Layer) that wraps each receiver it is given in a
+    /// [`TracedReceiver::new`]; [`system`](TracedReceiver::system) applies as it does to a
+    /// `TracedReceiver`.
+    pub fn layer() -> TracedLayer {
+        TracedReceiver::new(())
+    }
+}
+
+#[cfg(feature = "tower")]
+impl<R> tower_layer::Layer<R> for TracedReceiver<()> {
+    type Service = TracedReceiver<R>;
+
+    fn layer(&self, inner: R) -> TracedReceiver<R> {
+        TracedReceiver {
+            inner,
+            system: self.system.clone(),
+        }
+    }
+}
+
 impl<R: Receiver> Receiver for TracedReceiver<R> {
     async fn receive(&self, ctx: Context, msg: Message) -> Result<(), Error> {
         let span = tracing::info_span!(
