@@ -191,6 +191,40 @@ async fn the_duplicate_window_drops_a_message_published_again_with_its_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_created_here_has_the_retention_and_duplicate_window_asked_for() {
+    use async_nats::jetstream::stream::RetentionPolicy;
+    let Some(nats) = connect().await else { return };
+    let raw = async_nats::jetstream::new(async_nats::connect(url()).await.unwrap());
+    let (default, limits) = (Fresh::new(&nats).await, Fresh::new(&nats).await);
+    nats.ensure_stream(&default.options()).await.unwrap();
+    nats.ensure_stream(
+        &limits
+            .options()
+            .limits_retention()
+            .duplicate_window(Duration::from_secs(7)),
+    )
+    .await
+    .unwrap();
+    let config = |name: String| {
+        let raw = raw.clone();
+        async move {
+            raw.get_stream(name)
+                .await
+                .unwrap()
+                .cached_info()
+                .config
+                .clone()
+        }
+    };
+    let default = config(default.stream.clone()).await;
+    assert_eq!(default.retention, RetentionPolicy::WorkQueue);
+    assert_eq!(default.duplicate_window, Duration::from_secs(120));
+    let limits = config(limits.stream.clone()).await;
+    assert_eq!(limits.retention, RetentionPolicy::Limits);
+    assert_eq!(limits.duplicate_window, Duration::from_secs(7));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_carry_multi_valued_attributes_and_a_line_break_is_refused_by_key() {
     let Some(nats) = connect().await else { return };
     let fresh = Fresh::new(&nats).await;
