@@ -50,6 +50,7 @@
 
 mod config;
 mod delivery;
+mod dispatch;
 mod health;
 mod serve;
 mod settle;
@@ -62,11 +63,11 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use config::ServerConfig;
+pub use delivery::{Delivery, Settle, Settlement};
 pub use health::{Health, HealthState};
 pub use serve::Engine;
 
-use crate::{Attributes, Error, MessageId};
-use bytes::Bytes;
+use crate::{Attributes, Error};
 
 /// What a transport supplies to the [`Engine`]: deliveries, and a way to settle them.
 ///
@@ -145,62 +146,6 @@ pub trait Source: Send + Sync + 'static {
     fn close(&self) -> impl Future<Output = Result<(), Error>> + Send {
         async { Ok(()) }
     }
-}
-
-/// One delivery from a [`Source`]: the message, its token and its facts.
-#[derive(Debug)]
-#[non_exhaustive]
-pub struct Delivery<T> {
-    /// Settles this delivery.
-    pub token: T,
-    /// The transport's id of the message.
-    pub message_id: Option<MessageId>,
-    /// Which delivery of the message this is, starting at 1.
-    pub attempt: u32,
-    /// The attributes.
-    pub attributes: Attributes,
-    /// The body.
-    pub body: Bytes,
-    /// Why the source could not decode this delivery, if it could not: the engine then
-    /// dead-letters it (or rejects it) without handing it to the receiver.
-    pub malformed: Option<String>,
-}
-
-/// A settlement the engine hands back to its [`Source`].
-#[derive(Debug)]
-#[non_exhaustive]
-pub struct Settlement<T> {
-    /// The delivery's token.
-    pub token: T,
-    /// What to do with it.
-    pub action: Settle,
-}
-
-/// What to do with a delivery.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Settle {
-    /// Processed: remove it.
-    Ack,
-    /// The attempt failed: deliver it again, after `delay` when given. The next delivery is
-    /// the next attempt.
-    Nack {
-        /// The delay before the next attempt.
-        delay: Option<Duration>,
-    },
-    /// Never deliver it again: it was rejected or ran out of attempts, and the server has no
-    /// dead-letter topic. A source may route it to the broker's own dead-letter target.
-    /// (A message the engine dead-lettered to a topic is settled with [`Settle::Ack`].)
-    Reject,
-    /// Never handed to a receiver (fetched while the server was shutting down): deliver it
-    /// again, without counting an attempt where the transport can.
-    Release,
-    /// Not due yet (its [`keys::NOT_BEFORE`](crate::keys::NOT_BEFORE) is in the future):
-    /// deliver it again after `delay`, without counting an attempt where the transport can.
-    Defer {
-        /// How long until it is due.
-        delay: Duration,
-    },
 }
 
 /// Records `delay` in `attributes` as [`keys::NOT_BEFORE`](crate::keys::NOT_BEFORE), for

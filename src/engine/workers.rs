@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
-use super::serve::Dispatch;
+use super::dispatch::Dispatch;
 use super::slots::Slots;
 use super::{Delivery, Source};
 use crate::Receiver;

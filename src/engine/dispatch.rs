@@ -1,0 +1,205 @@
+//! What the engine does with one message: run the receiver under its context, decide its
+//! fate from the result (settle, retry, dead-letter) and hand the settlement on. The
+//! workers (`workers.rs`) call it; the serve loop (`serve.rs`) builds it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use super::settle::SettleSender;
+use super::{Delivery, Settle, Settlement, Source};
+use crate::context::Origin;
+use crate::dead_letter::{Fate, Published};
+use crate::receiver::catch_panic;
+use crate::{Attributes, BoxTopic, Context, Message, MessageId, Receiver, keys, log};
+
+/// What every message shares.
+pub(super) struct Dispatch<S: Source, R> {
+    pub(super) receiver: R,
+    pub(super) name: Arc<str>,
+    pub(super) settle_tx: SettleSender<S::Token>,
+    /// Cancels the receivers' contexts.
+    pub(super) cancel: CancellationToken,
+    pub(super) abort: CancellationToken,
+    pub(super) max_attempts: Option<u32>,
+    pub(super) dead_letter: Option<BoxTopic>,
+    pub(super) dead_letter_retry: Duration,
+    /// The source's deliveries may carry a not-before time.
+    pub(super) not_before: bool,
+}
+
+impl<S: Source, R: Receiver> Dispatch<S, R> {
+    pub(super) fn settle(&self, token: S::Token, action: Settle) {
+        self.settle_tx.send(Settlement { token, action });
+    }
+
+    /// What the contexts of the messages a worker runs share: each worker makes its own,
+    /// so that the count of its references stays in its core's cache.
+    ///
+    /// Its token is a child of the engine's: the shutdown deadline cancels it, while a
+    /// receiver that cancels its context cancels only this token, never the engine's (a
+    /// callee cannot cancel its caller). A worker makes a new origin after a message whose
+    /// context was cancelled or outlived it ([`Origin::is_spent`]), so that cancelling one
+    /// message's context never reaches another's.
+    pub(super) fn origin(&self) -> Arc<Origin> {
+        Origin::new(self.cancel.child_token(), Some(self.name.clone()))
+    }
+
+    /// Runs one delivery to its settlement, with contexts sharing `origin`.
+    pub(super) async fn run_message(&self, delivery: Delivery<S::Token>, origin: &Arc<Origin>) {
+        let Delivery {
+            token,
+            message_id,
+            attempt,
+            attributes,
+            body,
+            malformed,
+            ..
+        } = delivery;
+        let action = match malformed {
+            None => {
+                self.handle(origin, message_id, attempt, attributes, body)
+                    .await
+            }
+            Some(why) => {
+                let reason = format!("malformed delivery: {why}");
+                let kept = Some((attributes, body));
+                Box::pin(self.give_up(reason, message_id, attempt, kept)).await
+            }
+        };
+        self.settle(token, action);
+    }
+
+    /// Runs the receiver and decides the message's fate.
+    async fn handle(
+        &self,
+        origin: &Arc<Origin>,
+        message_id: Option<MessageId>,
+        attempt: u32,
+        attributes: Attributes,
+        body: Bytes,
+    ) -> Settle {
+        if self.not_before {
+            if let Some(delay) = self.not_due(message_id.as_ref(), &attributes) {
+                return Settle::Defer { delay };
+            }
+        }
+        let mut ctx = Context::with_origin(origin.clone()).with_attempt(attempt);
+        if let Some(id) = &message_id {
+            ctx = ctx.with_message_id(id.clone());
+        }
+        // With a dead-letter topic the originals stay for it (shared, not copied); without
+        // one the message simply moves on.
+        let (message, kept) = if self.dead_letter.is_some() {
+            let message = Message::from_parts(attributes.clone(), body.clone());
+            (message, Some((attributes, body)))
+        } else {
+            (Message::from_parts(attributes, body), None)
+        };
+        let result = tokio::select! {
+            biased;
+            result = catch_panic(|| self.receiver.receive(ctx, message)) => result,
+            // Abandoned after the shutdown deadline: a failed attempt.
+            _ = self.abort.cancelled() => return Settle::Nack { delay: None },
+        };
+        let error = match result {
+            Ok(()) => return Settle::Ack,
+            Err(e) => e,
+        };
+        let reason = match crate::dead_letter::fate(&error, attempt, self.max_attempts) {
+            Fate::Retry(delay) => return Settle::Nack { delay },
+            Fate::GiveUp(reason) => reason,
+        };
+        self.give_up(reason, message_id, attempt, kept).await
+    }
+
+    /// A message that will not be retried: dead-lettered, or rejected with a warning when
+    /// there is no dead-letter topic.
+    async fn give_up(
+        &self,
+        reason: String,
+        message_id: Option<MessageId>,
+        attempt: u32,
+        kept: Option<(Attributes, Bytes)>,
+    ) -> Settle {
+        let (Some(topic), Some((attributes, body))) = (&self.dead_letter, kept) else {
+            log::warning!(
+                "msgio: dropping message {} from {:?} after attempt {attempt}: {reason} (no dead-letter topic)",
+                display_id(message_id.as_ref()),
+                self.name
+            );
+            return Settle::Reject;
+        };
+        // Boxed: the rare dead-letter path should not grow every message's task.
+        Box::pin(self.dead_letter(topic, reason, message_id, attempt, attributes, body)).await
+    }
+
+    /// How long until the message is due, when its not-before time is still ahead. A value
+    /// that is not a number of milliseconds is ignored with a warning: the message is
+    /// delivered rather than held for ever.
+    fn not_due(&self, message_id: Option<&MessageId>, attributes: &Attributes) -> Option<Duration> {
+        let value = attributes.get(keys::NOT_BEFORE)?;
+        let Ok(due) = value.trim().parse::<u64>() else {
+            log::warning!(
+                "msgio: message {} from {:?} has an unreadable {} {value:?}; delivering it now",
+                display_id(message_id),
+                self.name,
+                keys::NOT_BEFORE
+            );
+            return None;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        (due > now).then(|| Duration::from_millis(due - now))
+    }
+
+    /// Publishes the message to the dead-letter topic; a failure retries it later.
+    async fn dead_letter(
+        &self,
+        topic: &BoxTopic,
+        reason: String,
+        message_id: Option<MessageId>,
+        attempt: u32,
+        attributes: Attributes,
+        body: Bytes,
+    ) -> Settle {
+        let letter = crate::dead_letter::Letter {
+            attributes,
+            body,
+            reason: &reason,
+            attempt,
+            source: Some(&self.name),
+            message_id: message_id.as_ref(),
+        };
+        // A child: a dead-letter topic that cancels its context must not abort the server.
+        let ctx = Context::with_cancellation_token(self.abort.child_token());
+        match crate::dead_letter::publish(topic, &ctx, letter).await {
+            Published::Done => Settle::Ack,
+            Published::Retry(e) => {
+                log::warning!(
+                    "msgio: could not dead-letter message {} from {:?} ({e}); it will be retried",
+                    display_id(message_id.as_ref()),
+                    self.name
+                );
+                Settle::Nack {
+                    delay: Some(self.dead_letter_retry),
+                }
+            }
+            Published::Refused(e) => {
+                log::error!(
+                    "msgio: the dead-letter topic refuses message {} from {:?} for good ({e}); rejecting it at its source (after: {reason})",
+                    display_id(message_id.as_ref()),
+                    self.name
+                );
+                Settle::Reject
+            }
+        }
+    }
+}
+
+fn display_id(id: Option<&MessageId>) -> String {
+    id.map_or_else(|| "(no id)".to_owned(), ToString::to_string)
+}
