@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 
 use super::*;
 use crate::topic::{BufferedWriter, Outgoing, Publish};
-use crate::{Backoff, Context, Message, ReceiverFunc, Server, TopicFunc};
+use crate::{Backoff, Context, Message, MessageId, ReceiverFunc, Server, TopicFunc};
 
 /// What one call to `fetch` does.
 enum Step {
