@@ -118,25 +118,19 @@ pub mod decorators;
 pub mod engine;
 pub mod keys;
 
-#[cfg(feature = "mem")]
-#[cfg_attr(docsrs, doc(cfg(feature = "mem")))]
-#[path = "backends/mem.rs"]
-pub mod mem;
-
-#[cfg(feature = "redis")]
-#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-#[path = "backends/redis/mod.rs"]
-pub mod redis;
-
-#[cfg(feature = "nats")]
-#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
-#[path = "backends/nats/mod.rs"]
-pub mod nats;
-
+mod backends;
 #[cfg(feature = "amqp")]
 #[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
-#[path = "backends/amqp/mod.rs"]
-pub mod amqp;
+pub use backends::amqp;
+#[cfg(feature = "mem")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mem")))]
+pub use backends::mem;
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+pub use backends::nats;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use backends::redis;
 
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]

@@ -66,7 +66,7 @@
 
 mod encoding;
 mod link;
-mod server;
+mod source;
 mod topic;
 
 use std::fmt;
@@ -75,7 +75,7 @@ use std::sync::Arc;
 use lapin::options::{ExchangeDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 
-pub use server::{AmqpServer, QueueOptions};
+pub use source::{AmqpServer, QueueOptions};
 pub use topic::{AmqpPublisher, AmqpTopic, AmqpWriter};
 
 use crate::{Error, ServerConfig};
@@ -223,7 +223,7 @@ impl Amqp {
     pub async fn bind(&self, queue: &str, exchange: &str, routing_key: &str) -> Result<(), Error> {
         self.link
             .declare(
-                |channel| async move { server::bind(&channel, queue, exchange, routing_key).await },
+                |channel| async move { source::bind(&channel, queue, exchange, routing_key).await },
             )
             .await
     }

@@ -76,13 +76,13 @@
 
 mod encoding;
 mod pull;
-mod server;
+mod source;
 mod topic;
 mod wire;
 
 use std::fmt;
 
-pub use server::{ConsumerOptions, NatsServer};
+pub use source::{ConsumerOptions, NatsServer};
 pub use topic::{NatsPublisher, NatsTopic, NatsWriter};
 
 use crate::redact::Credentials;
@@ -185,7 +185,7 @@ impl Nats {
     /// [`Error::InvalidConfig`] naming a setting out of range; [`Error::Other`] when
     /// JetStream refuses the stream.
     pub async fn ensure_stream(&self, options: &ConsumerOptions) -> Result<(), Error> {
-        server::ensure_stream(self, options).await.map(drop)
+        source::ensure_stream(self, options).await.map(drop)
     }
 
     /// Deletes the stream `name` and what it holds.

@@ -42,20 +42,24 @@
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{Notify, Semaphore, TryAcquireError};
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
-use crate::engine::{Delivery, Engine, Settle, Settlement, Source};
-use crate::topic::{BufferedWriter, Outgoing, Publish};
-use crate::{Attributes, Context, Error, ServerConfig, Topic};
+use crate::engine::Engine;
+use crate::topic::Outgoing;
+use crate::{Attributes, Error, ServerConfig};
+
+mod source;
+mod topic;
+
+pub use source::MemServer;
+use source::MemSource;
+pub use topic::{MemPublish, MemPublisher, MemTopic, MemWriter};
 
 /// A [`MemTopic`] and a [`MemServer`] over a new queue holding at most `capacity` messages,
 /// with the default [`ServerConfig`].
@@ -272,213 +276,3 @@ impl State {
         None
     }
 }
-
-/// A topic publishing to an in-memory queue.
-#[derive(Clone)]
-pub struct MemTopic {
-    queue: Arc<Queue>,
-}
-
-impl fmt::Debug for MemTopic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemTopic")
-            .field("queue", &self.queue.name)
-            .finish()
-    }
-}
-
-impl Topic for MemTopic {
-    type Writer = MemWriter;
-
-    fn new_writer(&self, ctx: &Context) -> Result<MemWriter, Error> {
-        Ok(BufferedWriter::new(
-            MemPublisher {
-                queue: self.queue.clone(),
-            },
-            ctx,
-        ))
-    }
-}
-
-/// The writer of a [`MemTopic`]. Closing it waits while the queue is full (until the
-/// writer's context is cancelled).
-pub type MemWriter = BufferedWriter<MemPublisher>;
-
-/// Publishes whole messages to an in-memory queue (for [`MemWriter`]).
-pub struct MemPublisher {
-    queue: Arc<Queue>,
-}
-
-impl fmt::Debug for MemPublisher {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemPublisher")
-            .field("queue", &self.queue.name)
-            .finish()
-    }
-}
-
-impl Publish for MemPublisher {
-    type Future = MemPublish;
-
-    fn publish(&self, ctx: &Context, message: Outgoing) -> MemPublish {
-        if ctx.is_cancelled() {
-            // As every transport: a cancelled context publishes nothing.
-            return MemPublish::Waiting(Box::pin(async { Err(Error::Cancelled) }));
-        }
-        match self.queue.capacity.try_acquire() {
-            Ok(permit) => {
-                permit.forget();
-                self.queue.push_new(message);
-                MemPublish::Done
-            }
-            Err(TryAcquireError::NoPermits) => {
-                let queue = self.queue.clone();
-                let ctx = ctx.clone();
-                MemPublish::Waiting(Box::pin(async move {
-                    let permit = ctx
-                        .unless_cancelled(async { Ok(queue.capacity.acquire().await) })
-                        .await?;
-                    permit
-                        .expect("the queue never closes its semaphore")
-                        .forget();
-                    queue.push_new(message);
-                    Ok(())
-                }))
-            }
-            Err(TryAcquireError::Closed) => unreachable!("the queue never closes its semaphore"),
-        }
-    }
-}
-
-/// The future of [`MemPublisher::publish`]: ready at once unless the queue is full.
-pub enum MemPublish {
-    /// Published.
-    Done,
-    /// Waiting for room in the queue.
-    Waiting(Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>),
-}
-
-impl fmt::Debug for MemPublish {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            MemPublish::Done => "MemPublish::Done",
-            MemPublish::Waiting(_) => "MemPublish::Waiting",
-        })
-    }
-}
-
-impl Future for MemPublish {
-    type Output = Result<(), Error>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        match &mut *self {
-            MemPublish::Done => Poll::Ready(Ok(())),
-            MemPublish::Waiting(fut) => fut.as_mut().poll(cx),
-        }
-    }
-}
-
-/// The engine source over an in-memory queue.
-struct MemSource {
-    queue: Arc<Queue>,
-}
-
-impl Source for MemSource {
-    type Token = Item;
-
-    fn name(&self) -> &str {
-        &self.queue.name
-    }
-
-    async fn fetch(&self, max: usize, out: &mut Vec<Delivery<Item>>) -> Result<(), Error> {
-        let queue = &*self.queue;
-        loop {
-            let notified = queue.notify.notified();
-            tokio::pin!(notified);
-            // Register before looking, so a publish in between is not missed.
-            notified.as_mut().enable();
-            let next_due = {
-                let mut state = queue.lock();
-                let next_due = state.promote_due();
-                let n = max.min(state.ready.len());
-                if n > 0 {
-                    // Taken messages make room for publishers; retries come back to the
-                    // queue without taking room again.
-                    let mut room = 0;
-                    out.extend(state.ready.drain(..n).map(|mut item| {
-                        room += usize::from(std::mem::take(&mut item.holds_room));
-                        Delivery {
-                            message_id: Some(item.id.into()),
-                            attempt: item.attempt,
-                            attributes: item.attributes.clone(),
-                            body: item.body.clone(),
-                            malformed: None,
-                            token: item,
-                        }
-                    }));
-                    if room > 0 {
-                        queue.capacity.add_permits(room);
-                    }
-                    if !state.ready.is_empty() {
-                        // Leave the rest to another server on this queue.
-                        queue.notify.notify_one();
-                    }
-                    return Ok(());
-                }
-                next_due
-            };
-            match next_due {
-                None => notified.await,
-                Some(due) => {
-                    tokio::select! {
-                        _ = notified => {}
-                        _ = tokio::time::sleep_until(due) => {}
-                    }
-                }
-            }
-        }
-    }
-
-    async fn settle(&self, batch: &mut Vec<Settlement<Item>>) -> Result<(), Error> {
-        let queue = &*self.queue;
-        let mut requeued = false;
-        let mut released = Vec::new();
-        {
-            let mut state = queue.lock();
-            for settlement in batch.drain(..) {
-                let mut item = settlement.token;
-                match settlement.action {
-                    Settle::Ack | Settle::Reject => {}
-                    Settle::Nack { delay } => {
-                        item.attempt = item.attempt.saturating_add(1);
-                        state.enqueue(item, delay);
-                        requeued = true;
-                    }
-                    Settle::Release => released.push(item),
-                    // Not an attempt: back after the delay, attempt count unchanged.
-                    Settle::Defer { delay } => {
-                        state.enqueue(item, Some(delay));
-                        requeued = true;
-                    }
-                }
-            }
-            // Back to the front, in the order they were fetched.
-            for item in released.into_iter().rev() {
-                state.ready.push_front(item);
-                requeued = true;
-            }
-        }
-        if requeued {
-            queue.notify.notify_one();
-        }
-        Ok(())
-    }
-}
-
-/// A server over an in-memory queue, built on the delivery engine. Cloning gives another
-/// handle to the same server.
-#[derive(Clone, Debug)]
-pub struct MemServer {
-    engine: Engine<MemSource>,
-}
-
-engine_server!(MemServer);
