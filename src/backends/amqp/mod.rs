@@ -75,7 +75,7 @@ use std::sync::Arc;
 use lapin::options::{ExchangeDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 
-pub use source::{AmqpServer, QueueOptions};
+pub use source::AmqpServer;
 pub use topic::{AmqpPublisher, AmqpTopic, AmqpWriter};
 
 use crate::{Error, ServerConfig};
@@ -284,4 +284,106 @@ impl Amqp {
 #[cfg(any(fuzzing, test))]
 pub(crate) fn fuzz_decode(props: &lapin::BasicProperties) {
     let _ = encoding::decode(props);
+}
+
+/// A queue, declared (durable by default) by [`Amqp::declare_queue`] and by every server
+/// on it, each time it connects.
+#[derive(Clone, Debug)]
+pub struct QueueOptions {
+    name: String,
+    durable: bool,
+    quorum: bool,
+    dead_letter_exchange: Option<(String, Option<String>)>,
+    bindings: Vec<(String, String)>,
+}
+
+impl QueueOptions {
+    /// The queue `name`: durable, classic, no dead-letter exchange, no bindings (the
+    /// default exchange reaches it by its name).
+    pub fn new(name: impl Into<String>) -> Self {
+        QueueOptions {
+            name: name.into(),
+            durable: true,
+            quorum: false,
+            dead_letter_exchange: None,
+            bindings: Vec::new(),
+        }
+    }
+
+    /// Whether the queue and its messages survive a broker restart (default `true`).
+    pub fn durable(mut self, durable: bool) -> Self {
+        self.durable = durable;
+        self
+    }
+
+    /// A quorum queue (replicated, and counting deliveries in `x-delivery-count`) instead
+    /// of a classic one. Quorum queues are always durable.
+    pub fn quorum(mut self) -> Self {
+        self.quorum = true;
+        self
+    }
+
+    /// Where the broker sends what a server rejects (and what runs out of attempts when
+    /// the [`ServerConfig`] names no dead-letter topic): `exchange`, with the message's own
+    /// routing key. The exchange must exist.
+    pub fn dead_letter_exchange(mut self, exchange: impl Into<String>) -> Self {
+        self.dead_letter_exchange = Some((exchange.into(), None));
+        self
+    }
+
+    /// As [`dead_letter_exchange`](QueueOptions::dead_letter_exchange), with `routing_key`
+    /// instead of the message's own.
+    pub fn dead_letter_to(
+        mut self,
+        exchange: impl Into<String>,
+        routing_key: impl Into<String>,
+    ) -> Self {
+        self.dead_letter_exchange = Some((exchange.into(), Some(routing_key.into())));
+        self
+    }
+
+    /// Binds the queue to `exchange` (which must exist) with `routing_key`; several calls
+    /// add several bindings.
+    pub fn bind(mut self, exchange: impl Into<String>, routing_key: impl Into<String>) -> Self {
+        self.bindings.push((exchange.into(), routing_key.into()));
+        self
+    }
+
+    /// The queue's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        if self.name.is_empty() {
+            return Err(Error::invalid_config(
+                "queue",
+                "needs a name (a server-named queue would change on every reconnect)",
+            ));
+        }
+        short("queue", &self.name)?;
+        if self.quorum && !self.durable {
+            return Err(Error::invalid_config(
+                "durable",
+                "a quorum queue is always durable",
+            ));
+        }
+        if let Some((exchange, key)) = &self.dead_letter_exchange {
+            short("dead_letter_exchange", exchange)?;
+            if let Some(key) = key {
+                short("dead_letter_routing_key", key)?;
+            }
+        }
+        for (exchange, key) in &self.bindings {
+            if exchange.is_empty() {
+                return Err(Error::invalid_config(
+                    "bind",
+                    "the default exchange cannot be bound (it reaches every queue by name)",
+                ));
+            }
+            short("bind exchange", exchange)?;
+            short("bind routing_key", key)?;
+        }
+        Ok(())
+    }
 }

@@ -101,7 +101,7 @@ impl MemQueue {
         MemQueue::named("mem", capacity)
     }
 
-    /// A queue with a name, which receivers see as [`Context::source`].
+    /// A queue with a name, which receivers see as [`Context::source`](crate::Context::source).
     ///
     /// # Errors
     ///

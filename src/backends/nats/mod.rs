@@ -81,8 +81,11 @@ mod topic;
 mod wire;
 
 use std::fmt;
+use std::time::Duration;
 
-pub use source::{ConsumerOptions, NatsServer};
+use async_nats::jetstream::stream;
+
+pub use source::NatsServer;
 pub use topic::{NatsPublisher, NatsTopic, NatsWriter};
 
 use crate::redact::Credentials;
@@ -293,5 +296,129 @@ mod tests {
         assert_eq!(e.servers, ["a:4222", "b:5222"]);
         let err = endpoint("nats://u:pa/ss@host").unwrap_err().to_string();
         assert!(!err.contains("pa/ss"), "{err}");
+    }
+}
+
+/// The stream and the durable pull consumer a [`NatsServer`] reads, created when missing.
+#[derive(Clone, Debug)]
+pub struct ConsumerOptions {
+    stream: String,
+    durable: String,
+    subjects: Vec<String>,
+    retention: stream::RetentionPolicy,
+    ack_wait: Duration,
+    max_deliver: i64,
+    duplicate_window: Duration,
+    dead_letter_subject: Option<String>,
+}
+
+impl ConsumerOptions {
+    /// The consumer `durable` on the stream `stream`. Defaults: the stream captures the
+    /// subject `<stream>.>`, work-queue retention (a message is removed once acked),
+    /// ack wait 30 s, no JetStream delivery limit (msgio's `max_attempts` bounds attempts),
+    /// a 2-minute duplicate window.
+    pub fn new(stream: impl Into<String>, durable: impl Into<String>) -> Self {
+        let stream = stream.into();
+        ConsumerOptions {
+            subjects: vec![format!("{stream}.>")],
+            stream,
+            durable: durable.into(),
+            retention: stream::RetentionPolicy::WorkQueue,
+            ack_wait: Duration::from_secs(30),
+            max_deliver: -1,
+            duplicate_window: Duration::from_secs(120),
+            dead_letter_subject: None,
+        }
+    }
+
+    /// Dead-letters to this subject (through a [`NatsTopic`] on the same
+    /// connection; a stream must capture it) when the [`ServerConfig`] names no dead-letter
+    /// topic of its own.
+    pub fn dead_letter_subject(mut self, subject: impl Into<String>) -> Self {
+        self.dead_letter_subject = Some(subject.into());
+        self
+    }
+
+    /// The subjects a stream created here captures.
+    pub fn subjects<S: Into<String>>(mut self, subjects: impl IntoIterator<Item = S>) -> Self {
+        self.subjects = subjects.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Limits retention (a message stays until its limits) instead of work-queue
+    /// retention, for a stream that several durables read.
+    pub fn limits_retention(mut self) -> Self {
+        self.retention = stream::RetentionPolicy::Limits;
+        self
+    }
+
+    /// How long a delivery may go unacknowledged before JetStream delivers it again
+    /// (default 30 s); the server extends it every half of it while a receiver runs.
+    pub fn ack_wait(mut self, ack_wait: Duration) -> Self {
+        self.ack_wait = ack_wait;
+        self
+    }
+
+    /// JetStream's own delivery limit for a consumer created here (default none).
+    pub fn max_deliver(mut self, n: i64) -> Self {
+        self.max_deliver = n;
+        self
+    }
+
+    /// The window in which a stream created here drops a message published again with the
+    /// same `Nats-Msg-Id` (default 2 minutes).
+    pub fn duplicate_window(mut self, window: Duration) -> Self {
+        self.duplicate_window = window;
+        self
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && !s.contains(|c: char| c == '.' || c == '*' || c == '>' || c.is_whitespace())
+        };
+        if !name_ok(&self.stream) {
+            return Err(Error::invalid_config(
+                "stream",
+                format!(
+                    "{:?} must be non-empty, without spaces, '.', '*' or '>'",
+                    self.stream
+                ),
+            ));
+        }
+        if !name_ok(&self.durable) {
+            return Err(Error::invalid_config(
+                "durable",
+                format!(
+                    "{:?} must be non-empty, without spaces, '.', '*' or '>'",
+                    self.durable
+                ),
+            ));
+        }
+        if self.dead_letter_subject.as_deref() == Some("") {
+            return Err(Error::invalid_config(
+                "dead_letter_subject",
+                "must not be empty",
+            ));
+        }
+        if self.subjects.is_empty() || self.subjects.iter().any(|s| s.is_empty()) {
+            return Err(Error::invalid_config(
+                "subjects",
+                "needs at least one non-empty subject",
+            ));
+        }
+        if self.ack_wait < Duration::from_millis(100) {
+            return Err(Error::invalid_config(
+                "ack_wait",
+                format!("{:?} is under 100 ms", self.ack_wait),
+            ));
+        }
+        if self.max_deliver == 0 || self.max_deliver < -1 {
+            return Err(Error::invalid_config(
+                "max_deliver",
+                format!("{} is neither -1 (no limit) nor positive", self.max_deliver),
+            ));
+        }
+        Ok(())
     }
 }

@@ -76,11 +76,12 @@ mod source;
 mod topic;
 
 use std::fmt;
+use std::time::Duration;
 
 use redis::IntoConnectionInfo;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-pub use source::{RedisServer, StreamOptions};
+pub use source::RedisServer;
 pub use topic::{RedisPublisher, RedisTopic, RedisWriter};
 
 use crate::redact::Credentials;
@@ -208,4 +209,120 @@ pub(crate) fn error(e: redis::RedisError) -> Error {
 #[cfg(any(fuzzing, test))]
 pub(crate) fn fuzz_decode(fields: Vec<redis::Value>) -> bool {
     matches!(encoding::decode(fields), encoding::Decoded::Ok { .. })
+}
+
+/// Where and how a [`RedisServer`] reads: the stream, the group, the consumer's name and
+/// the timings of reading and reclaiming.
+#[derive(Clone, Debug)]
+pub struct StreamOptions {
+    stream: String,
+    group: String,
+    consumer: Option<String>,
+    start_id: String,
+    block: Duration,
+    min_idle: Duration,
+    claim_interval: Duration,
+    dead_letter_stream: Option<String>,
+}
+
+impl StreamOptions {
+    /// Reads `stream` as a consumer of `group`, with the defaults: a unique consumer name,
+    /// start id `0`, block 1 s, min idle 30 s, claim interval 1 s, no dead-letter stream.
+    pub fn new(stream: impl Into<String>, group: impl Into<String>) -> Self {
+        StreamOptions {
+            stream: stream.into(),
+            group: group.into(),
+            consumer: None,
+            start_id: "0".to_owned(),
+            block: Duration::from_secs(1),
+            min_idle: Duration::from_secs(30),
+            claim_interval: Duration::from_secs(1),
+            dead_letter_stream: None,
+        }
+    }
+
+    /// The consumer's name in the group (default: `msgio-<pid>-<random>`, unique per
+    /// server). A fixed name lets a restarted process find its own pending entries at once
+    /// rather than after [`min_idle`](StreamOptions::min_idle); two running servers must
+    /// never share one.
+    pub fn consumer(mut self, name: impl Into<String>) -> Self {
+        self.consumer = Some(name.into());
+        self
+    }
+
+    /// Where a group created by the server starts: `0` (the default) reads what the stream
+    /// already holds, `$` only what is added from now on, or an entry id.
+    pub fn start_id(mut self, id: impl Into<String>) -> Self {
+        self.start_id = id.into();
+        self
+    }
+
+    /// How long one `XREADGROUP` waits for new entries (default 1 s). Also bounds how late a
+    /// delayed message that became due meanwhile is moved into the stream.
+    pub fn block(mut self, block: Duration) -> Self {
+        self.block = block;
+        self
+    }
+
+    /// How long an entry must have been pending without being acknowledged before another
+    /// consumer takes it over (default 30 s): how soon a dead consumer's entries come back.
+    /// A living server refreshes the idle time of every entry it holds (running, queued,
+    /// or waiting out a retry delay) every third of `min_idle`, so a receiver slower than
+    /// `min_idle` is never run twice at once by two servers.
+    pub fn min_idle(mut self, min_idle: Duration) -> Self {
+        self.min_idle = min_idle;
+        self
+    }
+
+    /// How often the server looks for idle entries to take over (default 1 s).
+    pub fn claim_interval(mut self, interval: Duration) -> Self {
+        self.claim_interval = interval;
+        self
+    }
+
+    /// Dead-letters to this stream (through a [`RedisTopic`] on the same
+    /// connection) when the [`ServerConfig`] names no dead-letter topic of its own.
+    pub fn dead_letter_stream(mut self, stream: impl Into<String>) -> Self {
+        self.dead_letter_stream = Some(stream.into());
+        self
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let nonempty = |field, value: &str| {
+            if value.is_empty() {
+                Err(Error::invalid_config(field, "must not be empty"))
+            } else {
+                Ok(())
+            }
+        };
+        nonempty("stream", &self.stream)?;
+        nonempty("group", &self.group)?;
+        nonempty("start_id", &self.start_id)?;
+        if let Some(consumer) = &self.consumer {
+            nonempty("consumer", consumer)?;
+        }
+        if let Some(dead) = &self.dead_letter_stream {
+            nonempty("dead_letter_stream", dead)?;
+            if *dead == self.stream {
+                return Err(Error::invalid_config(
+                    "dead_letter_stream",
+                    format!("{dead:?} is the stream being read"),
+                ));
+            }
+        }
+        let ms = |field, d: Duration, min: u128| {
+            if d.as_millis() < min || d.as_millis() > u128::from(u32::MAX) {
+                Err(Error::invalid_config(
+                    field,
+                    format!("{d:?} is not between {min} ms and {} ms", u32::MAX),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        ms("block", self.block, 1)?;
+        ms("min_idle", self.min_idle, 1)?;
+        ms("claim_interval", self.claim_interval, 1)?;
+        Ok(())
+    }
 }

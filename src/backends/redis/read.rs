@@ -13,27 +13,26 @@ use std::sync::{Arc, Mutex};
 use redis::{RedisResult, Value};
 use tokio::task::JoinHandle;
 
-use super::source::LocalState;
-
 type Reply = Pin<Box<dyn Future<Output = RedisResult<Value>> + Send>>;
 
-/// What a finished read does with its reply when nobody waits for it any more.
-pub(super) type Orphaned = fn(&mut LocalState, Value);
+/// What a finished read does with its reply, in the reader's state `S`, when nobody waits
+/// for it any more.
+pub(super) type Orphaned<S> = fn(&mut S, Value);
 
-pub(super) struct Read<'a> {
+pub(super) struct Read<'a, S: Send + 'static> {
     reply: Option<Reply>,
-    state: &'a Arc<Mutex<LocalState>>,
+    state: &'a Arc<Mutex<S>>,
     /// Where the task finishing a dropped read is left, for closing to wait for it.
     finishing: &'a Mutex<Option<JoinHandle<()>>>,
-    orphaned: Orphaned,
+    orphaned: Orphaned<S>,
 }
 
-impl<'a> Read<'a> {
+impl<'a, S: Send + 'static> Read<'a, S> {
     pub(super) fn new(
         reply: impl Future<Output = RedisResult<Value>> + Send + 'static,
-        state: &'a Arc<Mutex<LocalState>>,
+        state: &'a Arc<Mutex<S>>,
         finishing: &'a Mutex<Option<JoinHandle<()>>>,
-        orphaned: Orphaned,
+        orphaned: Orphaned<S>,
     ) -> Self {
         Read {
             reply: Some(Box::pin(reply)),
@@ -51,7 +50,7 @@ impl<'a> Read<'a> {
     }
 }
 
-impl Drop for Read<'_> {
+impl<S: Send + 'static> Drop for Read<'_, S> {
     fn drop(&mut self) {
         let Some(reply) = self.reply.take() else {
             return;
