@@ -78,10 +78,7 @@ macro_rules! engine_server {
 /// `async fn send(&self, &Context, &Attributes, &Bytes, Option<Duration>)` sends one
 /// message. `publish` sends a body held in memory at once, without a writer; a streaming
 /// body and a writer's close go through a [`BufferedWriter`](crate::topic::BufferedWriter).
-#[cfg_attr(
-    not(any(feature = "redis", feature = "nats", feature = "amqp")),
-    allow(unused_macros)
-)]
+#[cfg_attr(not(feature = "_broker"), allow(unused_macros))]
 macro_rules! whole_message_topic {
     ($topic:ty, $publisher:ident) => {
         impl $crate::Topic for $topic {

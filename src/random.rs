@@ -9,15 +9,7 @@ pub(crate) fn u64() -> u64 {
 }
 
 /// A fresh random 16-digit lower-case hex string.
-#[cfg_attr(
-    not(any(
-        feature = "redis",
-        feature = "nats",
-        feature = "amqp",
-        feature = "testing"
-    )),
-    allow(dead_code)
-)]
+#[cfg_attr(not(any(feature = "_broker", feature = "testing")), allow(dead_code))]
 pub(crate) fn hex() -> String {
     format!("{:016x}", u64())
 }

@@ -1,15 +1,7 @@
 //! Broker URLs and their secrets: a URL without them for `Debug`, `Display`, errors and
 //! logs, and the credentials taken out of it so that a transport hands them to its client
 //! through the client's options, never inside a URL a dependency may log.
-#![cfg_attr(
-    not(any(
-        feature = "redis",
-        feature = "nats",
-        feature = "amqp",
-        feature = "testing"
-    )),
-    allow(dead_code)
-)]
+#![cfg_attr(not(any(feature = "_broker", feature = "testing")), allow(dead_code))]
 
 use std::borrow::Cow;
 use std::fmt;
@@ -47,10 +39,7 @@ pub(crate) fn url(url: &str) -> String {
 /// A broker URL split into the URL without its credentials and the credentials, both
 /// percent-decoded. `Debug` hides the password.
 #[derive(Clone)]
-#[cfg_attr(
-    not(any(feature = "redis", feature = "nats", feature = "amqp")),
-    allow(dead_code)
-)]
+#[cfg_attr(not(feature = "_broker"), allow(dead_code))]
 pub(crate) struct Credentials {
     /// The URL without its user part (`scheme://host:port/path?query`).
     pub(crate) bare: String,
@@ -74,10 +63,7 @@ impl fmt::Debug for Credentials {
     }
 }
 
-#[cfg_attr(
-    not(any(feature = "redis", feature = "nats", feature = "amqp")),
-    allow(dead_code)
-)]
+#[cfg_attr(not(feature = "_broker"), allow(dead_code))]
 impl Credentials {
     /// Splits `url` (`scheme://[user[:password]@]host...`).
     ///
@@ -163,10 +149,7 @@ impl Credentials {
 }
 
 /// `s` with its `%XX` escapes decoded, when that is UTF-8 and every escape is whole.
-#[cfg_attr(
-    not(any(feature = "redis", feature = "nats", feature = "amqp")),
-    allow(dead_code)
-)]
+#[cfg_attr(not(feature = "_broker"), allow(dead_code))]
 fn percent_decode(s: &str) -> Option<String> {
     if !s.contains('%') {
         return Some(s.to_owned());
