@@ -520,6 +520,19 @@ async fn concurrency_limit<T: Transport>(t: &T, dest: &T::Destination) -> Result
         peak == LIMIT,
         "at most {peak} receivers ran at once with concurrency {LIMIT} and {MESSAGES} messages waiting"
     );
+    // None failed, so each came once, as its first attempt. (A source that fetches more
+    // than the engine asks for gets the extras handed back, and they come again later.)
+    let again: Vec<(Option<u64>, u32)> = done
+        .received()
+        .iter()
+        .filter(|r| r.attempt != 1)
+        .map(|r| (r.seq(), r.attempt))
+        .collect();
+    ensure!(
+        again.is_empty() && done.count() == MESSAGES as usize,
+        "{} deliveries of {MESSAGES} messages that never failed; (seq, attempt) not first: {again:?}",
+        done.count()
+    );
     Ok(())
 }
 
