@@ -1,4 +1,5 @@
-//! Message attributes: a small multimap with MIME-canonical keys.
+//! Message attributes: a small multimap with MIME-canonical keys ([`Attributes`], also at
+//! the crate root), and its iterators.
 
 use std::borrow::Cow;
 use std::fmt;

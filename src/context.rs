@@ -74,12 +74,30 @@ impl Context {
     /// A context that is never cancelled unless [`cancel`](Context::cancel) is called, with no
     /// deadline, no delivery facts and no values.
     pub fn background() -> Self {
-        Context::with_cancellation_token(CancellationToken::new())
+        Context::from_cancellation_token(CancellationToken::new())
     }
 
-    /// A context cancelled by `token`.
-    pub fn with_cancellation_token(token: CancellationToken) -> Self {
+    /// A context cancelled when `token` is (and cancelling it cancels `token`), with no
+    /// deadline, no delivery facts and no values. `Context::from(token)` does the same.
+    ///
+    /// ```
+    /// use msgio::Context;
+    /// use tokio_util::sync::CancellationToken;
+    ///
+    /// let token = CancellationToken::new();
+    /// let ctx = Context::from_cancellation_token(token.clone());
+    /// token.cancel();
+    /// assert!(ctx.is_cancelled());
+    /// ```
+    pub fn from_cancellation_token(token: CancellationToken) -> Self {
         Context::with_origin(Origin::new(token, None))
+    }
+
+    /// The former name of [`Context::from_cancellation_token`]: it builds a new context,
+    /// it does not add a token to an existing one.
+    #[deprecated(since = "0.1.0", note = "renamed to Context::from_cancellation_token")]
+    pub fn with_cancellation_token(token: CancellationToken) -> Self {
+        Context::from_cancellation_token(token)
     }
 
     /// A context with the token and source name of `origin` (shared, not cloned).
@@ -216,6 +234,13 @@ impl Context {
     /// The value of type `T`, if one was set.
     pub fn value<T: Send + Sync + 'static>(&self) -> Option<&T> {
         self.values.get::<T>()
+    }
+}
+
+impl From<CancellationToken> for Context {
+    /// [`Context::from_cancellation_token`].
+    fn from(token: CancellationToken) -> Self {
+        Context::from_cancellation_token(token)
     }
 }
 

@@ -99,7 +99,7 @@
 #[macro_use]
 mod macros;
 
-mod attributes;
+pub mod attributes;
 mod b64;
 mod backoff;
 mod context;
@@ -153,7 +153,12 @@ pub mod fuzz;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-pub use attributes::{Attributes, GetAll, Iter, Keys, canonical_key};
+pub use attributes::{Attributes, canonical_key};
+// The iterators live in `msgio::attributes` (beside `Attributes`, as std's map iterators
+// do), so that the root's `keys` is only the module of attribute names. Still reachable
+// here for code written against the first names.
+#[doc(hidden)]
+pub use attributes::{GetAll, Iter, Keys};
 pub use backoff::{Backoff, Delays};
 pub use context::{Context, MessageId};
 pub use engine::ServerConfig;

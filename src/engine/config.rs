@@ -134,12 +134,14 @@ impl ServerConfig {
         self
     }
 
-    /// The concurrency.
+    /// The concurrency. (`get_` because `concurrency` is the builder method, as std's
+    /// `Command::get_args` beside `Command::args`.)
     pub fn get_concurrency(&self) -> usize {
         self.concurrency
     }
 
-    /// The maximum attempts (`None`: unlimited).
+    /// The maximum attempts (`None`: unlimited). (`get_` as for
+    /// [`get_concurrency`](Self::get_concurrency).)
     pub fn get_max_attempts(&self) -> Option<u32> {
         self.max_attempts
     }

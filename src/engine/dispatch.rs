@@ -175,7 +175,7 @@ impl<S: Source, R: Receiver> Dispatch<S, R> {
             message_id: message_id.as_ref(),
         };
         // A child: a dead-letter topic that cancels its context must not abort the server.
-        let ctx = Context::with_cancellation_token(self.abort.child_token());
+        let ctx = Context::from_cancellation_token(self.abort.child_token());
         match crate::dead_letter::publish(topic, &ctx, letter).await {
             Published::Done => Settle::Ack,
             Published::Retry(e) => {
