@@ -225,6 +225,50 @@ async fn a_stream_created_here_has_the_retention_and_duplicate_window_asked_for(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_deleted_while_serving_is_created_again_and_serving_goes_on() {
+    let Some(nats) = connect().await else { return };
+    let raw = async_nats::jetstream::new(async_nats::connect(url()).await.unwrap());
+    let fresh = Fresh::new(&nats).await;
+    let topic = fresh.topic();
+    let recorder = Recorder::new();
+    let server = nats
+        .server(fresh.options(), ServerConfig::new())
+        .await
+        .unwrap();
+    let running = start(server, recorder.clone());
+    topic
+        .publish(&Context::background(), seq_message(1))
+        .await
+        .unwrap();
+    recorder.wait_for(1, WAIT).await.unwrap();
+    // Someone deletes the durable while the server pulls from it.
+    raw.get_stream(fresh.stream.clone())
+        .await
+        .unwrap()
+        .delete_consumer("d")
+        .await
+        .unwrap();
+    topic
+        .publish(&Context::background(), seq_message(2))
+        .await
+        .unwrap();
+    let got = recorder
+        .wait_until("the message published after the deletion", WAIT, |r| {
+            r.iter().any(|r| r.seq() == Some(2))
+        })
+        .await;
+    running.stop(GRACE).await.unwrap();
+    got.unwrap();
+    let info = raw
+        .get_stream(fresh.stream.clone())
+        .await
+        .unwrap()
+        .consumer_info("d")
+        .await;
+    assert!(info.is_ok(), "the consumer was created again: {info:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_carry_multi_valued_attributes_and_a_line_break_is_refused_by_key() {
     let Some(nats) = connect().await else { return };
     let fresh = Fresh::new(&nats).await;

@@ -60,7 +60,9 @@
 //!   JetStream counts that early delivery, so a delayed message's first attempt is numbered
 //!   2 (and it has one attempt fewer before `max_attempts`).
 //! - The server fetches in batches from a durable pull consumer (created with the stream
-//!   when missing), acks, naks with the retry delay, terminates rejects, and sends
+//!   when missing, and again when it is deleted while the server runs: the server
+//!   reconnects and goes on with what the stream holds), acks, naks with the retry delay,
+//!   terminates rejects, and sends
 //!   in-progress signals every half ack wait while a receiver still runs. The attempt is
 //!   the delivery count. Dead letters go to [`ServerConfig::dead_letter`] (a [`NatsTopic`]
 //!   on a dead-letter subject, say).
@@ -71,8 +73,9 @@
 //! `nats://token@host[:port]` (several servers separated by commas). The credentials are
 //! taken out of the URL and handed to the client as options, so that neither msgio nor the
 //! client library shows them in `Debug`, errors or logs. The server's pull connection does
-//! not speak TLS yet: a server that requires it is refused with
-//! [`Error::InvalidConfig`] when a [`NatsServer`] first fetches.
+//! not speak TLS yet: a `tls://` URL is refused with [`Error::InvalidConfig`] by
+//! [`Nats::server`] (publishing works over TLS), and a server that requires TLS on a
+//! `nats://` URL fails each fetch with an error saying so.
 
 mod encoding;
 mod pull;

@@ -36,20 +36,7 @@ impl NatsServer {
                 config = config.dead_letter(nats.topic(subject.clone()));
             }
         }
-        let stream = ensure_stream(nats, &options).await?;
-        let _consumer: consumer::PullConsumer = stream
-            .get_or_create_consumer(
-                &options.durable,
-                consumer::pull::Config {
-                    durable_name: Some(options.durable.clone()),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: options.ack_wait,
-                    max_deliver: options.max_deliver,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| Error::other(format!("consumer {:?}: {e}", options.durable)))?;
+        ensure_consumer(nats, &options).await?;
         let next_subject = format!(
             "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
             options.stream, options.durable
@@ -58,6 +45,8 @@ impl NatsServer {
             engine: Engine::new(
                 ConsumerSource {
                     name: options.stream.clone(),
+                    nats: nats.clone(),
+                    options: options.clone(),
                     endpoint: nats.endpoint.clone(),
                     next_subject,
                     ack_wait: options.ack_wait,
@@ -92,6 +81,25 @@ pub(super) async fn ensure_stream(
         .map_err(|e| Error::other(format!("stream {:?}: {e}", options.stream)))
 }
 
+/// The stream and the durable consumer `options` name, each created when missing.
+async fn ensure_consumer(nats: &Nats, options: &ConsumerOptions) -> Result<(), Error> {
+    let stream = ensure_stream(nats, options).await?;
+    let _consumer: consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            &options.durable,
+            consumer::pull::Config {
+                durable_name: Some(options.durable.clone()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: options.ack_wait,
+                max_deliver: options.max_deliver,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| Error::other(format!("consumer {:?}: {e}", options.durable)))?;
+    Ok(())
+}
+
 /// A delivery's token: where to acknowledge it.
 pub(super) struct Token {
     reply: async_nats::Subject,
@@ -106,6 +114,10 @@ impl fmt::Debug for Token {
 
 pub(super) struct ConsumerSource {
     name: String,
+    /// To create the stream and the consumer again when they are gone (deleted by hand,
+    /// or lost with the server's storage).
+    nats: Nats,
+    options: ConsumerOptions,
     endpoint: Endpoint,
     /// `$JS.API.CONSUMER.MSG.NEXT.<stream>.<durable>`.
     next_subject: String,
@@ -216,7 +228,8 @@ impl ConsumerSource {
                 };
                 if status.status == Some(409) {
                     if status.description.contains("Consumer Deleted") {
-                        return Err(Error::other(format!(
+                        // Reconnecting creates it again.
+                        return Err(Error::connection_lost(format!(
                             "the consumer on {:?} was deleted",
                             self.name
                         )));
@@ -229,6 +242,12 @@ impl ConsumerSource {
                 }
                 Ok(())
             }
+            // Nothing answers for the consumer: it (or its stream) is gone, or JetStream is
+            // not there yet. Reconnecting creates them again when they are missing.
+            Some(503) => Err(Error::connection_lost(format!(
+                "pulling from {:?}: no consumer answers (NATS answered 503 {})",
+                self.name, status.description
+            ))),
             Some(code) => Err(Error::other(format!(
                 "pulling from {:?}: NATS answered {code} {}",
                 self.name, status.description
@@ -398,7 +417,9 @@ impl Source for ConsumerSource {
         if self.client.connection_state() != async_nats::connection::State::Connected {
             return Err(Error::connection_lost("NATS is not connected yet"));
         }
-        Ok(())
+        // A consumer (or stream) deleted while this server ran is created again, as
+        // `Nats::server` does; what the stream still holds is delivered to it.
+        ensure_consumer(&self.nats, &self.options).await
     }
 
     async fn close(&self) -> Result<(), Error> {
