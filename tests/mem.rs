@@ -150,3 +150,49 @@ async fn released_messages_go_back_to_the_front_in_order() {
     let order: Vec<u64> = got.iter().filter_map(|r| r.seq()).collect();
     assert_eq!(order, (1..15).collect::<Vec<_>>());
 }
+
+/// On a paused clock every delayed message below is due at the same instant: they all come
+/// then (not a tick later), in the order they were published.
+#[tokio::test(start_paused = true)]
+async fn delayed_messages_due_together_come_when_due_in_publish_order() {
+    use futures::AsyncWriteExt as _;
+    use msgio::{Context, Message, ReceiverFunc, Server};
+    use std::sync::Arc;
+    use std::time::Duration;
+    const DELAY: Duration = Duration::from_secs(10);
+    let (topic, server) = msgio::mem::channel_with(16, ServerConfig::new().concurrency(1)).unwrap();
+    let published = tokio::time::Instant::now();
+    for seq in 0..5u64 {
+        let mut writer = msgio::Topic::new_writer(&topic, &Context::background()).unwrap();
+        msgio::MessageWriter::attributes_mut(&mut writer).set("X-Kit-Seq", seq.to_string());
+        msgio::MessageWriter::set_delay(&mut writer, DELAY);
+        writer.write_all(b"due together").await.unwrap();
+        writer.close().await.unwrap();
+    }
+    let arrived = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let receiver = {
+        let arrived = arrived.clone();
+        ReceiverFunc::new(move |_: Context, msg: Message| {
+            let arrived = arrived.clone();
+            async move {
+                let seq: u64 = msg.attributes.get("X-Kit-Seq").unwrap().parse().unwrap();
+                arrived.lock().unwrap().push((seq, published.elapsed()));
+                Ok(())
+            }
+        })
+    };
+    let serving = tokio::spawn({
+        let server = server.clone();
+        async move { server.serve(receiver).await }
+    });
+    // On the paused clock this sleep ends only once every task is idle.
+    tokio::time::sleep(DELAY * 2).await;
+    server.shutdown(Duration::from_secs(1)).await.unwrap();
+    assert!(matches!(serving.await.unwrap(), Err(Error::ServerClosed)));
+    let arrived = arrived.lock().unwrap().clone();
+    assert_eq!(
+        arrived,
+        (0..5).map(|seq| (seq, DELAY)).collect::<Vec<_>>(),
+        "(seq, when it came)"
+    );
+}
