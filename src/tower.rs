@@ -226,6 +226,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_adapters_show_what_they_wrap() {
+        let service = ReceiverService::new(crate::SafeReceiver::new(()));
+        assert_eq!(
+            format!("{service:?}"),
+            "ReceiverService { receiver: SafeReceiver { inner: () } }"
+        );
+        let receiver = ServiceReceiver::new(7);
+        assert_eq!(format!("{receiver:?}"), "ServiceReceiver { service: 7 }");
+    }
+
+    #[test]
     fn a_msgio_error_comes_back_out_of_the_box_as_it_was() {
         let reject: BoxError = Box::new(Error::reject("poison"));
         assert!(from_tower(reject).is_reject());
