@@ -1289,3 +1289,33 @@ async fn held_nacks_due_at_the_same_instant_are_all_settled_when_due() {
     drop(tx);
     settler.await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_does_not_wait_out_the_backoff_after_a_failed_fetch_or_reconnect() {
+    // A minute between attempts: shutdown must not wait for it, whether the server is
+    // backing off after a failed fetch or between attempts to reconnect.
+    let minute = Backoff::new(Duration::from_secs(60), Duration::from_secs(60), 1.0).unwrap();
+    for failure in [Error::other("refused"), Error::connection_lost("gone")] {
+        let source = Scripted::with(vec![Step::Fail(failure)]);
+        source
+            .0
+            .reconnect_failures
+            .store(u32::MAX, Ordering::SeqCst);
+        let engine = Engine::new(source.clone(), fast().reconnect_backoff(minute)).unwrap();
+        let task = serve_in_background(
+            &engine,
+            ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
+        );
+        eventually("the fetch failed", || {
+            engine.health().consecutive_failures > 0
+        })
+        .await;
+        let start = tokio::time::Instant::now();
+        stop(&engine, task).await;
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "shutdown waited out the backoff"
+        );
+    }
+}
