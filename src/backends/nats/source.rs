@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use async_nats::jetstream::{consumer, stream};
 use bytes::Bytes;
 
-use super::pull::{Endpoint, Incoming, PullConnection};
+use super::pull::{Incoming, PullConnection};
 use super::wire;
 use super::{ConsumerOptions, Nats};
 use crate::engine::{Delivery, Engine, Settle, Settlement, Source};
@@ -44,16 +44,12 @@ impl NatsServer {
         Ok(NatsServer {
             engine: Engine::new(
                 ConsumerSource {
-                    name: options.stream.clone(),
                     nats: nats.clone(),
-                    options: options.clone(),
-                    endpoint: nats.endpoint.clone(),
+                    options,
                     next_subject,
-                    ack_wait: options.ack_wait,
                     pull: tokio::sync::Mutex::new(Pulled::default()),
                     in_flight: Arc::new(Mutex::new(HashMap::new())),
                     progress: Mutex::new(None),
-                    client: nats.client.clone(),
                 },
                 config,
             )?,
@@ -113,23 +109,20 @@ impl fmt::Debug for Token {
 }
 
 pub(super) struct ConsumerSource {
-    name: String,
-    /// To create the stream and the consumer again when they are gone (deleted by hand,
-    /// or lost with the server's storage).
+    /// The shared client connection, on which acknowledgements and in-progress signals go
+    /// out, and where the pull connection connects. With `options`, what creates the
+    /// stream and the consumer again when they are gone (deleted by hand, or lost with the
+    /// server's storage).
     nats: Nats,
     options: ConsumerOptions,
-    endpoint: Endpoint,
     /// `$JS.API.CONSUMER.MSG.NEXT.<stream>.<durable>`.
     next_subject: String,
-    ack_wait: Duration,
     /// The pull connection (made on first fetch, and again after it failed) and what it
     /// brought beyond what the engine asked for.
     pull: tokio::sync::Mutex<Pulled>,
     /// Reply subjects of the deliveries fetched and not settled, for in-progress signals.
     in_flight: Arc<Mutex<HashMap<u64, async_nats::Subject>>>,
     progress: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// Acknowledgements and in-progress signals go out on the shared client connection.
-    client: async_nats::Client,
 }
 
 #[derive(Default)]
@@ -142,7 +135,7 @@ struct Pulled {
 impl fmt::Debug for ConsumerSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConsumerSource")
-            .field("stream", &self.name)
+            .field("stream", &self.options.stream)
             .finish()
     }
 }
@@ -168,7 +161,7 @@ impl ConsumerSource {
                 log::warning!(
                     "msgio: message {} on {:?} has headers that cannot be read ({why}); it goes to the dead-letter topic, or is terminated when there is none",
                     ack.stream_seq,
-                    self.name
+                    self.options.stream
                 );
                 Delivery::malformed(
                     token,
@@ -231,12 +224,12 @@ impl ConsumerSource {
                         // Reconnecting creates it again.
                         return Err(Error::connection_lost(format!(
                             "the consumer on {:?} was deleted",
-                            self.name
+                            self.options.stream
                         )));
                     }
                     log::warning!(
                         "msgio: NATS cut a pull request on {:?} short: {}",
-                        self.name,
+                        self.options.stream,
                         status.description
                     );
                 }
@@ -246,16 +239,16 @@ impl ConsumerSource {
             // not there yet. Reconnecting creates them again when they are missing.
             Some(503) => Err(Error::connection_lost(format!(
                 "pulling from {:?}: no consumer answers (NATS answered 503 {})",
-                self.name, status.description
+                self.options.stream, status.description
             ))),
             Some(code) => Err(Error::other(format!(
                 "pulling from {:?}: NATS answered {code} {}",
-                self.name, status.description
+                self.options.stream, status.description
             ))),
             None => {
                 log::warning!(
                     "msgio: ignoring a message on the pull inbox of {:?} that is neither a delivery nor a status",
-                    self.name
+                    self.options.stream
                 );
                 Ok(())
             }
@@ -276,7 +269,7 @@ impl ConsumerSource {
         }
         if connection.is_none() {
             *connection =
-                Some(PullConnection::open(&self.endpoint, self.next_subject.clone()).await?);
+                Some(PullConnection::open(&self.nats.endpoint, self.next_subject.clone()).await?);
         }
         let Some(conn) = connection.as_mut() else {
             return Ok(());
@@ -309,7 +302,7 @@ impl ConsumerSource {
                     *connection = None;
                     return Err(Error::connection_lost(format!(
                         "pulling from {:?}: {why}",
-                        self.name
+                        self.options.stream
                     )));
                 }
             }
@@ -319,7 +312,7 @@ impl ConsumerSource {
             *connection = None;
             return Err(Error::connection_lost(format!(
                 "pulling from {:?}: no heartbeat from NATS in {:?}",
-                self.name,
+                self.options.stream,
                 HEARTBEAT * 3
             )));
         }
@@ -333,8 +326,8 @@ impl ConsumerSource {
             return;
         }
         let in_flight = self.in_flight.clone();
-        let client = self.client.clone();
-        let every = self.ack_wait / 2;
+        let client = self.nats.client.clone();
+        let every = self.options.ack_wait / 2;
         *progress = Some(tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
@@ -361,10 +354,13 @@ impl ConsumerSource {
             }
             Settle::Reject => Bytes::from_static(b"+TERM"),
         };
-        self.client
+        self.nats
+            .client
             .publish(token.reply.clone(), payload)
             .await
-            .map_err(|e| Error::connection_lost(format!("acknowledging on {:?}: {e}", self.name)))
+            .map_err(|e| {
+                Error::connection_lost(format!("acknowledging on {:?}: {e}", self.options.stream))
+            })
     }
 }
 
@@ -372,7 +368,7 @@ impl Source for ConsumerSource {
     type Token = Token;
 
     fn name(&self) -> &str {
-        &self.name
+        &self.options.stream
     }
 
     fn not_before(&self) -> bool {
@@ -413,8 +409,8 @@ impl Source for ConsumerSource {
         let mut pulled = self.pull.lock().await;
         pulled.connection = None;
         pulled.connection =
-            Some(PullConnection::open(&self.endpoint, self.next_subject.clone()).await?);
-        if self.client.connection_state() != async_nats::connection::State::Connected {
+            Some(PullConnection::open(&self.nats.endpoint, self.next_subject.clone()).await?);
+        if self.nats.client.connection_state() != async_nats::connection::State::Connected {
             return Err(Error::connection_lost("NATS is not connected yet"));
         }
         // A consumer (or stream) deleted while this server ran is created again, as
@@ -447,7 +443,7 @@ impl Source for ConsumerSource {
             if let Err(e) = self.ack(&delivery.token, &Settle::Release).await {
                 log::warning!(
                     "msgio: could not give back a message on {:?}: {e}",
-                    self.name
+                    self.options.stream
                 );
                 break;
             }
@@ -456,6 +452,6 @@ impl Source for ConsumerSource {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-        self.client.flush().await.map_err(Error::other)
+        self.nats.client.flush().await.map_err(Error::other)
     }
 }
