@@ -270,3 +270,27 @@ async fn a_concurrency_limit_layer_gives_each_receiver_a_limit_of_its_own() {
         .unwrap_err();
     assert!(err.to_string().contains("timed out"), "{err}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_limit_layer_gives_each_receiver_a_full_bucket_of_its_own() {
+    use msgio::decorators::RateLimit;
+    let layer = RateLimit::layer(1.0, 2).unwrap();
+    let ok = || ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) });
+    let (a, b) = (layer.layer(ok()), layer.layer(ok()));
+    let start = tokio::time::Instant::now();
+    // Each takes its burst of two at once: neither waits for the other's tokens.
+    for receiver in [&a, &b] {
+        for _ in 0..2 {
+            receiver
+                .receive(Context::background(), Message::new("x"))
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    // A third in one of them waits for its own bucket to refill: one second.
+    a.receive(Context::background(), Message::new("x"))
+        .await
+        .unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+}
