@@ -23,7 +23,7 @@ pub const MESSAGE_ID: &str = "X-Msgio-Message-Id";
 /// When a message may be delivered, in milliseconds since the Unix epoch (decimal), for
 /// transports that cannot hold a delay themselves: their topics set it from
 /// [`MessageWriter::set_delay`](crate::MessageWriter::set_delay) (see
-/// [`engine::stamp_not_before`](crate::engine::stamp_not_before)), and the engine defers a
+/// [`transport::stamp_not_before`](crate::transport::stamp_not_before)), and the engine defers a
 /// delivery that arrives early, as a nack with a delay that counts no attempt.
 pub const NOT_BEFORE: &str = "X-Msgio-Not-Before";
 

@@ -62,8 +62,10 @@
 //! - [`Attributes`], [`Message`] and [`Body`], [`Context`], [`Error`]: the data.
 //! - [`Receiver`] and [`Topic`]/[`MessageWriter`]/[`Server`]: the contract, with closure
 //!   adapters, boxed forms and [`SafeReceiver`].
-//! - [`engine`]: the delivery engine transports build on ([`engine::Source`],
-//!   [`engine::Engine`], [`ServerConfig`]).
+//! - [`ServerConfig`] and [`Health`]: how a server serves, and how it is doing.
+//! - [`transport`]: what a transport author implements ([`transport::Sender`],
+//!   [`transport::Source`]) and the building blocks every transport is made of
+//!   ([`transport::SenderTopic`], [`transport::Engine`], the delivery engine).
 //! - [`decorators`]: what wraps a topic or a receiver: body codecs, tracing, delivery
 //!   policies (retry, dead-letter, dedupe, timeout, limits), routing and supervised
 //!   dispatch; [`MultiServer`] feeds several servers into one receiver.
@@ -115,8 +117,13 @@ mod server;
 mod topic;
 
 pub mod decorators;
+// The engine's items are public through `transport` (and `ServerConfig`, `Health` at the
+// root); the module stays reachable under its first name for code written against it.
+#[doc(hidden)]
 pub mod engine;
 pub mod keys;
+pub mod transport;
+pub mod url;
 
 mod backends;
 #[cfg(feature = "amqp")]
@@ -161,12 +168,15 @@ pub use attributes::{Attributes, canonical_key};
 pub use attributes::{GetAll, Iter, Keys};
 pub use backoff::{Backoff, Delays};
 pub use context::{Context, MessageId};
-pub use engine::ServerConfig;
+pub use engine::{Health, HealthState, ServerConfig};
 pub use error::{BoxError, Error};
 pub use message::{Body, Message};
 pub use multiserver::MultiServer;
 pub use receiver::{BoxFuture, BoxReceiver, Receiver, ReceiverFunc, SafeReceiver};
 pub use server::{BoxServer, Server};
-pub use topic::{
-    BoxMessageWriter, BoxTopic, BufferedWriter, MessageWriter, Outgoing, Publish, Topic, TopicFunc,
-};
+pub use url::{open_server, open_topic};
+pub use topic::{BoxMessageWriter, BoxTopic, MessageWriter, Topic, TopicFunc};
+// A transport author's items, in `transport` since 0.x; still reachable here for code
+// written against their first place.
+#[doc(hidden)]
+pub use transport::{BufferedWriter, Outgoing, Publish};

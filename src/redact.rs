@@ -150,7 +150,7 @@ impl Credentials {
 
 /// `s` with its `%XX` escapes decoded, when that is UTF-8 and every escape is whole.
 #[cfg_attr(not(feature = "_broker"), allow(dead_code))]
-fn percent_decode(s: &str) -> Option<String> {
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     if !s.contains('%') {
         return Some(s.to_owned());
     }

@@ -8,10 +8,8 @@ use std::time::Duration;
 
 use msgio::mem::{MemQueue, MemServer, MemTopic};
 use msgio::testing::{Capabilities, Outcome, Report, Transport};
-use msgio::{
-    BufferedWriter, Context, Error, Message, MessageWriter, Outgoing, Publish, Receiver, Server,
-    ServerConfig, Topic,
-};
+use msgio::transport::{BufferedWriter, Outgoing, Publish};
+use msgio::{Context, Error, Message, MessageWriter, Receiver, Server, ServerConfig, Topic};
 
 /// Wraps every receiver the server is given.
 trait Fault: Clone + Send + Sync + 'static {

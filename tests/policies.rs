@@ -849,15 +849,15 @@ struct Picky {
 }
 
 impl Topic for Picky {
-    type Writer = msgio::BufferedWriter<Picky>;
+    type Writer = msgio::transport::BufferedWriter<Picky>;
     fn new_writer(&self, ctx: &Context) -> Result<Self::Writer, Error> {
-        Ok(msgio::BufferedWriter::new(self.clone(), ctx))
+        Ok(msgio::transport::BufferedWriter::new(self.clone(), ctx))
     }
 }
 
-impl msgio::Publish for Picky {
+impl msgio::transport::Publish for Picky {
     type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>> + Send>>;
-    fn publish(&self, ctx: &Context, out: msgio::Outgoing) -> Self::Future {
+    fn publish(&self, ctx: &Context, out: msgio::transport::Outgoing) -> Self::Future {
         let (inner, max_body, ctx) = (self.inner.clone(), self.max_body, ctx.clone());
         Box::pin(async move {
             if let Some(key) = out.attributes.keys().find(|k| k.contains(' ')) {

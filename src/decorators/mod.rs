@@ -36,16 +36,9 @@
     doc = "- [`otel`]: W3C trace context carried from producer to consumer through OpenTelemetry."
 )]
 
-#[cfg(feature = "base64")]
-#[cfg_attr(docsrs, doc(cfg(feature = "base64")))]
-pub mod base64;
 pub mod codec;
-mod compress;
 mod dead_letter;
 mod dedupe;
-mod dedupe_memory;
-#[cfg(feature = "redis")]
-mod dedupe_redis;
 mod group;
 mod limit;
 #[cfg(feature = "otel")]
@@ -58,19 +51,24 @@ mod timeout;
 #[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
 pub mod trace;
 
-pub use compress::Level;
+#[cfg(feature = "base64")]
+#[cfg_attr(docsrs, doc(cfg(feature = "base64")))]
+pub use codec::base64;
+pub use codec::Level;
 #[cfg(feature = "gzip")]
-pub use compress::gzip;
+#[cfg_attr(docsrs, doc(cfg(feature = "gzip")))]
+pub use codec::gzip;
 #[cfg(feature = "lz4")]
-pub use compress::lz4;
+#[cfg_attr(docsrs, doc(cfg(feature = "lz4")))]
+pub use codec::lz4;
 #[cfg(feature = "zstd")]
-pub use compress::zstd;
+#[cfg_attr(docsrs, doc(cfg(feature = "zstd")))]
+pub use codec::zstd;
 pub use dead_letter::DeadLetter;
-pub use dedupe::{Claim, Dedupe, DedupeStore};
-pub use dedupe_memory::{MemoryClaim, MemoryDedupeStore};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use dedupe_redis::RedisDedupeStore;
+pub use dedupe::RedisDedupeStore;
+pub use dedupe::{Claim, Dedupe, DedupeStore, MemoryClaim, MemoryDedupeStore};
 pub use group::{ConsumerGroup, Routing};
 pub use limit::{ConcurrencyLimit, RateLimit};
 pub use retry::Retry;

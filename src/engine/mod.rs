@@ -14,39 +14,8 @@
 //!   [`Error::ConnectionLost`];
 //! - [`Engine::health`].
 //!
-//! # Writing a source
-//!
-//! ```
-//! use msgio::engine::{Delivery, Engine, Settlement, Source};
-//! use msgio::{Error, ServerConfig};
-//!
-//! /// A source that serves the same three messages, for illustration.
-//! struct Fixed;
-//!
-//! impl Source for Fixed {
-//!     type Token = u64;
-//!
-//!     fn name(&self) -> &str {
-//!         "fixed"
-//!     }
-//!
-//!     async fn fetch(&self, max: usize, out: &mut Vec<Delivery<u64>>) -> Result<(), Error> {
-//!         for n in 0..max.min(3) as u64 {
-//!             out.push(Delivery::new(n, format!("message {n}").into()));
-//!         }
-//!         Ok(())
-//!     }
-//!
-//!     async fn settle(&self, batch: &mut Vec<Settlement<u64>>) -> Result<(), Error> {
-//!         batch.clear(); // a real source acks, nacks or rejects each token here
-//!         Ok(())
-//!     }
-//! }
-//!
-//! let server = Engine::new(Fixed, ServerConfig::new().concurrency(4))?;
-//! # let _ = server;
-//! # Ok::<(), Error>(())
-//! ```
+//! Its public items are documented where a transport author finds them, in
+//! [`transport`](crate::transport) (and [`ServerConfig`], [`Health`] at the crate root).
 
 mod config;
 mod delivery;

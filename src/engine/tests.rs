@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use super::*;
-use crate::topic::{BufferedWriter, Outgoing, Publish};
+use crate::transport::{BufferedWriter, Outgoing, Publish};
 use crate::{Backoff, Context, Message, MessageId, ReceiverFunc, Server, TopicFunc};
 
 /// What one call to `fetch` does.

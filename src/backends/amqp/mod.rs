@@ -68,6 +68,9 @@ mod encoding;
 mod link;
 mod source;
 mod topic;
+mod url;
+
+pub(crate) use url::AmqpOpener;
 
 use std::fmt;
 use std::sync::Arc;
@@ -75,8 +78,8 @@ use std::sync::Arc;
 use lapin::options::{ExchangeDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 
-pub use source::AmqpServer;
-pub use topic::{AmqpPublisher, AmqpTopic, AmqpWriter};
+pub use source::{AmqpServer, AmqpSource, AmqpToken};
+pub use topic::{AmqpPublisher, AmqpSender, AmqpTopic, AmqpWriter};
 
 use crate::{Error, ServerConfig};
 use encoding::short;
@@ -139,7 +142,7 @@ impl Amqp {
     ///
     /// [`Error::InvalidConfig`] when a name is longer than AMQP's 255 bytes.
     pub fn topic(&self, exchange: &str, routing_key: &str) -> Result<AmqpTopic, Error> {
-        AmqpTopic::new(self.link.clone(), exchange, routing_key)
+        AmqpTopic::open(self.link.clone(), exchange, routing_key)
     }
 
     /// A topic publishing straight to the queue `queue` (through the default exchange).
@@ -164,7 +167,7 @@ impl Amqp {
         options: QueueOptions,
         config: ServerConfig,
     ) -> Result<AmqpServer, Error> {
-        AmqpServer::new(self, options, config).await
+        source::server(self, options, config).await
     }
 
     /// Declares a durable exchange (a no-op when it exists with the same settings).

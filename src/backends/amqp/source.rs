@@ -17,7 +17,7 @@ use lapin::{BasicProperties, Channel, Connection};
 use super::encoding::{self, short};
 use super::link::{self, Link, PublishError};
 use super::{Amqp, QueueOptions};
-use crate::engine::{Delivery, Engine, Settle, Settlement, Source};
+use crate::transport::{Delivery, Engine, Settle, Settlement, Source};
 use crate::{Error, ServerConfig, log};
 
 impl QueueOptions {
@@ -86,19 +86,16 @@ pub(super) async fn bind(
         })
 }
 
-/// A server consuming a RabbitMQ queue, built on the delivery engine (see the
-/// [module docs](super)). Cloning gives another handle to the same server.
-#[derive(Clone, Debug)]
-pub struct AmqpServer {
-    engine: Engine<QueueSource>,
-}
+/// A server consuming a RabbitMQ queue: the delivery engine over an [`AmqpSource`] (see
+/// the [module docs](super)). Cloning gives another handle to the same server.
+pub type AmqpServer = Engine<AmqpSource>;
 
-impl AmqpServer {
-    pub(super) async fn new(
-        amqp: &Amqp,
-        options: QueueOptions,
-        config: ServerConfig,
-    ) -> Result<Self, Error> {
+/// Opens a server: checks the options and the prefetch, declares the queue.
+pub(super) async fn server(
+    amqp: &Amqp,
+    options: QueueOptions,
+    config: ServerConfig,
+) -> Result<AmqpServer, Error> {
         options.validate()?;
         config.validate()?;
         let prefetch = config.get_concurrency() + config.prefetch_or_default();
@@ -112,27 +109,22 @@ impl AmqpServer {
         })?;
         // Declared now, so that what is published from here on waits for this server.
         amqp.declare_queue(&options).await?;
-        Ok(AmqpServer {
-            engine: Engine::new(
-                QueueSource {
-                    queue: short("queue", &options.name)?,
-                    options,
-                    link: amqp.link.clone(),
-                    prefetch,
-                    consuming: tokio::sync::Mutex::new(None),
-                    settling: Mutex::new(None),
-                    generation: AtomicU64::new(0),
-                },
-                config,
-            )?,
-        })
-    }
+        Engine::new(
+            AmqpSource {
+                queue: short("queue", &options.name)?,
+                options,
+                link: amqp.link.clone(),
+                prefetch,
+                consuming: tokio::sync::Mutex::new(None),
+                settling: Mutex::new(None),
+                generation: AtomicU64::new(0),
+            },
+            config,
+        )
 }
 
-engine_server!(AmqpServer);
-
-/// A delivery's token.
-pub(super) struct Token {
+/// Settles a delivery of an [`AmqpSource`]: the delivery tag on its channel.
+pub struct AmqpToken {
     tag: u64,
     /// The channel it came on (deliveries of an earlier one went back to the queue when it
     /// closed).
@@ -143,9 +135,9 @@ pub(super) struct Token {
     properties: BasicProperties,
 }
 
-impl fmt::Debug for Token {
+impl fmt::Debug for AmqpToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Token")
+        f.debug_struct("AmqpToken")
             .field("tag", &self.tag)
             .field("generation", &self.generation)
             .finish()
@@ -159,7 +151,11 @@ struct Consuming {
     generation: u64,
 }
 
-pub(super) struct QueueSource {
+/// The engine [`Source`] of an [`AmqpServer`]: consumes a queue on a connection of its
+/// own with a prefetch count, acks and rejects by delivery tag, and republishes retries
+/// with their attempt count. Made by [`Amqp::server`]; the engine calls its methods, a
+/// user never does.
+pub struct AmqpSource {
     options: QueueOptions,
     queue: ShortString,
     /// Republishes retries.
@@ -171,9 +167,9 @@ pub(super) struct QueueSource {
     generation: AtomicU64,
 }
 
-impl fmt::Debug for QueueSource {
+impl fmt::Debug for AmqpSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("QueueSource")
+        f.debug_struct("AmqpSource")
             .field("queue", &self.options.name)
             .field("prefetch", &self.prefetch)
             .finish()
@@ -185,7 +181,7 @@ const POLL: Duration = Duration::from_secs(1);
 /// How long closing the consumer connection may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-impl QueueSource {
+impl AmqpSource {
     /// Connects, declares the queue and starts consuming with the prefetch count.
     async fn consume(&self) -> Result<Consuming, Error> {
         let connection = link::connect(self.link.target(), "msgio consumer").await?;
@@ -216,7 +212,7 @@ impl QueueSource {
         })
     }
 
-    fn delivery(&self, generation: u64, d: lapin::message::Delivery) -> Delivery<Token> {
+    fn delivery(&self, generation: u64, d: lapin::message::Delivery) -> Delivery<AmqpToken> {
         let decoded = encoding::decode(&d.properties);
         let redeliveries = decoded.delivery_count.unwrap_or(u32::from(d.redelivered));
         let attempt = decoded
@@ -224,7 +220,7 @@ impl QueueSource {
             .saturating_add(1)
             .saturating_add(redeliveries);
         let body = Bytes::from(d.data);
-        let token = Token {
+        let token = AmqpToken {
             tag: d.delivery_tag,
             generation,
             attempt,
@@ -243,7 +239,7 @@ impl QueueSource {
     /// Republishes `token`'s message to the queue (after `delay`), recording `attempts`.
     async fn republish(
         &self,
-        token: &Token,
+        token: &AmqpToken,
         attempts: u32,
         delay: Option<Duration>,
     ) -> Result<(), Error> {
@@ -275,7 +271,7 @@ impl QueueSource {
 /// queue, so that a queue that keeps refusing is not asked again at once, again and again.
 const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
 
-impl QueueSource {
+impl AmqpSource {
     /// Republishes a delivery for its next attempt, then acks it. When the broker refuses
     /// the republication (a full queue that rejects publishes, a wait queue it would not
     /// declare) the delivery is given back to the queue with a nack once the delay has
@@ -283,7 +279,7 @@ impl QueueSource {
     /// slot until its channel closed, and enough of them would stop the consumer.
     async fn retry(
         &self,
-        token: &Token,
+        token: &AmqpToken,
         attempts: u32,
         delay: Option<Duration>,
         channel: &Channel,
@@ -321,14 +317,14 @@ impl QueueSource {
     }
 }
 
-impl Source for QueueSource {
-    type Token = Token;
+impl Source for AmqpSource {
+    type Token = AmqpToken;
 
     fn name(&self) -> &str {
         &self.options.name
     }
 
-    async fn fetch(&self, max: usize, out: &mut Vec<Delivery<Token>>) -> Result<(), Error> {
+    async fn fetch(&self, max: usize, out: &mut Vec<Delivery<AmqpToken>>) -> Result<(), Error> {
         let mut guard = self.consuming.lock().await;
         if guard.is_none() {
             *guard = Some(self.consume().await?);
@@ -364,7 +360,7 @@ impl Source for QueueSource {
         }
     }
 
-    async fn settle(&self, batch: &mut Vec<Settlement<Token>>) -> Result<(), Error> {
+    async fn settle(&self, batch: &mut Vec<Settlement<AmqpToken>>) -> Result<(), Error> {
         let Some((generation, channel)) = self
             .settling
             .lock()

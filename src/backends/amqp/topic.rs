@@ -2,23 +2,28 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use lapin::types::ShortString;
 
 use super::encoding;
 use super::link::{Link, PublishError};
-use crate::topic::BufferedWriter;
-use crate::{Attributes, Context, Error};
+use crate::transport::{BufferedWriter, Outgoing, Sender, SenderPublisher, SenderTopic};
+use crate::{Context, Error};
 
 /// A topic publishing to a RabbitMQ exchange with a routing key (see the
-/// [module docs](super)). Cloning shares the connection.
-#[derive(Clone)]
-pub struct AmqpTopic {
-    inner: Arc<TopicInner>,
-}
+/// [module docs](super)): a [`SenderTopic`] over an [`AmqpSender`]. Cloning shares the
+/// connection.
+pub type AmqpTopic = SenderTopic<AmqpSender>;
 
-struct TopicInner {
+/// The writer of an [`AmqpTopic`]: closing it returns once the broker confirmed.
+pub type AmqpWriter = BufferedWriter<AmqpPublisher>;
+
+/// Sends the messages of an [`AmqpWriter`].
+pub type AmqpPublisher = SenderPublisher<AmqpSender>;
+
+/// Publishes whole messages to an exchange with a routing key, waiting for the publisher
+/// confirm: the [`Sender`] of an [`AmqpTopic`].
+pub struct AmqpSender {
     link: Arc<Link>,
     exchange: ShortString,
     routing_key: ShortString,
@@ -27,82 +32,55 @@ struct TopicInner {
     exchange_exists: tokio::sync::OnceCell<()>,
 }
 
-impl fmt::Debug for AmqpTopic {
+impl fmt::Debug for AmqpSender {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AmqpTopic")
-            .field("exchange", &self.inner.exchange.as_str())
-            .field("routing_key", &self.inner.routing_key.as_str())
-            .field("mandatory", &self.inner.mandatory)
+            .field("exchange", &self.exchange.as_str())
+            .field("routing_key", &self.routing_key.as_str())
+            .field("mandatory", &self.mandatory)
             .finish()
     }
 }
 
 impl AmqpTopic {
-    pub(super) fn new(link: Arc<Link>, exchange: &str, routing_key: &str) -> Result<Self, Error> {
-        Ok(AmqpTopic {
-            inner: Arc::new(TopicInner {
-                link,
-                exchange: encoding::short("exchange", exchange)?,
-                routing_key: encoding::short("routing_key", routing_key)?,
-                mandatory: true,
-                exchange_exists: tokio::sync::OnceCell::new(),
-            }),
-        })
+    pub(super) fn open(link: Arc<Link>, exchange: &str, routing_key: &str) -> Result<Self, Error> {
+        Ok(SenderTopic::new(AmqpSender {
+            link,
+            exchange: encoding::short("exchange", exchange)?,
+            routing_key: encoding::short("routing_key", routing_key)?,
+            mandatory: true,
+            exchange_exists: tokio::sync::OnceCell::new(),
+        }))
     }
 
     /// Whether a message that no queue takes is an error (`true`, the default) or dropped by
     /// the broker (`false`, for an exchange that may have no subscribers at the time).
     pub fn mandatory(self, mandatory: bool) -> Self {
-        AmqpTopic {
-            inner: Arc::new(TopicInner {
-                link: self.inner.link.clone(),
-                exchange: self.inner.exchange.clone(),
-                routing_key: self.inner.routing_key.clone(),
-                mandatory,
-                exchange_exists: tokio::sync::OnceCell::new(),
-            }),
-        }
+        let sender = self.sender();
+        SenderTopic::new(AmqpSender {
+            link: sender.link.clone(),
+            exchange: sender.exchange.clone(),
+            routing_key: sender.routing_key.clone(),
+            mandatory,
+            exchange_exists: tokio::sync::OnceCell::new(),
+        })
     }
 
     /// The exchange this topic publishes to (`""`: the default exchange).
     pub fn exchange(&self) -> &str {
-        self.inner.exchange.as_str()
+        self.sender().exchange.as_str()
     }
 
     /// The routing key this topic publishes with.
     pub fn routing_key(&self) -> &str {
-        self.inner.routing_key.as_str()
+        self.sender().routing_key.as_str()
     }
 }
 
-whole_message_topic!(AmqpTopic, AmqpPublisher);
-
-/// The writer of an [`AmqpTopic`]: closing it returns once the broker confirmed.
-pub type AmqpWriter = BufferedWriter<AmqpPublisher>;
-
-/// Sends whole messages with publisher confirms (for [`AmqpWriter`]).
-pub struct AmqpPublisher {
-    inner: Arc<TopicInner>,
-}
-
-impl fmt::Debug for AmqpPublisher {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AmqpPublisher")
-            .field("exchange", &self.inner.exchange.as_str())
-            .field("routing_key", &self.inner.routing_key.as_str())
-            .finish()
-    }
-}
-
-impl TopicInner {
-    async fn send(
-        &self,
-        ctx: &Context,
-        attributes: &Attributes,
-        body: &[u8],
-        delay: Option<Duration>,
-    ) -> Result<(), Error> {
-        let properties = encoding::properties(attributes)?;
+impl Sender for AmqpSender {
+    async fn send(&self, ctx: &Context, message: Outgoing) -> Result<(), Error> {
+        let properties = encoding::properties(&message.attributes)?;
+        let (body, delay) = (&message.body[..], message.delay);
         let send = async {
             if !self.exchange.as_str().is_empty() {
                 self.exchange_exists

@@ -7,6 +7,13 @@
 //! server. Several servers on one queue share its messages (competing consumers), and a
 //! queue outlives its servers: what one server left is served by the next.
 //!
+//! # URL
+//!
+//! `mem://<queue>[?capacity=<n>]` (see [`open_topic`](crate::open_topic)): the first URL
+//! naming a queue creates it (capacity 10,000 unless given), and every topic and server
+//! opened with that name in the process shares it, for the life of the process. Asking
+//! for another capacity than the queue has is an error.
+//!
 //! ```
 //! use msgio::{Context, Message, ReceiverFunc, Server, Topic};
 //! use std::time::Duration;
@@ -50,15 +57,16 @@ use bytes::Bytes;
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
-use crate::engine::Engine;
-use crate::topic::Outgoing;
+use crate::transport::Engine;
+use crate::transport::Outgoing;
 use crate::{Attributes, Error, ServerConfig};
 
 mod source;
+mod url;
+pub(crate) use url::MemOpener;
 mod topic;
 
-pub use source::MemServer;
-use source::MemSource;
+pub use source::{MemServer, MemSource, MemToken};
 pub use topic::{MemPublish, MemPublisher, MemTopic, MemWriter};
 
 /// A [`MemTopic`] and a [`MemServer`] over a new queue holding at most `capacity` messages,
@@ -119,6 +127,7 @@ impl MemQueue {
                 state: Mutex::new(State::default()),
                 notify: Notify::new(),
                 capacity: Semaphore::new(capacity),
+                limit: capacity,
                 next_id: AtomicU64::new(1),
             }),
         })
@@ -137,14 +146,17 @@ impl MemQueue {
     ///
     /// [`Error::InvalidConfig`] naming the first setting of `config` out of range.
     pub fn server(&self, config: ServerConfig) -> Result<MemServer, Error> {
-        Ok(MemServer {
-            engine: Engine::new(
-                MemSource {
-                    queue: self.queue.clone(),
-                },
-                config,
-            )?,
-        })
+        Engine::new(
+            MemSource {
+                queue: self.queue.clone(),
+            },
+            config,
+        )
+    }
+
+    /// The most published messages the queue holds waiting for a server, as made.
+    pub fn capacity(&self) -> usize {
+        self.queue.limit
     }
 
     /// How many messages wait to be delivered (ready or delayed, not in flight).
@@ -175,6 +187,8 @@ struct Queue {
     notify: Notify,
     /// One permit per message the queue may still take from publishers.
     capacity: Semaphore,
+    /// The capacity it was made with.
+    limit: usize,
     next_id: AtomicU64,
 }
 

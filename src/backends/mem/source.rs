@@ -4,21 +4,42 @@ use std::sync::Arc;
 
 use super::{Item, Queue};
 use crate::Error;
-use crate::engine::{Delivery, Engine, Settle, Settlement, Source};
+use crate::transport::{Delivery, Engine, Settle, Settlement, Source};
 
-/// The engine source over an in-memory queue.
-pub(super) struct MemSource {
+/// The engine [`Source`] of a [`MemServer`]: takes messages from an in-memory queue, puts
+/// retried ones back (after their delay) and drops acknowledged ones. Made by
+/// [`MemQueue::server`](super::MemQueue::server); the engine calls its methods, a user
+/// never does.
+pub struct MemSource {
     pub(super) queue: Arc<Queue>,
 }
 
+impl std::fmt::Debug for MemSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemSource")
+            .field("queue", &self.queue.name)
+            .finish()
+    }
+}
+
+/// Settles a delivery of a [`MemSource`]: the queued message itself, which goes back to
+/// the queue on a retry.
+pub struct MemToken(Item);
+
+impl std::fmt::Debug for MemToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemToken").field("id", &self.0.id).finish()
+    }
+}
+
 impl Source for MemSource {
-    type Token = Item;
+    type Token = MemToken;
 
     fn name(&self) -> &str {
         &self.queue.name
     }
 
-    async fn fetch(&self, max: usize, out: &mut Vec<Delivery<Item>>) -> Result<(), Error> {
+    async fn fetch(&self, max: usize, out: &mut Vec<Delivery<MemToken>>) -> Result<(), Error> {
         let queue = &*self.queue;
         loop {
             let notified = queue.notify.notified();
@@ -41,7 +62,7 @@ impl Source for MemSource {
                             attributes: item.attributes.clone(),
                             body: item.body.clone(),
                             malformed: None,
-                            token: item,
+                            token: MemToken(item),
                         }
                     }));
                     if room > 0 {
@@ -67,14 +88,14 @@ impl Source for MemSource {
         }
     }
 
-    async fn settle(&self, batch: &mut Vec<Settlement<Item>>) -> Result<(), Error> {
+    async fn settle(&self, batch: &mut Vec<Settlement<MemToken>>) -> Result<(), Error> {
         let queue = &*self.queue;
         let mut requeued = false;
         let mut released = Vec::new();
         {
             let mut state = queue.lock();
             for settlement in batch.drain(..) {
-                let mut item = settlement.token;
+                let MemToken(mut item) = settlement.token;
                 match settlement.action {
                     Settle::Ack | Settle::Reject => {}
                     Settle::Nack { delay } => {
@@ -103,11 +124,6 @@ impl Source for MemSource {
     }
 }
 
-/// A server over an in-memory queue, built on the delivery engine. Cloning gives another
-/// handle to the same server.
-#[derive(Clone, Debug)]
-pub struct MemServer {
-    pub(super) engine: Engine<MemSource>,
-}
-
-engine_server!(MemServer);
+/// A server over an in-memory queue: the delivery engine over a [`MemSource`]. Cloning
+/// gives another handle to the same server.
+pub type MemServer = Engine<MemSource>;

@@ -10,7 +10,7 @@ use std::task::{Context as TaskContext, Poll};
 use tokio::sync::TryAcquireError;
 
 use super::Queue;
-use crate::topic::{BufferedWriter, Outgoing, Publish};
+use crate::transport::{BufferedWriter, Outgoing, Publish};
 use crate::{Context, Error, Topic};
 
 /// A topic publishing to an in-memory queue.

@@ -81,6 +81,9 @@ mod encoding;
 mod pull;
 mod source;
 mod topic;
+mod url;
+
+pub(crate) use url::NatsOpener;
 mod wire;
 
 use std::fmt;
@@ -88,8 +91,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::stream;
 
-pub use source::NatsServer;
-pub use topic::{NatsPublisher, NatsTopic, NatsWriter};
+pub use source::{NatsServer, NatsSource, NatsToken};
+pub use topic::{NatsPublisher, NatsSender, NatsTopic, NatsWriter};
 
 use crate::redact::Credentials;
 use crate::{Error, ServerConfig};
@@ -154,7 +157,7 @@ impl Nats {
 
     /// A topic publishing to `subject` (which a stream must capture).
     pub fn topic(&self, subject: impl Into<String>) -> NatsTopic {
-        NatsTopic::new(self.jetstream.clone(), subject.into())
+        NatsTopic::open(self.jetstream.clone(), subject.into())
     }
 
     /// A server on the durable pull consumer `options` names, creating the stream and the
@@ -180,7 +183,7 @@ impl Nats {
                 ),
             ));
         }
-        NatsServer::new(self, options, config).await
+        source::server(self, options, config).await
     }
 
     /// Creates the stream `options` names when missing, so that publishing works before any

@@ -13,22 +13,20 @@ use bytes::Bytes;
 use super::pull::{Incoming, PullConnection};
 use super::wire;
 use super::{ConsumerOptions, Nats};
-use crate::engine::{Delivery, Engine, Settle, Settlement, Source};
+use crate::transport::{Delivery, Engine, Settle, Settlement, Source};
 use crate::{Error, ServerConfig, log};
 
-/// A server on a JetStream durable pull consumer, built on the delivery engine (see the
-/// [module docs](super)). Cloning gives another handle to the same server.
-#[derive(Clone, Debug)]
-pub struct NatsServer {
-    engine: Engine<ConsumerSource>,
-}
+/// A server on a JetStream durable pull consumer: the delivery engine over a
+/// [`NatsSource`] (see the [module docs](super)). Cloning gives another handle to the same
+/// server.
+pub type NatsServer = Engine<NatsSource>;
 
-impl NatsServer {
-    pub(super) async fn new(
-        nats: &Nats,
-        options: ConsumerOptions,
-        mut config: ServerConfig,
-    ) -> Result<Self, Error> {
+/// Opens a server: checks the options, creates the stream and the consumer when missing.
+pub(super) async fn server(
+    nats: &Nats,
+    options: ConsumerOptions,
+    mut config: ServerConfig,
+) -> Result<NatsServer, Error> {
         options.validate()?;
         config.validate()?;
         if config.dead_letter.is_none() {
@@ -41,23 +39,18 @@ impl NatsServer {
             "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
             options.stream, options.durable
         );
-        Ok(NatsServer {
-            engine: Engine::new(
-                ConsumerSource {
-                    nats: nats.clone(),
-                    options,
-                    next_subject,
-                    pull: tokio::sync::Mutex::new(Pulled::default()),
-                    in_flight: Arc::new(Mutex::new(HashMap::new())),
-                    progress: Mutex::new(None),
-                },
-                config,
-            )?,
-        })
-    }
+        Engine::new(
+            NatsSource {
+                nats: nats.clone(),
+                options,
+                next_subject,
+                pull: tokio::sync::Mutex::new(Pulled::default()),
+                in_flight: Arc::new(Mutex::new(HashMap::new())),
+                progress: Mutex::new(None),
+            },
+            config,
+        )
 }
-
-engine_server!(NatsServer);
 
 /// The stream `options` names, created when missing.
 pub(super) async fn ensure_stream(
@@ -96,19 +89,23 @@ async fn ensure_consumer(nats: &Nats, options: &ConsumerOptions) -> Result<(), E
     Ok(())
 }
 
-/// A delivery's token: where to acknowledge it.
-pub(super) struct Token {
+/// Settles a delivery of a [`NatsSource`]: where to acknowledge it.
+pub struct NatsToken {
     reply: async_nats::Subject,
     seq: u64,
 }
 
-impl fmt::Debug for Token {
+impl fmt::Debug for NatsToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Token").field("seq", &self.seq).finish()
+        f.debug_struct("NatsToken").field("seq", &self.seq).finish()
     }
 }
 
-pub(super) struct ConsumerSource {
+/// The engine [`Source`] of a [`NatsServer`]: pulls from a JetStream durable consumer on a
+/// connection of its own, settles with ack, nak (with a delay) and term, and keeps slow
+/// messages alive with in-progress signals. Made by [`Nats::server`]; the engine calls its
+/// methods, a user never does.
+pub struct NatsSource {
     /// The shared client connection, on which acknowledgements and in-progress signals go
     /// out, and where the pull connection connects. With `options`, what creates the
     /// stream and the consumer again when they are gone (deleted by hand, or lost with the
@@ -129,12 +126,12 @@ pub(super) struct ConsumerSource {
 struct Pulled {
     connection: Option<PullConnection>,
     /// Deliveries that came beyond what the engine asked for, handed out first.
-    ahead: VecDeque<Delivery<Token>>,
+    ahead: VecDeque<Delivery<NatsToken>>,
 }
 
-impl fmt::Debug for ConsumerSource {
+impl fmt::Debug for NatsSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConsumerSource")
+        f.debug_struct("NatsSource")
             .field("stream", &self.options.stream)
             .finish()
     }
@@ -147,11 +144,11 @@ const EXPIRES: Duration = Duration::from_secs(30);
 /// How often the server says it is there while a request waits for messages.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
-impl ConsumerSource {
+impl NatsSource {
     /// A delivery for a stored message (one with a `$JS.ACK` reply subject).
-    fn delivery(&self, msg: wire::Msg, reply: String, ack: wire::AckInfo) -> Delivery<Token> {
+    fn delivery(&self, msg: wire::Msg, reply: String, ack: wire::AckInfo) -> Delivery<NatsToken> {
         let (attributes, problem) = super::encoding::attributes(msg.headers.as_deref());
-        let token = Token {
+        let token = NatsToken {
             reply: reply.into(),
             seq: ack.stream_seq,
         };
@@ -182,9 +179,9 @@ impl ConsumerSource {
         &self,
         msg: wire::Msg,
         connection: &mut PullConnection,
-        ahead: &mut VecDeque<Delivery<Token>>,
+        ahead: &mut VecDeque<Delivery<NatsToken>>,
         max: usize,
-        out: &mut Vec<Delivery<Token>>,
+        out: &mut Vec<Delivery<NatsToken>>,
     ) -> Result<(), Error> {
         if let Some(reply) = msg.reply.clone() {
             if let Some(ack) = wire::ack_info(&reply) {
@@ -258,7 +255,7 @@ impl ConsumerSource {
     /// Appends up to `max` messages: those that came ahead first, then from the pull
     /// connection (asking for more when what is outstanding will not fill `max`), waiting
     /// at most [`POLL`] for the first.
-    async fn pull(&self, max: usize, out: &mut Vec<Delivery<Token>>) -> Result<(), Error> {
+    async fn pull(&self, max: usize, out: &mut Vec<Delivery<NatsToken>>) -> Result<(), Error> {
         let mut guard = self.pull.lock().await;
         let Pulled { connection, ahead } = &mut *guard;
         while out.len() < max {
@@ -345,7 +342,7 @@ impl ConsumerSource {
     }
 
     /// Settles one delivery.
-    async fn ack(&self, token: &Token, action: &Settle) -> Result<(), Error> {
+    async fn ack(&self, token: &NatsToken, action: &Settle) -> Result<(), Error> {
         let payload = match action {
             Settle::Ack => Bytes::from_static(b"+ACK"),
             Settle::Nack { delay: None } | Settle::Release => Bytes::from_static(b"-NAK"),
@@ -364,8 +361,8 @@ impl ConsumerSource {
     }
 }
 
-impl Source for ConsumerSource {
-    type Token = Token;
+impl Source for NatsSource {
+    type Token = NatsToken;
 
     fn name(&self) -> &str {
         &self.options.stream
@@ -375,12 +372,12 @@ impl Source for ConsumerSource {
         true
     }
 
-    async fn fetch(&self, max: usize, out: &mut Vec<Delivery<Token>>) -> Result<(), Error> {
+    async fn fetch(&self, max: usize, out: &mut Vec<Delivery<NatsToken>>) -> Result<(), Error> {
         self.start_progress();
         self.pull(max, out).await
     }
 
-    async fn settle(&self, batch: &mut Vec<Settlement<Token>>) -> Result<(), Error> {
+    async fn settle(&self, batch: &mut Vec<Settlement<NatsToken>>) -> Result<(), Error> {
         let mut failed = None;
         let mut done = 0;
         for settlement in batch.iter() {
@@ -430,7 +427,7 @@ impl Source for ConsumerSource {
         // What came ahead, or is on its way in, goes back at once rather than after the
         // ack wait.
         let mut pulled = self.pull.lock().await;
-        let mut back: Vec<Delivery<Token>> = pulled.ahead.drain(..).collect();
+        let mut back: Vec<Delivery<NatsToken>> = pulled.ahead.drain(..).collect();
         if let Some(mut connection) = pulled.connection.take() {
             let mut scratch = VecDeque::new();
             while let Some(Incoming::Message(msg)) = connection.try_next() {

@@ -1,95 +1,75 @@
 //! The topic: JetStream publish with headers, waiting for the stream's acknowledgement.
 
 use std::fmt;
-use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::jetstream;
 
-use crate::topic::BufferedWriter;
-use crate::{Attributes, Context, Error};
+use crate::transport::{BufferedWriter, Outgoing, Sender, SenderPublisher, SenderTopic};
+use crate::{Context, Error};
 
-/// A topic publishing to a NATS subject through JetStream (see the [module docs](super)).
-/// Cloning shares the connection.
-#[derive(Clone)]
-pub struct NatsTopic {
-    inner: Arc<TopicInner>,
-}
+/// A topic publishing to a NATS subject through JetStream (see the [module docs](super)):
+/// a [`SenderTopic`] over a [`NatsSender`]. Cloning shares the connection.
+pub type NatsTopic = SenderTopic<NatsSender>;
 
-struct TopicInner {
+/// The writer of a [`NatsTopic`]: closing it returns once the stream acknowledged.
+pub type NatsWriter = BufferedWriter<NatsPublisher>;
+
+/// Sends the messages of a [`NatsWriter`].
+pub type NatsPublisher = SenderPublisher<NatsSender>;
+
+/// Publishes whole messages through JetStream with headers, waiting for the stream's
+/// acknowledgement: the [`Sender`] of a [`NatsTopic`].
+pub struct NatsSender {
     jetstream: jetstream::Context,
     subject: String,
     msg_id_attribute: String,
 }
 
-impl fmt::Debug for NatsTopic {
+impl fmt::Debug for NatsSender {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NatsTopic")
-            .field("subject", &self.inner.subject)
-            .field("msg_id_attribute", &self.inner.msg_id_attribute)
+            .field("subject", &self.subject)
+            .field("msg_id_attribute", &self.msg_id_attribute)
             .finish()
     }
 }
 
 impl NatsTopic {
-    pub(super) fn new(jetstream: jetstream::Context, subject: String) -> Self {
-        NatsTopic {
-            inner: Arc::new(TopicInner {
-                jetstream,
-                subject,
-                msg_id_attribute: "Idempotency-Key".to_owned(),
-            }),
-        }
+    pub(super) fn open(jetstream: jetstream::Context, subject: String) -> Self {
+        SenderTopic::new(NatsSender {
+            jetstream,
+            subject,
+            msg_id_attribute: "Idempotency-Key".to_owned(),
+        })
     }
 
     /// The attribute whose value becomes `Nats-Msg-Id` (default `Idempotency-Key`); a
     /// message without it gets a random id.
     pub fn msg_id_attribute(self, key: impl AsRef<str>) -> Self {
-        NatsTopic {
-            inner: Arc::new(TopicInner {
-                jetstream: self.inner.jetstream.clone(),
-                subject: self.inner.subject.clone(),
-                msg_id_attribute: crate::canonical_key(key.as_ref()).into_owned(),
-            }),
-        }
+        let sender = self.sender();
+        SenderTopic::new(NatsSender {
+            jetstream: sender.jetstream.clone(),
+            subject: sender.subject.clone(),
+            msg_id_attribute: crate::canonical_key(key.as_ref()).into_owned(),
+        })
     }
 
     /// The subject this topic publishes to.
     pub fn subject(&self) -> &str {
-        &self.inner.subject
+        &self.sender().subject
     }
 }
 
-whole_message_topic!(NatsTopic, NatsPublisher);
-
-/// The writer of a [`NatsTopic`]: closing it returns once the stream acknowledged.
-pub type NatsWriter = BufferedWriter<NatsPublisher>;
-
-/// Sends whole messages through JetStream (for [`NatsWriter`]).
-pub struct NatsPublisher {
-    inner: Arc<TopicInner>,
-}
-
-impl fmt::Debug for NatsPublisher {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NatsPublisher")
-            .field("subject", &self.inner.subject)
-            .finish()
-    }
-}
-
-impl TopicInner {
-    async fn send(
-        &self,
-        ctx: &Context,
-        attributes: &Attributes,
-        body: &bytes::Bytes,
-        delay: Option<Duration>,
-    ) -> Result<(), Error> {
-        // Clones share their entries: only a delayed message's attributes are copied.
-        let mut attributes = attributes.clone();
+impl Sender for NatsSender {
+    async fn send(&self, ctx: &Context, message: Outgoing) -> Result<(), Error> {
+        let Outgoing {
+            mut attributes,
+            body,
+            delay,
+            ..
+        } = message;
         if let Some(delay) = delay {
-            crate::engine::stamp_not_before(&mut attributes, delay);
+            crate::transport::stamp_not_before(&mut attributes, delay);
         }
         let headers = super::encoding::headers(
             &attributes,
@@ -99,7 +79,7 @@ impl TopicInner {
         let send = async {
             let ack = self
                 .jetstream
-                .publish_with_headers(subject.clone(), headers, body.clone())
+                .publish_with_headers(subject.clone(), headers, body)
                 .await
                 .map_err(|e| publish_error(subject, e))?;
             ack.await.map(drop).map_err(|e| publish_error(subject, e))

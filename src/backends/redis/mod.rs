@@ -74,6 +74,9 @@ mod read;
 mod scripts;
 mod source;
 mod topic;
+mod url;
+
+pub(crate) use url::RedisOpener;
 
 use std::fmt;
 use std::time::Duration;
@@ -81,8 +84,8 @@ use std::time::Duration;
 use redis::IntoConnectionInfo;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-pub use source::RedisServer;
-pub use topic::{RedisPublisher, RedisTopic, RedisWriter};
+pub use source::{RedisServer, RedisSource, RedisToken};
+pub use topic::{RedisPublisher, RedisSender, RedisTopic, RedisWriter};
 
 use crate::redact::Credentials;
 use crate::{Error, ServerConfig};
@@ -126,7 +129,7 @@ impl Redis {
 
     /// A topic adding to `stream`.
     pub fn topic(&self, stream: impl Into<String>) -> RedisTopic {
-        RedisTopic::new(self.conn.clone(), stream.into())
+        RedisTopic::open(self.conn.clone(), stream.into())
     }
 
     /// A server reading `options.stream` in `options.group`, creating the group (and the
@@ -142,7 +145,7 @@ impl Redis {
         options: StreamOptions,
         config: ServerConfig,
     ) -> Result<RedisServer, Error> {
-        RedisServer::new(self, options, config).await
+        source::server(self, options, config).await
     }
 }
 

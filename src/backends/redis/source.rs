@@ -12,22 +12,20 @@ use tokio::time::Instant;
 use super::encoding::{self, Decoded};
 use super::read::Read;
 use super::{Redis, StreamOptions, scripts, topic::delayed_key};
-use crate::engine::{Delivery, Engine, Settle, Settlement, Source};
+use crate::transport::{Delivery, Engine, Settle, Settlement, Source};
 use crate::{Error, ServerConfig, log};
 
-/// A server reading a Redis stream as a consumer of a group, built on the delivery engine
-/// (see the [module docs](super)). Cloning gives another handle to the same server.
-#[derive(Clone, Debug)]
-pub struct RedisServer {
-    engine: Engine<StreamSource>,
-}
+/// A server reading a Redis stream as a consumer of a group: the delivery engine over a
+/// [`RedisSource`] (see the [module docs](super)). Cloning gives another handle to the same
+/// server.
+pub type RedisServer = Engine<RedisSource>;
 
-impl RedisServer {
-    pub(super) async fn new(
-        redis: &Redis,
-        options: StreamOptions,
-        mut config: ServerConfig,
-    ) -> Result<Self, Error> {
+/// Opens a server: checks the options, makes the reading connection, creates the group.
+pub(super) async fn server(
+    redis: &Redis,
+    options: StreamOptions,
+    mut config: ServerConfig,
+) -> Result<RedisServer, Error> {
         options.validate()?;
         config.validate()?;
         if config.dead_letter.is_none() {
@@ -40,7 +38,7 @@ impl RedisServer {
         let reader =
             super::manager(&redis.client, &redis.url, Some(options.block + READ_MARGIN)).await?;
         let consumer = options.consumer.clone().unwrap_or_else(unique_consumer);
-        let source = StreamSource {
+        let source = RedisSource {
             delayed: delayed_key(&options.stream),
             consumer,
             conn: redis.conn.clone(),
@@ -61,18 +59,15 @@ impl RedisServer {
             options,
         };
         source.create_group().await?;
-        Ok(RedisServer {
-            engine: Engine::new(source, config)?,
-        })
-    }
-
-    /// The consumer's name in the group.
-    pub fn consumer(&self) -> &str {
-        &self.engine.source().consumer
-    }
+        Engine::new(source, config)
 }
 
-engine_server!(RedisServer);
+impl RedisServer {
+    /// The consumer's name in the group.
+    pub fn consumer(&self) -> &str {
+        &self.source().consumer
+    }
+}
 
 /// The reader's client id when Redis refused to tell it: nothing to wake.
 const NO_CLIENT_ID: i64 = -1;
@@ -88,14 +83,17 @@ fn unique_consumer() -> String {
     )
 }
 
-/// A delivery's token: the entry id and which attempt it was.
+/// Settles a delivery of a [`RedisSource`]: the entry id and which attempt it was.
 #[derive(Debug)]
-pub(super) struct Token {
+pub struct RedisToken {
     id: EntryId,
     attempt: u32,
 }
 
-pub(super) struct StreamSource {
+/// The engine [`Source`] of a [`RedisServer`]: a consumer in a stream's group, reading new
+/// entries with `XREADGROUP`, taking back idle ones with `XAUTOCLAIM`, settling with batched
+/// `XACK`. Made by [`Redis::server`]; the engine calls its methods, a user never does.
+pub struct RedisSource {
     options: StreamOptions,
     delayed: String,
     consumer: String,
@@ -106,7 +104,7 @@ pub(super) struct StreamSource {
     state: Arc<Mutex<LocalState>>,
     /// The read a stopped fetch left to finish, which [`close`](Source::close) waits for.
     reading: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// Keeps what this consumer holds from going idle (see [`StreamSource::start_lease`]).
+    /// Keeps what this consumer holds from going idle (see [`RedisSource::start_lease`]).
     lease: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -131,9 +129,9 @@ pub(super) struct LocalState {
     unacked: Vec<EntryId>,
 }
 
-impl fmt::Debug for StreamSource {
+impl fmt::Debug for RedisSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StreamSource")
+        f.debug_struct("RedisSource")
             .field("stream", &self.options.stream)
             .field("group", &self.options.group)
             .field("consumer", &self.consumer)
@@ -141,7 +139,7 @@ impl fmt::Debug for StreamSource {
     }
 }
 
-impl StreamSource {
+impl RedisSource {
     fn state(&self) -> std::sync::MutexGuard<'_, LocalState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -189,8 +187,8 @@ impl StreamSource {
         state.own_checked = false;
     }
 
-    fn delivery(&self, id: EntryId, fields: Value, attempt: u32) -> Delivery<Token> {
-        let token = Token { id, attempt };
+    fn delivery(&self, id: EntryId, fields: Value, attempt: u32) -> Delivery<RedisToken> {
+        let token = RedisToken { id, attempt };
         let decoded = match fields {
             Value::Array(fields) => encoding::decode(fields),
             Value::Nil => Decoded::Malformed {
@@ -228,7 +226,7 @@ impl StreamSource {
     async fn redeliver(
         &self,
         batch: Vec<(EntryId, u32)>,
-        out: &mut Vec<Delivery<Token>>,
+        out: &mut Vec<Delivery<RedisToken>>,
     ) -> Result<(), Error> {
         let mut cmd = redis::cmd("XCLAIM");
         cmd.arg(&self.options.stream)
@@ -256,7 +254,7 @@ impl StreamSource {
 
     /// Takes back this consumer's own pending entries that nothing here holds: what its name
     /// held before a restart, or what Redis delivered in a reply a lost connection dropped.
-    async fn take_back_own(&self, max: usize, out: &mut Vec<Delivery<Token>>) -> Result<(), Error> {
+    async fn take_back_own(&self, max: usize, out: &mut Vec<Delivery<RedisToken>>) -> Result<(), Error> {
         let known = {
             let state = self.state();
             state.in_flight.len() + state.redeliver.len()
@@ -297,7 +295,7 @@ impl StreamSource {
     }
 
     /// Takes over entries idle for longer than `min_idle`.
-    async fn claim_idle(&self, max: usize, out: &mut Vec<Delivery<Token>>) -> Result<(), Error> {
+    async fn claim_idle(&self, max: usize, out: &mut Vec<Delivery<RedisToken>>) -> Result<(), Error> {
         let cursor = self.state().claim_cursor.clone();
         let reply: Value = match scripts::CLAIM
             .key(&self.options.stream)
@@ -389,7 +387,7 @@ impl StreamSource {
         &self,
         max: usize,
         block: Duration,
-        out: &mut Vec<Delivery<Token>>,
+        out: &mut Vec<Delivery<RedisToken>>,
     ) -> Result<(), Error> {
         let mut reader = self.reader.clone();
         let reader_id = self.state().reader_id;
@@ -543,10 +541,10 @@ const PARKING: &str = "msgio:parked";
 /// How many delayed messages one promotion moves at most.
 const PROMOTE_BATCH: usize = 256;
 
-impl StreamSource {
+impl RedisSource {
     /// Fetches, in order of preference: failed attempts to claim back, this consumer's own
     /// forgotten entries, parked or idle entries to take over, new entries.
-    async fn fetch_from(&self, max: usize, out: &mut Vec<Delivery<Token>>) -> Result<(), Error> {
+    async fn fetch_from(&self, max: usize, out: &mut Vec<Delivery<RedisToken>>) -> Result<(), Error> {
         if !self.state().unacked.is_empty() {
             self.ack(Vec::new()).await?;
         }
@@ -594,8 +592,8 @@ impl StreamSource {
     }
 }
 
-impl Source for StreamSource {
-    type Token = Token;
+impl Source for RedisSource {
+    type Token = RedisToken;
 
     fn name(&self) -> &str {
         &self.options.stream
@@ -606,7 +604,7 @@ impl Source for StreamSource {
         false
     }
 
-    async fn fetch(&self, max: usize, out: &mut Vec<Delivery<Token>>) -> Result<(), Error> {
+    async fn fetch(&self, max: usize, out: &mut Vec<Delivery<RedisToken>>) -> Result<(), Error> {
         self.start_lease();
         let before = out.len();
         let result = self.fetch_from(max.max(1), out).await;
@@ -619,13 +617,13 @@ impl Source for StreamSource {
         result
     }
 
-    async fn settle(&self, batch: &mut Vec<Settlement<Token>>) -> Result<(), Error> {
+    async fn settle(&self, batch: &mut Vec<Settlement<RedisToken>>) -> Result<(), Error> {
         let mut acks = Vec::new();
         let mut requeued = false;
         {
             let mut state = self.state();
             for settlement in batch.drain(..) {
-                let Token { id, attempt } = settlement.token;
+                let RedisToken { id, attempt } = settlement.token;
                 state.in_flight.remove(&id);
                 let next = match settlement.action {
                     Settle::Ack | Settle::Reject => {

@@ -1,25 +1,28 @@
 //! The topic: `XADD`, or the delayed set for a writer with a delay.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use redis::aio::ConnectionManager;
 
 use super::{encoding, scripts};
-use crate::topic::BufferedWriter;
-use std::time::Duration;
-
-use crate::{Attributes, Context, Error};
+use crate::transport::{BufferedWriter, Outgoing, Sender, SenderPublisher, SenderTopic};
+use crate::{Context, Error};
 
 /// A topic adding messages to a Redis stream (see the [module docs](super) for the
-/// layout). Cloning shares the connection; concurrent writers pipeline on it.
-#[derive(Clone)]
-pub struct RedisTopic {
-    inner: Arc<TopicInner>,
-}
+/// layout): a [`SenderTopic`] over a [`RedisSender`]. Cloning shares the connection;
+/// concurrent writers pipeline on it.
+pub type RedisTopic = SenderTopic<RedisSender>;
 
-struct TopicInner {
+/// The writer of a [`RedisTopic`]: closing it returns once Redis stored the message.
+pub type RedisWriter = BufferedWriter<RedisPublisher>;
+
+/// Sends the messages of a [`RedisWriter`].
+pub type RedisPublisher = SenderPublisher<RedisSender>;
+
+/// Adds whole messages to a Redis stream (`XADD`), or to its delayed set when they have a
+/// delay: the [`Sender`] of a [`RedisTopic`].
+pub struct RedisSender {
     conn: ConnectionManager,
     stream: String,
     delayed: String,
@@ -27,47 +30,47 @@ struct TopicInner {
     nonce: AtomicU64,
 }
 
-impl fmt::Debug for RedisTopic {
+impl fmt::Debug for RedisSender {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisTopic")
-            .field("stream", &self.inner.stream)
-            .field("max_len", &self.inner.max_len)
+            .field("stream", &self.stream)
+            .field("max_len", &self.max_len)
             .finish()
     }
 }
 
-impl RedisTopic {
-    pub(super) fn new(conn: ConnectionManager, stream: String) -> Self {
-        RedisTopic {
-            inner: Arc::new(TopicInner {
-                conn,
-                delayed: delayed_key(&stream),
-                stream,
-                max_len: None,
-                nonce: AtomicU64::new(crate::random::u64()),
-            }),
+impl RedisSender {
+    fn new(conn: ConnectionManager, stream: String, max_len: Option<usize>) -> Self {
+        RedisSender {
+            conn,
+            delayed: delayed_key(&stream),
+            stream,
+            max_len,
+            nonce: AtomicU64::new(crate::random::u64()),
         }
+    }
+}
+
+impl RedisTopic {
+    pub(super) fn open(conn: ConnectionManager, stream: String) -> Self {
+        SenderTopic::new(RedisSender::new(conn, stream, None))
     }
 
     /// Keeps the stream to about `entries` entries (`XADD MAXLEN ~`): Redis trims whole
     /// nodes, so the stream may hold a little more. Entries trimmed before a consumer
     /// group read them are lost to it: size this above the backlog you expect.
     pub fn max_len(self, entries: usize) -> Self {
-        let inner = &self.inner;
-        RedisTopic {
-            inner: Arc::new(TopicInner {
-                conn: inner.conn.clone(),
-                stream: inner.stream.clone(),
-                delayed: inner.delayed.clone(),
-                max_len: Some(entries),
-                nonce: AtomicU64::new(crate::random::u64()),
-            }),
-        }
+        let sender = self.sender();
+        SenderTopic::new(RedisSender::new(
+            sender.conn.clone(),
+            sender.stream.clone(),
+            Some(entries),
+        ))
     }
 
     /// The stream this topic adds to.
     pub fn stream(&self) -> &str {
-        &self.inner.stream
+        &self.sender().stream
     }
 }
 
@@ -76,33 +79,16 @@ pub(super) fn delayed_key(stream: &str) -> String {
     format!("{stream}:delayed")
 }
 
-whole_message_topic!(RedisTopic, RedisPublisher);
-
-/// The writer of a [`RedisTopic`]: closing it returns once Redis stored the message.
-pub type RedisWriter = BufferedWriter<RedisPublisher>;
-
-/// Sends whole messages to a Redis stream (for [`RedisWriter`]).
-pub struct RedisPublisher {
-    inner: Arc<TopicInner>,
-}
-
-impl fmt::Debug for RedisPublisher {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisPublisher")
-            .field("stream", &self.inner.stream)
-            .finish()
-    }
-}
-
-impl TopicInner {
+impl Sender for RedisSender {
     /// Adds one message to the stream, or to the delayed set when it has a delay.
-    async fn send(
-        &self,
-        ctx: &Context,
-        attributes: &Attributes,
-        body: &[u8],
-        delay: Option<Duration>,
-    ) -> Result<(), Error> {
+    async fn send(&self, ctx: &Context, message: Outgoing) -> Result<(), Error> {
+        let Outgoing {
+            attributes,
+            body,
+            delay,
+            ..
+        } = message;
+        let (attributes, body) = (&attributes, &body[..]);
         let mut conn = self.conn.clone();
         match delay.filter(|d| !d.is_zero()) {
             None => {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 
-use super::dedupe::{Claim, DedupeStore};
+use super::{Claim, DedupeStore};
 use crate::Error;
 use crate::redis::error as redis_error;
 

@@ -23,7 +23,7 @@ use std::task::{Context as TaskContext, Poll, ready};
 
 use futures::io::{AsyncRead, AsyncWrite};
 
-use super::codec::{Codec, DecodeReceiver, EncodeTopic};
+use super::{Codec, DecodeReceiver, EncodeTopic};
 use crate::b64::{ALPHABET, encode_group};
 use crate::{Body, Error, MessageWriter};
 

@@ -28,6 +28,19 @@
 //! # fn main() {}
 //! ```
 
+#[cfg(feature = "base64")]
+#[cfg_attr(docsrs, doc(cfg(feature = "base64")))]
+pub mod base64;
+mod compress;
+
+#[cfg(feature = "gzip")]
+pub use compress::gzip;
+#[cfg(feature = "lz4")]
+pub use compress::lz4;
+#[cfg(feature = "zstd")]
+pub use compress::zstd;
+pub use compress::Level;
+
 use std::fmt;
 use std::io;
 use std::pin::Pin;

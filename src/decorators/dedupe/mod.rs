@@ -1,5 +1,13 @@
 //! Dedupe on an idempotency-key attribute.
 
+mod memory;
+#[cfg(feature = "redis")]
+mod redis;
+
+pub use memory::{MemoryClaim, MemoryDedupeStore};
+#[cfg(feature = "redis")]
+pub use redis::RedisDedupeStore;
+
 use std::future::Future;
 use std::time::Duration;
 

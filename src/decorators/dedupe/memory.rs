@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::dedupe::{Claim, DedupeStore};
+use super::{Claim, DedupeStore};
 use crate::Error;
 
 /// An in-memory [`DedupeStore`], bounded: expired keys are dropped when met, and the store
