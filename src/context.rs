@@ -158,8 +158,30 @@ impl Context {
     ///
     /// `work` is polled before the context is watched, so work that finishes at its first
     /// poll never registers with the context's token, and work that waits registers once:
-    /// a publish pays for watching its context once, not at every wake-up.
-    pub(crate) async fn unless_cancelled<T>(
+    /// a publish pays for watching its context once, not at every wake-up. This is how a
+    /// transport's [`Sender`](crate::transport::Sender) honours cancellation where it waits.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Cancelled`] when the context was or became cancelled first; otherwise what
+    /// `work` gave.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use msgio::{Context, Error};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let ctx = Context::background();
+    /// assert_eq!(ctx.unless_cancelled(async { Ok(7) }).await.unwrap(), 7);
+    ///
+    /// ctx.cancel();
+    /// let never = std::future::pending::<Result<(), Error>>();
+    /// assert!(matches!(ctx.unless_cancelled(never).await, Err(Error::Cancelled)));
+    /// # }
+    /// ```
+    pub async fn unless_cancelled<T>(
         &self,
         work: impl Future<Output = Result<T, Error>>,
     ) -> Result<T, Error> {

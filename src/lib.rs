@@ -174,8 +174,8 @@ pub use message::{Body, Message};
 pub use multiserver::MultiServer;
 pub use receiver::{BoxFuture, BoxReceiver, Receiver, ReceiverFunc, SafeReceiver};
 pub use server::{BoxServer, Server};
-pub use url::{open_server, open_topic};
 pub use topic::{BoxMessageWriter, BoxTopic, MessageWriter, Topic, TopicFunc};
+pub use url::{open_server, open_topic};
 // A transport author's items, in `transport` since 0.x; still reachable here for code
 // written against their first place.
 #[doc(hidden)]

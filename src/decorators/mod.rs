@@ -51,10 +51,10 @@ mod timeout;
 #[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
 pub mod trace;
 
+pub use codec::Level;
 #[cfg(feature = "base64")]
 #[cfg_attr(docsrs, doc(cfg(feature = "base64")))]
 pub use codec::base64;
-pub use codec::Level;
 #[cfg(feature = "gzip")]
 #[cfg_attr(docsrs, doc(cfg(feature = "gzip")))]
 pub use codec::gzip;

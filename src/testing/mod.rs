@@ -34,6 +34,9 @@
 //! # }
 //! ```
 //!
+//! A transport opened by URL runs the kit through [`UrlTransport`], with no code of its
+//! own: `UrlTransport::new("redis://127.0.0.1/{name}?group=kit")`.
+//!
 //! The cases follow Watermill's universal pub/sub tests and gocloud's `drivertest`:
 //! round trips of odd attributes and binary, empty and large bodies; many concurrent
 //! publishers; redelivery after an error and after a panic; continuing after many errors;
@@ -44,6 +47,7 @@
 mod cases;
 mod harness;
 mod process;
+mod url;
 
 use std::fmt;
 use std::future::Future;
@@ -54,6 +58,7 @@ use crate::{BoxFuture, Error, Server, ServerConfig, Topic};
 
 pub use harness::{Received, Recorder, Running, start};
 pub use process::ServerProcess;
+pub use url::UrlTransport;
 
 /// A transport under test: makes isolated destinations, and topics and servers on them.
 pub trait Transport: Send + Sync + 'static {

@@ -143,4 +143,3 @@ impl<P: Publish> MessageWriter for BufferedWriter<P> {
         self.delay = Some(delay);
     }
 }
-

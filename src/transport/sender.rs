@@ -31,7 +31,7 @@ use crate::{Context, Error, Message, Topic};
 /// ```
 /// use msgio::transport::{Outgoing, Sender, SenderTopic};
 /// use msgio::{Context, Error, Message, Topic};
-/// use std::sync::{Arc, Mutex};
+/// use std::sync::Mutex;
 ///
 /// #[derive(Debug, Default)]
 /// struct Log(Mutex<Vec<Outgoing>>);

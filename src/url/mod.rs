@@ -1,7 +1,7 @@
 //! Opening topics and servers by URL, so that the same program runs on any transport by
 //! changing one string (gocloud.dev's `pubsub.OpenTopic(ctx, "rabbit://exchange")`).
 //!
-//! [`open_topic`](crate::open_topic) and [`open_server`](crate::open_server) look the URL's
+//! [`open_topic`] and [`open_server`] look the URL's
 //! scheme up in the process-wide [`UrlMux`], which knows the schemes of the transports
 //! compiled in; [`register`] adds a transport of your own.
 //!

@@ -325,7 +325,8 @@ mod tests {
 
     #[test]
     fn parts_come_apart_and_decode() {
-        let url = Url::parse("AMQP://u:p%40ss@host:5672/%2f?queue=a%20b&bind=x:k&bind=y:z").unwrap();
+        let url =
+            Url::parse("AMQP://u:p%40ss@host:5672/%2f?queue=a%20b&bind=x:k&bind=y:z").unwrap();
         assert_eq!(url.scheme(), "amqp");
         assert_eq!(url.host(), "host:5672");
         assert_eq!(url.path(), "/");

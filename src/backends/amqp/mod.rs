@@ -26,6 +26,33 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # URL
+//!
+//! [`open_topic`](crate::open_topic) and [`open_server`](crate::open_server) take
+//! `amqp://[user:password@]host[:port][/<vhost>][?<parameters>]` (the vhost `/` is
+//! written `%2F`, and is the default); a topic and a server accept the same URL, each
+//! using its own parameters.
+//!
+//! | parameter | side | meaning (default) |
+//! |---|---|---|
+//! | `exchange` | topic | publish to this exchange (which must exist) |
+//! | `routing_key` | topic | with this routing key (the queue's name, or empty) |
+//! | `queue` | both | the server's queue (required for a server); a topic without `exchange` publishes to it through the default exchange, declaring it first |
+//! | `mandatory` | topic | [`AmqpTopic::mandatory`] (`true`) |
+//! | `durable`, `quorum` | queue | [`QueueOptions::durable`] (`true`), [`QueueOptions::quorum`] (`false`) |
+//! | `bind` | queue | `<exchange>:<routing key>`, repeatable: [`QueueOptions::bind`] |
+//! | `dead_letter_exchange`, `dead_letter_routing_key` | queue | [`QueueOptions::dead_letter_to`] (none) |
+//!
+//! ```no_run
+//! # #[allow(dead_code)]
+//! # async fn demo() -> Result<(), msgio::Error> {
+//! let url = "amqp://guest:guest@127.0.0.1:5672/%2F?queue=billing";
+//! let topic = msgio::open_topic(url).await?;
+//! let server = msgio::open_server(url, msgio::ServerConfig::new()).await?;
+//! # let _ = (topic, server);
+//! # Ok(()) }
+//! ```
+//!
 //! # Mapping
 //!
 //! - Attributes are AMQP headers: a string for a one-valued attribute, an array of strings

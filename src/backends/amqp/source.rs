@@ -96,31 +96,31 @@ pub(super) async fn server(
     options: QueueOptions,
     config: ServerConfig,
 ) -> Result<AmqpServer, Error> {
-        options.validate()?;
-        config.validate()?;
-        let prefetch = config.get_concurrency() + config.prefetch_or_default();
-        let prefetch = u16::try_from(prefetch).map_err(|_| {
-            Error::invalid_config(
-                "concurrency",
-                format!(
-                    "concurrency plus prefetch is {prefetch}; AMQP's prefetch count stops at 65535"
-                ),
-            )
-        })?;
-        // Declared now, so that what is published from here on waits for this server.
-        amqp.declare_queue(&options).await?;
-        Engine::new(
-            AmqpSource {
-                queue: short("queue", &options.name)?,
-                options,
-                link: amqp.link.clone(),
-                prefetch,
-                consuming: tokio::sync::Mutex::new(None),
-                settling: Mutex::new(None),
-                generation: AtomicU64::new(0),
-            },
-            config,
+    options.validate()?;
+    config.validate()?;
+    let prefetch = config.get_concurrency() + config.prefetch_or_default();
+    let prefetch = u16::try_from(prefetch).map_err(|_| {
+        Error::invalid_config(
+            "concurrency",
+            format!(
+                "concurrency plus prefetch is {prefetch}; AMQP's prefetch count stops at 65535"
+            ),
         )
+    })?;
+    // Declared now, so that what is published from here on waits for this server.
+    amqp.declare_queue(&options).await?;
+    Engine::new(
+        AmqpSource {
+            queue: short("queue", &options.name)?,
+            options,
+            link: amqp.link.clone(),
+            prefetch,
+            consuming: tokio::sync::Mutex::new(None),
+            settling: Mutex::new(None),
+            generation: AtomicU64::new(0),
+        },
+        config,
+    )
 }
 
 /// Settles a delivery of an [`AmqpSource`]: the delivery tag on its channel.

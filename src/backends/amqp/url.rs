@@ -64,10 +64,9 @@ fn target(url: &Url) -> Result<Target, Error> {
             }
             for bind in binds {
                 let Some((exchange, key)) = bind.split_once(':') else {
-                    return Err(url.invalid(
-                        "bind",
-                        format!("{bind:?} is not <exchange>:<routing key>"),
-                    ));
+                    return Err(
+                        url.invalid("bind", format!("{bind:?} is not <exchange>:<routing key>"))
+                    );
                 };
                 options = options.bind(exchange, key);
             }

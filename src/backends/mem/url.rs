@@ -40,8 +40,8 @@ impl MemOpener {
             };
         }
         let capacity = capacity.unwrap_or(DEFAULT_CAPACITY);
-        let queue = MemQueue::named(url.host(), capacity)
-            .map_err(|e| url.invalid("capacity", e))?;
+        let queue =
+            MemQueue::named(url.host(), capacity).map_err(|e| url.invalid("capacity", e))?;
         queues.insert(url.host().to_owned(), queue.clone());
         Ok(queue)
     }

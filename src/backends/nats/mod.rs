@@ -26,6 +26,36 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # URL
+//!
+//! [`open_topic`](crate::open_topic) and [`open_server`](crate::open_server) take
+//! `nats://[user:password@]host[:port]/<subject>[?<parameters>]`; a topic and a server
+//! accept the same URL, each using its own parameters. The topic publishes to the
+//! subject; the server reads the stream's durable consumer. Both create the stream when it
+//! is missing.
+//!
+//! | parameter | side | meaning (default) |
+//! |---|---|---|
+//! | `stream` | both | the stream (the subject's first token: `orders` for `orders.created`) |
+//! | `subjects` | both | what a stream created here captures, repeatable (`<first token>.>`, or the subject itself when it has one token) |
+//! | `retention` | both | `workqueue` or `limits` (`workqueue`) |
+//! | `duplicate_window` | both | a duration, [`ConsumerOptions::duplicate_window`] (2m) |
+//! | `msg_id_attribute` | topic | [`NatsTopic::msg_id_attribute`] (`Idempotency-Key`) |
+//! | `durable` | server | the durable consumer (`msgio`) |
+//! | `ack_wait` | server | a duration, [`ConsumerOptions::ack_wait`] (30s) |
+//! | `max_deliver` | server | [`ConsumerOptions::max_deliver`] (no limit) |
+//! | `dead_letter` | server | [`ConsumerOptions::dead_letter_subject`] (none) |
+//!
+//! ```no_run
+//! # #[allow(dead_code)]
+//! # async fn demo() -> Result<(), msgio::Error> {
+//! let url = "nats://127.0.0.1:4222/orders.created?durable=billing";
+//! let topic = msgio::open_topic(url).await?;
+//! let server = msgio::open_server(url, msgio::ServerConfig::new()).await?;
+//! # let _ = (topic, server);
+//! # Ok(()) }
+//! ```
+//!
 //! # Mapping
 //!
 //! - Attributes are NATS headers, one header value per attribute value (multi-valued

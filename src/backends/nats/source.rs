@@ -27,29 +27,29 @@ pub(super) async fn server(
     options: ConsumerOptions,
     mut config: ServerConfig,
 ) -> Result<NatsServer, Error> {
-        options.validate()?;
-        config.validate()?;
-        if config.dead_letter.is_none() {
-            if let Some(subject) = &options.dead_letter_subject {
-                config = config.dead_letter(nats.topic(subject.clone()));
-            }
+    options.validate()?;
+    config.validate()?;
+    if config.dead_letter.is_none() {
+        if let Some(subject) = &options.dead_letter_subject {
+            config = config.dead_letter(nats.topic(subject.clone()));
         }
-        ensure_consumer(nats, &options).await?;
-        let next_subject = format!(
-            "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
-            options.stream, options.durable
-        );
-        Engine::new(
-            NatsSource {
-                nats: nats.clone(),
-                options,
-                next_subject,
-                pull: tokio::sync::Mutex::new(Pulled::default()),
-                in_flight: Arc::new(Mutex::new(HashMap::new())),
-                progress: Mutex::new(None),
-            },
-            config,
-        )
+    }
+    ensure_consumer(nats, &options).await?;
+    let next_subject = format!(
+        "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
+        options.stream, options.durable
+    );
+    Engine::new(
+        NatsSource {
+            nats: nats.clone(),
+            options,
+            next_subject,
+            pull: tokio::sync::Mutex::new(Pulled::default()),
+            in_flight: Arc::new(Mutex::new(HashMap::new())),
+            progress: Mutex::new(None),
+        },
+        config,
+    )
 }
 
 /// The stream `options` names, created when missing.

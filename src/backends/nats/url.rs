@@ -54,10 +54,7 @@ fn target(url: &Url) -> Result<Target, Error> {
         None | Some("workqueue") => {}
         Some("limits") => options = options.limits_retention(),
         Some(other) => {
-            return Err(url.invalid(
-                "retention",
-                format!("{other:?} is not workqueue or limits"),
-            ));
+            return Err(url.invalid("retention", format!("{other:?} is not workqueue or limits")));
         }
     }
     if let Some(window) = query.duration("duplicate_window")? {

@@ -23,6 +23,35 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # URL
+//!
+//! [`open_topic`](crate::open_topic) and [`open_server`](crate::open_server) take
+//! `redis://[user:password@]host[:port]/<stream>[?<parameters>]`; a topic and a server
+//! accept the same URL, each using its own parameters:
+//!
+//! | parameter | side | meaning (default) |
+//! |---|---|---|
+//! | `db` | both | the database number (0) |
+//! | `max_len` | topic | [`RedisTopic::max_len`] (no trimming) |
+//! | `group` | server | the consumer group (`msgio`) |
+//! | `consumer` | server | [`StreamOptions::consumer`] (unique per server) |
+//! | `start_id` | server | [`StreamOptions::start_id`] (`0`) |
+//! | `block`, `min_idle`, `claim_interval` | server | durations, as [`StreamOptions`] (1s, 30s, 1s) |
+//! | `dead_letter` | server | [`StreamOptions::dead_letter_stream`] (none) |
+//!
+//! ```no_run
+//! # #[allow(dead_code)]
+//! # async fn demo() -> Result<(), msgio::Error> {
+//! let topic = msgio::open_topic("redis://127.0.0.1:6379/orders?max_len=1000000").await?;
+//! let server = msgio::open_server(
+//!     "redis://127.0.0.1:6379/orders?group=billing&dead_letter=orders:dead",
+//!     msgio::ServerConfig::new().concurrency(32),
+//! )
+//! .await?;
+//! # let _ = (topic, server);
+//! # Ok(()) }
+//! ```
+//!
 //! # Connection settings
 //!
 //! [`Redis::connect`] takes a `redis://[user:password@]host:port[/db]` URL (`rediss://`

@@ -26,40 +26,40 @@ pub(super) async fn server(
     options: StreamOptions,
     mut config: ServerConfig,
 ) -> Result<RedisServer, Error> {
-        options.validate()?;
-        config.validate()?;
-        if config.dead_letter.is_none() {
-            if let Some(dead) = &options.dead_letter_stream {
-                config = config.dead_letter(redis.topic(dead.clone()));
-            }
+    options.validate()?;
+    config.validate()?;
+    if config.dead_letter.is_none() {
+        if let Some(dead) = &options.dead_letter_stream {
+            config = config.dead_letter(redis.topic(dead.clone()));
         }
-        // The blocking read gets its own connection: a multiplexed one would hold every
-        // other command behind it.
-        let reader =
-            super::manager(&redis.client, &redis.url, Some(options.block + READ_MARGIN)).await?;
-        let consumer = options.consumer.clone().unwrap_or_else(unique_consumer);
-        let source = RedisSource {
-            delayed: delayed_key(&options.stream),
-            consumer,
-            conn: redis.conn.clone(),
-            reader,
-            reading: Mutex::new(None),
-            lease: Mutex::new(None),
-            state: Arc::new(Mutex::new(LocalState {
-                redeliver: VecDeque::new(),
-                next_claim: Instant::now(),
-                claim_cursor: "0-0".to_owned(),
-                next_promote: Instant::now(),
-                reader_id: None,
-                blocked: false,
-                own_checked: false,
-                in_flight: HashSet::default(),
-                unacked: Vec::new(),
-            })),
-            options,
-        };
-        source.create_group().await?;
-        Engine::new(source, config)
+    }
+    // The blocking read gets its own connection: a multiplexed one would hold every
+    // other command behind it.
+    let reader =
+        super::manager(&redis.client, &redis.url, Some(options.block + READ_MARGIN)).await?;
+    let consumer = options.consumer.clone().unwrap_or_else(unique_consumer);
+    let source = RedisSource {
+        delayed: delayed_key(&options.stream),
+        consumer,
+        conn: redis.conn.clone(),
+        reader,
+        reading: Mutex::new(None),
+        lease: Mutex::new(None),
+        state: Arc::new(Mutex::new(LocalState {
+            redeliver: VecDeque::new(),
+            next_claim: Instant::now(),
+            claim_cursor: "0-0".to_owned(),
+            next_promote: Instant::now(),
+            reader_id: None,
+            blocked: false,
+            own_checked: false,
+            in_flight: HashSet::default(),
+            unacked: Vec::new(),
+        })),
+        options,
+    };
+    source.create_group().await?;
+    Engine::new(source, config)
 }
 
 impl RedisServer {
@@ -254,7 +254,11 @@ impl RedisSource {
 
     /// Takes back this consumer's own pending entries that nothing here holds: what its name
     /// held before a restart, or what Redis delivered in a reply a lost connection dropped.
-    async fn take_back_own(&self, max: usize, out: &mut Vec<Delivery<RedisToken>>) -> Result<(), Error> {
+    async fn take_back_own(
+        &self,
+        max: usize,
+        out: &mut Vec<Delivery<RedisToken>>,
+    ) -> Result<(), Error> {
         let known = {
             let state = self.state();
             state.in_flight.len() + state.redeliver.len()
@@ -295,7 +299,11 @@ impl RedisSource {
     }
 
     /// Takes over entries idle for longer than `min_idle`.
-    async fn claim_idle(&self, max: usize, out: &mut Vec<Delivery<RedisToken>>) -> Result<(), Error> {
+    async fn claim_idle(
+        &self,
+        max: usize,
+        out: &mut Vec<Delivery<RedisToken>>,
+    ) -> Result<(), Error> {
         let cursor = self.state().claim_cursor.clone();
         let reply: Value = match scripts::CLAIM
             .key(&self.options.stream)
@@ -544,7 +552,11 @@ const PROMOTE_BATCH: usize = 256;
 impl RedisSource {
     /// Fetches, in order of preference: failed attempts to claim back, this consumer's own
     /// forgotten entries, parked or idle entries to take over, new entries.
-    async fn fetch_from(&self, max: usize, out: &mut Vec<Delivery<RedisToken>>) -> Result<(), Error> {
+    async fn fetch_from(
+        &self,
+        max: usize,
+        out: &mut Vec<Delivery<RedisToken>>,
+    ) -> Result<(), Error> {
         if !self.state().unacked.is_empty() {
             self.ack(Vec::new()).await?;
         }

@@ -33,13 +33,13 @@
 pub mod base64;
 mod compress;
 
+pub use compress::Level;
 #[cfg(feature = "gzip")]
 pub use compress::gzip;
 #[cfg(feature = "lz4")]
 pub use compress::lz4;
 #[cfg(feature = "zstd")]
 pub use compress::zstd;
-pub use compress::Level;
 
 use std::fmt;
 use std::io;
