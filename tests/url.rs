@@ -344,8 +344,8 @@ async fn a_misspelt_or_bad_parameter_is_named_and_no_credential_shows() {
             "queue",
             "queue=",
         ),
-        (format!("mem://q?capacity=0"), "capacity", "0"),
-        (format!("mem://q/path"), "url", "no path"),
+        ("mem://q?capacity=0".to_owned(), "capacity", "0"),
+        ("mem://q/path".to_owned(), "url", "no path"),
     ];
     for (url, want_field, want_text) in cases {
         for e in [
