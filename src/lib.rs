@@ -69,6 +69,8 @@
 //! - [`decorators`]: what wraps a topic or a receiver: body codecs, tracing, delivery
 //!   policies (retry, dead-letter, dedupe, timeout, limits), routing and supervised
 //!   dispatch; [`MultiServer`] feeds several servers into one receiver.
+//! - [`open_topic`] and [`open_server`]: any transport by URL (`mem://orders`,
+//!   `redis://host/orders?group=billing`, ...), with the scheme registry in [`url`].
 //! - [`mem`]: the in-memory transport (feature `mem`, on by default); `redis`: Redis
 //!   Streams (feature `redis`); `nats`: NATS JetStream (feature `nats`); `amqp`:
 //!   RabbitMQ (feature `amqp`).
