@@ -7,8 +7,7 @@ use std::time::Duration;
 use msgio::testing::{Capabilities, UrlTransport};
 use msgio::url::{Url, UrlMux, UrlOpener};
 use msgio::{
-    BoxFuture, BoxServer, BoxTopic, Context, Error, Message, ReceiverFunc, Server, ServerConfig,
-    Topic,
+    BoxServer, BoxTopic, Context, Error, Message, ReceiverFunc, Server, ServerConfig, Topic,
 };
 
 fn env(name: &str, default: &str) -> String {
@@ -396,25 +395,18 @@ async fn a_failed_connection_by_url_shows_no_credential() {
 struct Loop;
 
 impl UrlOpener for Loop {
-    fn open_topic<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<BoxTopic, Error>> {
-        Box::pin(async move {
-            // Routes to the in-memory transport, renamed.
-            let target = format!("mem://loop-{}", url.host());
-            url.query().finish()?;
-            msgio::open_topic(&target).await
-        })
+    type Topic = BoxTopic;
+    type Server = BoxServer;
+
+    async fn open_topic(&self, url: &Url) -> Result<BoxTopic, Error> {
+        // Routes to the in-memory transport, renamed.
+        url.query().finish()?;
+        msgio::open_topic(&format!("mem://loop-{}", url.host())).await
     }
 
-    fn open_server<'a>(
-        &'a self,
-        url: &'a Url,
-        config: ServerConfig,
-    ) -> BoxFuture<'a, Result<BoxServer, Error>> {
-        Box::pin(async move {
-            let target = format!("mem://loop-{}", url.host());
-            url.query().finish()?;
-            msgio::open_server(&target, config).await
-        })
+    async fn open_server(&self, url: &Url, config: ServerConfig) -> Result<BoxServer, Error> {
+        url.query().finish()?;
+        msgio::open_server(&format!("mem://loop-{}", url.host()), config).await
     }
 }
 

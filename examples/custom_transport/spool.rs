@@ -35,7 +35,7 @@ use msgio::transport::{
     Delivery, Engine, Outgoing, Sender, SenderTopic, Settle, Settlement, Source,
 };
 use msgio::url::{Url, UrlOpener};
-use msgio::{Attributes, BoxFuture, BoxServer, BoxTopic, Context, Error, ServerConfig};
+use msgio::{Attributes, Context, Error, ServerConfig};
 
 const MAGIC: &[u8; 8] = b"MSGIOSP1";
 /// How often an idle server looks for new files.
@@ -468,15 +468,14 @@ impl SpoolOpener {
 }
 
 impl UrlOpener for SpoolOpener {
-    fn open_topic<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<BoxTopic, Error>> {
-        Box::pin(async move { Ok(BoxTopic::new(Self::spool(url)?.topic())) })
+    type Topic = SpoolTopic;
+    type Server = SpoolServer;
+
+    async fn open_topic(&self, url: &Url) -> Result<SpoolTopic, Error> {
+        Ok(Self::spool(url)?.topic())
     }
 
-    fn open_server<'a>(
-        &'a self,
-        url: &'a Url,
-        config: ServerConfig,
-    ) -> BoxFuture<'a, Result<BoxServer, Error>> {
-        Box::pin(async move { Ok(BoxServer::new(Self::spool(url)?.server(config)?)) })
+    async fn open_server(&self, url: &Url, config: ServerConfig) -> Result<SpoolServer, Error> {
+        Self::spool(url)?.server(config)
     }
 }

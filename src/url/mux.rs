@@ -5,10 +5,13 @@ use std::fmt;
 use std::sync::{Arc, OnceLock, RwLock};
 
 use super::Url;
-use crate::{BoxFuture, BoxServer, BoxTopic, Error, ServerConfig};
+use std::future::Future;
+
+use crate::{BoxFuture, BoxServer, BoxTopic, Error, Server, ServerConfig, Topic};
 
 /// Opens topics and servers for one transport's URLs (gocloud's `TopicURLOpener` and
-/// `SubscriptionURLOpener`), registered under its schemes in a [`UrlMux`].
+/// `SubscriptionURLOpener`), registered under its schemes in a [`UrlMux`], which boxes
+/// what it opens.
 ///
 /// An opener reads the URL's parameters with [`Url::query`] and calls
 /// [`Query::finish_known`](super::Query::finish_known) so that a misspelt parameter is an
@@ -17,30 +20,26 @@ use crate::{BoxFuture, BoxServer, BoxTopic, Error, ServerConfig};
 /// # Examples
 ///
 /// ```
+/// use msgio::mem::{MemQueue, MemServer, MemTopic};
 /// use msgio::url::{Url, UrlMux, UrlOpener};
-/// use msgio::{BoxFuture, BoxServer, BoxTopic, Error, ServerConfig};
+/// use msgio::{Error, ServerConfig};
 ///
-/// /// `mine://<queue>`, on the in-memory transport for illustration.
+/// /// `mine://<queue>`, on the in-memory transport for illustration (a real opener
+/// /// connects to its broker here).
 /// struct Mine;
 ///
 /// impl UrlOpener for Mine {
-///     fn open_topic<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<BoxTopic, Error>> {
-///         Box::pin(async move {
-///             url.query().finish()?;
-///             Ok(BoxTopic::new(msgio::mem::MemQueue::named(url.host(), 16)?.topic()))
-///         })
+///     type Topic = MemTopic;
+///     type Server = MemServer;
+///
+///     async fn open_topic(&self, url: &Url) -> Result<MemTopic, Error> {
+///         url.query().finish()?;
+///         Ok(MemQueue::named(url.host(), 16)?.topic())
 ///     }
 ///
-///     fn open_server<'a>(
-///         &'a self,
-///         url: &'a Url,
-///         config: ServerConfig,
-///     ) -> BoxFuture<'a, Result<BoxServer, Error>> {
-///         Box::pin(async move {
-///             url.query().finish()?;
-///             let queue = msgio::mem::MemQueue::named(url.host(), 16)?;
-///             Ok(BoxServer::new(queue.server(config)?))
-///         })
+///     async fn open_server(&self, url: &Url, config: ServerConfig) -> Result<MemServer, Error> {
+///         url.query().finish()?;
+///         MemQueue::named(url.host(), 16)?.server(config)
 ///     }
 /// }
 ///
@@ -54,24 +53,54 @@ use crate::{BoxFuture, BoxServer, BoxTopic, Error, ServerConfig};
 /// # Ok(()) }
 /// ```
 pub trait UrlOpener: Send + Sync + 'static {
+    /// The topic it opens.
+    type Topic: Topic<Writer: 'static> + 'static;
+    /// The server it opens.
+    type Server: Server + 'static;
+
     /// A topic publishing to the destination `url` names.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidConfig`] for a parameter it does not know or cannot use; whatever
     /// connecting gave.
-    fn open_topic<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<BoxTopic, Error>>;
+    fn open_topic(&self, url: &Url) -> impl Future<Output = Result<Self::Topic, Error>> + Send;
 
     /// A server serving from the destination `url` names, configured by `config`.
     ///
     /// # Errors
     ///
     /// As [`open_topic`](UrlOpener::open_topic), and those of `config`.
-    fn open_server<'a>(
+    fn open_server(
+        &self,
+        url: &Url,
+        config: ServerConfig,
+    ) -> impl Future<Output = Result<Self::Server, Error>> + Send;
+}
+
+/// The object-safe form of [`UrlOpener`], which the mux keeps.
+trait DynOpener: Send + Sync {
+    fn open_topic_boxed<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<BoxTopic, Error>>;
+
+    fn open_server_boxed<'a>(
         &'a self,
         url: &'a Url,
         config: ServerConfig,
     ) -> BoxFuture<'a, Result<BoxServer, Error>>;
+}
+
+impl<O: UrlOpener> DynOpener for O {
+    fn open_topic_boxed<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<BoxTopic, Error>> {
+        Box::pin(async move { Ok(BoxTopic::new(self.open_topic(url).await?)) })
+    }
+
+    fn open_server_boxed<'a>(
+        &'a self,
+        url: &'a Url,
+        config: ServerConfig,
+    ) -> BoxFuture<'a, Result<BoxServer, Error>> {
+        Box::pin(async move { Ok(BoxServer::new(self.open_server(url, config).await?)) })
+    }
 }
 
 /// Schemes and their openers. [`UrlMux::with_transports`] knows every transport compiled
@@ -79,7 +108,7 @@ pub trait UrlOpener: Send + Sync + 'static {
 /// [`register`] adds to it.
 #[derive(Clone, Default)]
 pub struct UrlMux {
-    openers: BTreeMap<String, Arc<dyn UrlOpener>>,
+    openers: BTreeMap<String, Arc<dyn DynOpener>>,
 }
 
 impl fmt::Debug for UrlMux {
@@ -120,7 +149,7 @@ impl UrlMux {
         self.openers.insert(scheme.to_owned(), Arc::new(opener));
     }
 
-    fn register_arc(&mut self, scheme: &str, opener: Arc<dyn UrlOpener>) -> Result<(), Error> {
+    fn register_arc(&mut self, scheme: &str, opener: Arc<dyn DynOpener>) -> Result<(), Error> {
         let valid = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
             && scheme
                 .chars()
@@ -147,7 +176,7 @@ impl UrlMux {
         self.openers.keys().map(String::as_str)
     }
 
-    fn opener(&self, url: &Url) -> Result<Arc<dyn UrlOpener>, Error> {
+    fn opener(&self, url: &Url) -> Result<Arc<dyn DynOpener>, Error> {
         self.openers.get(url.scheme()).cloned().ok_or_else(|| {
             let known: Vec<&str> = self.schemes().collect();
             url.invalid(
@@ -174,7 +203,7 @@ impl UrlMux {
     pub async fn open_topic(&self, url: &str) -> Result<BoxTopic, Error> {
         let url = Url::parse(url)?;
         let opener = self.opener(&url)?;
-        opener.open_topic(&url).await
+        opener.open_topic_boxed(&url).await
     }
 
     /// Opens a server for `url` with the opener of its scheme.
@@ -185,7 +214,7 @@ impl UrlMux {
     pub async fn open_server(&self, url: &str, config: ServerConfig) -> Result<BoxServer, Error> {
         let url = Url::parse(url)?;
         let opener = self.opener(&url)?;
-        opener.open_server(&url, config).await
+        opener.open_server_boxed(&url, config).await
     }
 }
 
@@ -206,7 +235,7 @@ fn global_snapshot() -> UrlMux {
 ///
 /// As [`UrlMux::register`]: a malformed or already registered scheme.
 pub fn register(scheme: &str, opener: impl UrlOpener) -> Result<(), Error> {
-    let opener: Arc<dyn UrlOpener> = Arc::new(opener);
+    let opener: Arc<dyn DynOpener> = Arc::new(opener);
     global()
         .write()
         .unwrap_or_else(|e| e.into_inner())

@@ -1,8 +1,8 @@
 //! `amqp://[user:password@]host[:port][/<vhost>]?...`: the RabbitMQ transport by URL.
 
-use super::{Amqp, QueueOptions};
+use super::{Amqp, AmqpServer, AmqpTopic, QueueOptions};
 use crate::url::{Url, UrlOpener};
-use crate::{BoxFuture, BoxServer, BoxTopic, Error, ServerConfig};
+use crate::{Error, ServerConfig};
 
 /// Every parameter an `amqp://` URL may carry (the topic and the server each use theirs
 /// and accept the other's, so that one URL opens both).
@@ -109,57 +109,51 @@ fn encode_vhost(vhost: &str) -> String {
 pub(crate) struct AmqpOpener;
 
 impl UrlOpener for AmqpOpener {
-    fn open_topic<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<BoxTopic, Error>> {
-        Box::pin(async move {
-            let target = target(url)?;
-            let amqp = Amqp::connect(&target.connection).await?;
-            let topic = match (&target.exchange, &target.queue) {
-                (Some(exchange), queue) => {
-                    let key = target
-                        .routing_key
-                        .as_deref()
-                        .or(queue.as_ref().map(QueueOptions::name))
-                        .unwrap_or("");
-                    amqp.topic(exchange, key)?
-                }
-                (None, Some(queue)) => {
-                    if target.routing_key.is_some() {
-                        return Err(url.invalid(
-                            "routing_key",
-                            "a topic on a queue routes by the queue's name: give exchange= too",
-                        ));
-                    }
-                    amqp.declare_queue(queue).await?;
-                    amqp.queue_topic(queue.name())?
-                }
-                (None, None) => {
+    type Topic = AmqpTopic;
+    type Server = AmqpServer;
+
+    async fn open_topic(&self, url: &Url) -> Result<AmqpTopic, Error> {
+        let target = target(url)?;
+        let amqp = Amqp::connect(&target.connection).await?;
+        let topic = match (&target.exchange, &target.queue) {
+            (Some(exchange), queue) => {
+                let key = target
+                    .routing_key
+                    .as_deref()
+                    .or(queue.as_ref().map(QueueOptions::name))
+                    .unwrap_or("");
+                amqp.topic(exchange, key)?
+            }
+            (None, Some(queue)) => {
+                if target.routing_key.is_some() {
                     return Err(url.invalid(
-                        "exchange",
-                        "an amqp:// topic needs exchange= (with routing_key=) or queue=",
+                        "routing_key",
+                        "a topic on a queue routes by the queue's name: give exchange= too",
                     ));
                 }
-            };
-            let topic = match target.mandatory {
-                Some(mandatory) => topic.mandatory(mandatory),
-                None => topic,
-            };
-            Ok(BoxTopic::new(topic))
+                amqp.declare_queue(queue).await?;
+                amqp.queue_topic(queue.name())?
+            }
+            (None, None) => {
+                return Err(url.invalid(
+                    "exchange",
+                    "an amqp:// topic needs exchange= (with routing_key=) or queue=",
+                ));
+            }
+        };
+        Ok(match target.mandatory {
+            Some(mandatory) => topic.mandatory(mandatory),
+            None => topic,
         })
     }
 
-    fn open_server<'a>(
-        &'a self,
-        url: &'a Url,
-        config: ServerConfig,
-    ) -> BoxFuture<'a, Result<BoxServer, Error>> {
-        Box::pin(async move {
-            let target = target(url)?;
-            let Some(queue) = target.queue else {
-                return Err(url.invalid("queue", "an amqp:// server needs queue=<name>"));
-            };
-            let amqp = Amqp::connect(&target.connection).await?;
-            Ok(BoxServer::new(amqp.server(queue, config).await?))
-        })
+    async fn open_server(&self, url: &Url, config: ServerConfig) -> Result<AmqpServer, Error> {
+        let target = target(url)?;
+        let Some(queue) = target.queue else {
+            return Err(url.invalid("queue", "an amqp:// server needs queue=<name>"));
+        };
+        let amqp = Amqp::connect(&target.connection).await?;
+        amqp.server(queue, config).await
     }
 }
 

@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::MemQueue;
+use super::{MemQueue, MemServer, MemTopic};
 use crate::url::{Url, UrlOpener};
-use crate::{BoxFuture, BoxServer, BoxTopic, Error, ServerConfig};
+use crate::{Error, ServerConfig};
 
 /// The capacity of a queue a `mem://` URL creates without `capacity`.
 pub(crate) const DEFAULT_CAPACITY: usize = 10_000;
@@ -48,15 +48,14 @@ impl MemOpener {
 }
 
 impl UrlOpener for MemOpener {
-    fn open_topic<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<BoxTopic, Error>> {
-        Box::pin(async move { Ok(BoxTopic::new(self.queue(url)?.topic())) })
+    type Topic = MemTopic;
+    type Server = MemServer;
+
+    async fn open_topic(&self, url: &Url) -> Result<MemTopic, Error> {
+        Ok(self.queue(url)?.topic())
     }
 
-    fn open_server<'a>(
-        &'a self,
-        url: &'a Url,
-        config: ServerConfig,
-    ) -> BoxFuture<'a, Result<BoxServer, Error>> {
-        Box::pin(async move { Ok(BoxServer::new(self.queue(url)?.server(config)?)) })
+    async fn open_server(&self, url: &Url, config: ServerConfig) -> Result<MemServer, Error> {
+        self.queue(url)?.server(config)
     }
 }

@@ -1,8 +1,8 @@
 //! `nats://[user:password@]host[:port]/<subject>?...`: the NATS JetStream transport by URL.
 
-use super::{ConsumerOptions, Nats};
+use super::{ConsumerOptions, Nats, NatsServer, NatsTopic};
 use crate::url::{Url, UrlOpener};
-use crate::{BoxFuture, BoxServer, BoxTopic, Error, ServerConfig};
+use crate::{Error, ServerConfig};
 
 /// Every parameter a `nats://` URL may carry (the topic and the server each use theirs
 /// and accept the other's, so that one URL opens both).
@@ -85,28 +85,23 @@ fn target(url: &Url) -> Result<Target, Error> {
 pub(crate) struct NatsOpener;
 
 impl UrlOpener for NatsOpener {
-    fn open_topic<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<BoxTopic, Error>> {
-        Box::pin(async move {
-            let target = target(url)?;
-            let nats = Nats::connect(&target.connection).await?;
-            nats.ensure_stream(&target.options).await?;
-            let mut topic = nats.topic(target.subject);
-            if let Some(key) = target.msg_id_attribute {
-                topic = topic.msg_id_attribute(key);
-            }
-            Ok(BoxTopic::new(topic))
+    type Topic = NatsTopic;
+    type Server = NatsServer;
+
+    async fn open_topic(&self, url: &Url) -> Result<NatsTopic, Error> {
+        let target = target(url)?;
+        let nats = Nats::connect(&target.connection).await?;
+        nats.ensure_stream(&target.options).await?;
+        let topic = nats.topic(target.subject);
+        Ok(match target.msg_id_attribute {
+            Some(key) => topic.msg_id_attribute(key),
+            None => topic,
         })
     }
 
-    fn open_server<'a>(
-        &'a self,
-        url: &'a Url,
-        config: ServerConfig,
-    ) -> BoxFuture<'a, Result<BoxServer, Error>> {
-        Box::pin(async move {
-            let target = target(url)?;
-            let nats = Nats::connect(&target.connection).await?;
-            Ok(BoxServer::new(nats.server(target.options, config).await?))
-        })
+    async fn open_server(&self, url: &Url, config: ServerConfig) -> Result<NatsServer, Error> {
+        let target = target(url)?;
+        let nats = Nats::connect(&target.connection).await?;
+        nats.server(target.options, config).await
     }
 }

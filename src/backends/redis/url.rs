@@ -1,8 +1,8 @@
 //! `redis://[user:password@]host[:port]/<stream>?...`: the Redis transport by URL.
 
-use super::{Redis, StreamOptions};
+use super::{Redis, RedisServer, RedisTopic, StreamOptions};
 use crate::url::{Url, UrlOpener};
-use crate::{BoxFuture, BoxServer, BoxTopic, Error, ServerConfig};
+use crate::{Error, ServerConfig};
 
 /// Every parameter a `redis://` URL may carry (the topic and the server each use theirs
 /// and accept the other's, so that one URL opens both).
@@ -70,27 +70,23 @@ fn target(url: &Url) -> Result<Target, Error> {
 pub(crate) struct RedisOpener;
 
 impl UrlOpener for RedisOpener {
-    fn open_topic<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<BoxTopic, Error>> {
-        Box::pin(async move {
-            let target = target(url)?;
-            let redis = Redis::connect(&target.connection).await?;
-            let mut topic = redis.topic(target.stream);
-            if let Some(n) = target.max_len {
-                topic = topic.max_len(n);
-            }
-            Ok(BoxTopic::new(topic))
+    type Topic = RedisTopic;
+    type Server = RedisServer;
+
+    async fn open_topic(&self, url: &Url) -> Result<RedisTopic, Error> {
+        let target = target(url)?;
+        let topic = Redis::connect(&target.connection)
+            .await?
+            .topic(target.stream);
+        Ok(match target.max_len {
+            Some(n) => topic.max_len(n),
+            None => topic,
         })
     }
 
-    fn open_server<'a>(
-        &'a self,
-        url: &'a Url,
-        config: ServerConfig,
-    ) -> BoxFuture<'a, Result<BoxServer, Error>> {
-        Box::pin(async move {
-            let target = target(url)?;
-            let redis = Redis::connect(&target.connection).await?;
-            Ok(BoxServer::new(redis.server(target.options, config).await?))
-        })
+    async fn open_server(&self, url: &Url, config: ServerConfig) -> Result<RedisServer, Error> {
+        let target = target(url)?;
+        let redis = Redis::connect(&target.connection).await?;
+        redis.server(target.options, config).await
     }
 }
