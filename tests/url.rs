@@ -90,6 +90,16 @@ fn expected() -> Vec<(String, String)> {
         .collect()
 }
 
+/// Every capability the built-in transports have (no broker restart here).
+fn everything() -> Capabilities {
+    Capabilities::new()
+        .ordering()
+        .delay()
+        .dead_letter()
+        .persistence()
+        .consumer_groups()
+}
+
 fn name() -> String {
     format!("url{}", msgio::testing::unique_suffix())
 }
@@ -165,12 +175,7 @@ async fn a_mem_url_names_one_queue_for_the_whole_process() {
 
 #[tokio::test]
 async fn mem_passes_the_conformance_kit_opened_by_url() {
-    let caps = Capabilities::new()
-        .ordering()
-        .delay()
-        .dead_letter()
-        .persistence()
-        .consumer_groups();
+    let caps = everything();
     msgio::testing::run(UrlTransport::new("mem://{name}"), caps)
         .await
         .assert_passed();
@@ -201,12 +206,7 @@ async fn redis_passes_the_conformance_kit_opened_by_url() {
                     .map_err(Error::other)
             }
         });
-    let caps = Capabilities::new()
-        .ordering()
-        .delay()
-        .dead_letter()
-        .persistence()
-        .consumer_groups();
+    let caps = everything();
     msgio::testing::run(transport, caps).await.assert_passed();
 }
 
@@ -226,14 +226,8 @@ async fn nats_passes_the_conformance_kit_opened_by_url() {
                 nats.delete_stream(&stream).await
             }
         });
-    let caps = Capabilities::new()
-        .ordering()
-        .delay()
-        .dead_letter()
-        .persistence()
-        .consumer_groups()
-        // The server's max_payload is 1 MiB by default.
-        .max_body(512 << 10);
+    // The server's max_payload is 1 MiB by default.
+    let caps = everything().max_body(512 << 10);
     msgio::testing::run(transport, caps).await.assert_passed();
 }
 
@@ -252,12 +246,7 @@ async fn rabbitmq_passes_the_conformance_kit_opened_by_url() {
             amqp.delete_queue(&queue).await
         }
     });
-    let caps = Capabilities::new()
-        .ordering()
-        .delay()
-        .dead_letter()
-        .persistence()
-        .consumer_groups();
+    let caps = everything();
     msgio::testing::run(transport, caps).await.assert_passed();
 }
 
