@@ -96,7 +96,7 @@ impl Transport for TooConcurrent {
         Ok(q.topic())
     }
     async fn server(&self, q: &MemQueue, config: ServerConfig) -> Result<MemServer, Error> {
-        let n = config.get_concurrency();
+        let n = config.concurrency_limit();
         q.server(config.concurrency(n * 2))
     }
 }

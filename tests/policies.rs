@@ -834,7 +834,7 @@ async fn by_default_a_failing_message_gets_ten_attempts_then_is_dead_lettered() 
         async { Err(Error::other("always fails")) }
     });
     let dlq = msgio::mem::MemQueue::named("dead", 16).unwrap();
-    assert_eq!(ServerConfig::new().get_max_attempts(), Some(10));
+    assert_eq!(ServerConfig::new().attempt_limit(), Some(10));
     let letter = dead_letter_of(failing, ServerConfig::new().dead_letter(dlq.topic()), &dlq).await;
     assert_eq!(*attempts.lock().unwrap(), (1..=10).collect::<Vec<u32>>());
     assert_eq!(letter.attributes.get(keys::ATTEMPTS), Some("10"));

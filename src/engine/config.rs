@@ -134,16 +134,48 @@ impl ServerConfig {
         self
     }
 
-    /// The concurrency. (`get_` because `concurrency` is the builder method, as std's
-    /// `Command::get_args` beside `Command::args`.)
-    pub fn get_concurrency(&self) -> usize {
+    /// How many messages are handed to the receiver at once (set by
+    /// [`concurrency`](Self::concurrency)).
+    ///
+    /// ```
+    /// let config = msgio::ServerConfig::new().concurrency(8);
+    /// assert_eq!(config.concurrency_limit(), 8);
+    /// ```
+    pub fn concurrency_limit(&self) -> usize {
         self.concurrency
     }
 
-    /// The maximum attempts (`None`: unlimited). (`get_` as for
-    /// [`get_concurrency`](Self::get_concurrency).)
-    pub fn get_max_attempts(&self) -> Option<u32> {
+    /// The most attempts a message gets (set by [`max_attempts`](Self::max_attempts);
+    /// `None`: unlimited).
+    pub fn attempt_limit(&self) -> Option<u32> {
         self.max_attempts
+    }
+
+    /// How many deliveries a server may hold at once: the concurrency plus the prefetch.
+    /// For a transport whose broker takes a prefetch count (AMQP's QoS, a pull batch):
+    /// the engine never asks for more than this.
+    ///
+    /// ```
+    /// let config = msgio::ServerConfig::new().concurrency(8).prefetch(24);
+    /// assert_eq!(config.in_flight_limit(), 32);
+    /// assert_eq!(msgio::ServerConfig::new().concurrency(8).in_flight_limit(), 16);
+    /// ```
+    pub fn in_flight_limit(&self) -> usize {
+        self.concurrency.saturating_add(self.prefetch_or_default())
+    }
+
+    /// The first name of [`concurrency_limit`](Self::concurrency_limit).
+    #[doc(hidden)]
+    #[deprecated(since = "0.1.0", note = "renamed `concurrency_limit`")]
+    pub fn get_concurrency(&self) -> usize {
+        self.concurrency_limit()
+    }
+
+    /// The first name of [`attempt_limit`](Self::attempt_limit).
+    #[doc(hidden)]
+    #[deprecated(since = "0.1.0", note = "renamed `attempt_limit`")]
+    pub fn get_max_attempts(&self) -> Option<u32> {
+        self.attempt_limit()
     }
 
     pub(crate) fn prefetch_or_default(&self) -> usize {

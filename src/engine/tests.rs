@@ -784,8 +784,8 @@ fn invalid_settings_are_named() {
 #[test]
 fn an_engine_shows_its_source_and_keeps_its_config() {
     let engine = Engine::new(Scripted::default(), fast().concurrency(7).max_attempts(3)).unwrap();
-    assert_eq!(engine.config().get_concurrency(), 7);
-    assert_eq!(engine.config().get_max_attempts(), Some(3));
+    assert_eq!(engine.config().concurrency_limit(), 7);
+    assert_eq!(engine.config().attempt_limit(), Some(3));
     assert_eq!(engine.source().name(), "scripted");
     let shown = format!("{engine:?}");
     assert!(

@@ -98,7 +98,7 @@ pub(super) async fn server(
 ) -> Result<AmqpServer, Error> {
     options.validate()?;
     config.validate()?;
-    let prefetch = config.get_concurrency() + config.prefetch_or_default();
+    let prefetch = config.in_flight_limit();
     let prefetch = u16::try_from(prefetch).map_err(|_| {
         Error::invalid_config(
             "concurrency",
