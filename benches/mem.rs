@@ -6,14 +6,19 @@
 //! message under a semaphore of 64, carrying a `Bytes` body and a
 //! `HashMap<String, Vec<String>>` of the same two attributes.
 //!
-//! Prints the median throughput of several rounds of each, their ratio, and p50/p99
-//! publish-to-receive latency at half of msgio's peak rate.
+//! Prints the median throughput and CPU per message (user+system time of the process's
+//! threads over a round, divided by its messages) of several rounds of each, their ratios,
+//! the heap allocations per message of each (counted by this bench's global allocator), and
+//! p50/p99 publish-to-receive latency at half of msgio's peak rate.
 //!
 //! ```sh
 //! cargo bench --bench mem
+//! cargo bench --bench mem -- --msgio-only   # one RESULT line per round, for benches/vs-go
 //! ```
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,6 +29,66 @@ use tokio::sync::{Semaphore, mpsc};
 
 mod common;
 use common::{Done, median};
+
+/// Counts heap allocations while `COUNTING` is on (one relaxed load per allocation
+/// otherwise), so that the bench can say how many a message costs each side.
+struct CountingAlloc;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call goes straight to the system allocator; counting touches no memory of
+// the allocation.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(AtomicOrdering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, AtomicOrdering::Relaxed);
+        }
+        // SAFETY: the caller's contract is passed on unchanged.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract is passed on unchanged.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(AtomicOrdering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, AtomicOrdering::Relaxed);
+        }
+        // SAFETY: the caller's contract is passed on unchanged.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAlloc = CountingAlloc;
+
+/// Allocations per message of `run` over `n` messages.
+async fn allocations_per_message<F: std::future::Future>(n: usize, run: F) -> f64 {
+    ALLOCATIONS.store(0, AtomicOrdering::Relaxed);
+    COUNTING.store(true, AtomicOrdering::Relaxed);
+    run.await;
+    COUNTING.store(false, AtomicOrdering::Relaxed);
+    ALLOCATIONS.load(AtomicOrdering::Relaxed) as f64 / n as f64
+}
+
+/// A round's throughput and CPU per message.
+#[derive(Clone, Copy)]
+struct Round {
+    rate: f64,
+    cpu_ns: f64,
+}
+
+fn measured(n: usize, start: Instant, cpu: Option<Duration>) -> Round {
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let cpu_ns = match (cpu, common::cpu_time()) {
+        (Some(a), Some(b)) => (b - a).as_nanos() as f64 / n as f64,
+        _ => f64::NAN,
+    };
+    Round { rate, cpu_ns }
+}
 
 const CONCURRENCY: usize = 64;
 const CAPACITY: usize = 1024;
@@ -74,22 +139,22 @@ async fn publish(topic: &msgio::mem::MemTopic, ctx: &Context, seq: usize, body: 
     writer.close().await.unwrap();
 }
 
-async fn msgio_throughput(n: usize) -> f64 {
+async fn msgio_throughput(n: usize) -> Round {
     let done = Done::new(n);
     let d = done.clone();
     let run = MsgioRun::start(move |body| {
         std::hint::black_box(&body);
         d.one();
     });
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), common::cpu_time());
     let ctx = Context::background();
     for seq in 0..n {
         publish(&run.topic, &ctx, seq, &BODY).await;
     }
     done.wait().await;
-    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let round = measured(n, start, cpu);
     run.stop().await;
-    rate
+    round
 }
 
 struct RawMessage {
@@ -126,7 +191,7 @@ fn raw_consumer(
     })
 }
 
-async fn raw_throughput(n: usize) -> f64 {
+async fn raw_throughput(n: usize) -> Round {
     let (tx, rx) = mpsc::channel::<RawMessage>(CAPACITY);
     let done = Done::new(n);
     let d = done.clone();
@@ -134,15 +199,15 @@ async fn raw_throughput(n: usize) -> f64 {
         std::hint::black_box((&msg.attributes, &msg.body));
         d.one();
     });
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), common::cpu_time());
     for seq in 0..n {
         tx.send(raw_message(seq, &BODY)).await.unwrap();
     }
     done.wait().await;
-    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let round = measured(n, start, cpu);
     drop(tx);
     consumer.await.unwrap();
-    rate
+    round
 }
 
 /// Publishes `n` messages at `rate` per second in 1 ms slices, each carrying its send time.
@@ -227,6 +292,17 @@ async fn raw_latency(n: usize, rate: f64) -> (Duration, Duration) {
 fn main() {
     let runtime = common::runtime();
     let n = common::messages(300_000);
+    if std::env::args().any(|a| a == "--msgio-only") {
+        // For benches/vs-go: msgio's rounds alone, one line each.
+        runtime.block_on(async {
+            msgio_throughput(n / 10).await;
+            for _ in 0..ROUNDS {
+                let round = msgio_throughput(n).await;
+                println!("RESULT msgio {:.0} {:.0}", round.rate, round.cpu_ns);
+            }
+        });
+        return;
+    }
     runtime.block_on(async {
         // Warm up both paths once.
         msgio_throughput(n / 10).await;
@@ -238,13 +314,20 @@ fn main() {
             ours.push(msgio_throughput(n).await);
             raw.push(raw_throughput(n).await);
         }
-        let (ours, raw) = (median(ours), median(raw));
+        let rate = |v: &[Round]| median(v.iter().map(|r| r.rate).collect());
+        let cpu = |v: &[Round]| median(v.iter().map(|r| r.cpu_ns).collect());
+        let (ours_rate, raw_rate) = (rate(&ours), rate(&raw));
+        let (ours_cpu, raw_cpu) = (cpu(&ours), cpu(&raw));
+        let k = n / 10;
+        let ours_allocs = allocations_per_message(k, msgio_throughput(k)).await;
+        let raw_allocs = allocations_per_message(k, raw_throughput(k)).await;
         println!("mem end to end, {n} messages x {ROUNDS} rounds, 100-byte body, 2 attributes, concurrency {CONCURRENCY}");
-        println!("  msgio mem          {:>12.0} msgs/s (median)", ours);
-        println!("  raw tokio channel  {:>12.0} msgs/s (median)", raw);
-        println!("  ratio msgio/raw    {:>12.2}", ours / raw);
+        println!("  {:<18} {:>12} {:>14} {:>14}", "", "msgs/s", "CPU/msg", "allocs/msg");
+        println!("  {:<18} {ours_rate:>12.0} {:>12.0}ns {ours_allocs:>14.1}", "msgio mem", ours_cpu);
+        println!("  {:<18} {raw_rate:>12.0} {:>12.0}ns {raw_allocs:>14.1}", "raw tokio channel", raw_cpu);
+        println!("  ratio msgio/raw    throughput {:.2}, CPU per message {:.2}", ours_rate / raw_rate, ours_cpu / raw_cpu);
 
-        let rate = ours / 2.0;
+        let rate = ours_rate / 2.0;
         let count = ((rate * 2.0) as usize).clamp(10_000, 1_000_000);
         let (p50, p99) = msgio_latency(count, rate).await;
         let (raw_p50, raw_p99) = raw_latency(count, rate).await;

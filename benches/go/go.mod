@@ -1,0 +1,3 @@
+module msgio.bench/gomem
+
+go 1.19
