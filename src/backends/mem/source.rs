@@ -46,36 +46,39 @@ impl Source for MemSource {
             tokio::pin!(notified);
             // Register before looking, so a publish in between is not missed.
             notified.as_mut().enable();
-            let next_due = {
+            // Only moves under the lock: publishers wait on it, so the copies a delivery
+            // needs (and their allocations) are made after it is released.
+            let (taken, next_due, more) = {
                 let mut state = queue.lock();
                 let next_due = state.promote_due();
                 let n = max.min(state.ready.len());
-                if n > 0 {
-                    // Taken messages make room for publishers; retries come back to the
-                    // queue without taking room again.
-                    let mut room = 0;
-                    out.extend(state.ready.drain(..n).map(|mut item| {
-                        room += usize::from(std::mem::take(&mut item.holds_room));
-                        Delivery {
-                            message_id: Some(item.id.into()),
-                            attempt: item.attempt,
-                            attributes: item.attributes.clone(),
-                            body: item.body.clone(),
-                            malformed: None,
-                            token: MemToken(item),
-                        }
-                    }));
-                    if room > 0 {
-                        queue.capacity.add_permits(room);
-                    }
-                    if !state.ready.is_empty() {
-                        // Leave the rest to another server on this queue.
-                        queue.notify.notify_one();
-                    }
-                    return Ok(());
-                }
-                next_due
+                let taken: Vec<Item> = state.ready.drain(..n).collect();
+                (taken, next_due, !state.ready.is_empty())
             };
+            if !taken.is_empty() {
+                // Taken messages make room for publishers; retries come back to the queue
+                // without taking room again.
+                let mut room = 0;
+                out.extend(taken.into_iter().map(|mut item| {
+                    room += usize::from(std::mem::take(&mut item.holds_room));
+                    Delivery {
+                        message_id: Some(item.id.into()),
+                        attempt: item.attempt,
+                        attributes: item.attributes.clone(),
+                        body: item.body.clone(),
+                        malformed: None,
+                        token: MemToken(item),
+                    }
+                }));
+                if room > 0 {
+                    queue.capacity.add_permits(room);
+                }
+                if more {
+                    // Leave the rest to another server on this queue.
+                    queue.notify.notify_one();
+                }
+                return Ok(());
+            }
             match next_due {
                 None => notified.await,
                 Some(due) => {
