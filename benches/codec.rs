@@ -10,6 +10,8 @@
 //!    the growth of the process's peak resident memory (VmHWM) is printed.
 //! 2. gzip: compress and decompress a 16 MiB body through `gzip::topic` / `gzip::receiver`
 //!    and directly with async-compression; medians of several rounds and the ratios.
+//! 3. base64: decode the same 256 MiB through `base64::receiver` and through the `base64`
+//!    crate's streaming `DecoderReader`; medians and the ratio.
 
 use std::io;
 use std::pin::Pin;
@@ -363,6 +365,61 @@ async fn gzip_vs_raw() {
     );
 }
 
+/// base64 decoding of the same 256 MiB (held encoded in memory), streaming with constant
+/// memory on both sides: msgio's receiver half against the `base64` crate's `DecoderReader`,
+/// each read through one 64 KiB buffer.
+async fn base64_vs_raw() {
+    use ::base64::Engine as _;
+    const SIZE: usize = 256 << 20;
+    let mut plain = vec![0u8; SIZE];
+    Generated::new(SIZE as u64)
+        .read_exact(&mut plain)
+        .await
+        .unwrap();
+    let encoded = Bytes::from(::base64::engine::general_purpose::STANDARD.encode(&plain));
+    drop(plain);
+    let mb = SIZE as f64 / (1 << 20) as f64;
+    let (mut ours, mut raw) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS.min(5) {
+        let total = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let receiver =
+            base64::receiver(counting_receiver(total.clone())).max_decoded_size(u64::MAX);
+        let mut msg = Message::new(encoded.clone());
+        msg.attributes.set("Content-Transfer-Encoding", "base64");
+        let start = Instant::now();
+        receiver.receive(Context::background(), msg).await.unwrap();
+        ours.push(mb / start.elapsed().as_secs_f64());
+        assert_eq!(total.load(std::sync::atomic::Ordering::SeqCst), SIZE as u64);
+
+        let start = Instant::now();
+        let mut reader = ::base64::read::DecoderReader::new(
+            &encoded[..],
+            &::base64::engine::general_purpose::STANDARD,
+        );
+        let mut buf = vec![0u8; 64 << 10];
+        let mut n = 0;
+        loop {
+            let read = std::io::Read::read(&mut reader, &mut buf).unwrap();
+            if read == 0 {
+                break;
+            }
+            n += read;
+        }
+        raw.push(mb / start.elapsed().as_secs_f64());
+        assert_eq!(n, SIZE);
+    }
+    let (ours, raw) = (median(ours), median(raw));
+    println!(
+        "base64 decode, {} MiB body, median of {} rounds",
+        SIZE >> 20,
+        ROUNDS.min(5)
+    );
+    println!(
+        "  decode      msgio {ours:>7.1} MiB/s   raw base64 crate      {raw:>7.1} MiB/s   ratio {:.2}",
+        ours / raw
+    );
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -373,5 +430,6 @@ fn main() {
         // Memory first, while the process is small.
         memory().await;
         gzip_vs_raw().await;
+        base64_vs_raw().await;
     });
 }
