@@ -11,6 +11,10 @@
 //!
 //! The no-op store tells the dedupe decorator's own cost (reading the key attribute, the
 //! claim and completion calls) from the in-memory store's.
+//!
+//! CPU time on a shared machine moves with its neighbours; instruction counts do not.
+//! `-- --variant bare` or `-- --variant stacked` runs one side once, for counting under
+//! callgrind (`benches/instructions` does both and prints instructions per message).
 
 use std::time::{Duration, Instant};
 
@@ -124,6 +128,18 @@ impl DedupeStore for NoopStore {
 
 fn main() {
     let n = common::messages(200_000);
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "--variant") {
+        let variant = args.get(at + 1).map(String::as_str).unwrap_or("bare");
+        common::runtime().block_on(async {
+            let figures = match variant {
+                "stacked" => stacked(n).await,
+                _ => bare(n).await,
+            };
+            println!("RESULT {variant} {:.0} {:.3}", figures.rate, figures.cpu_us);
+        });
+        return;
+    }
     common::runtime().block_on(async {
         bare(n / 10).await;
         stacked(n / 10).await;

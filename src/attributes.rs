@@ -29,20 +29,48 @@ use crate::Error;
 /// assert!(matches!(canonical_key("Content-Type"), Cow::Borrowed(_)));
 /// ```
 pub fn canonical_key(key: &str) -> Cow<'_, str> {
-    let bytes = key.as_bytes();
-    let mut upper = true;
-    for (i, &c) in bytes.iter().enumerate() {
-        if !is_token_byte(c) {
+    // One table lookup a byte: whether it is a token byte, and a letter of which case.
+    // After `-` (and at the start) a lower-case letter needs changing, elsewhere an
+    // upper-case one.
+    let mut wrong_case = LOWER;
+    for (i, &c) in key.as_bytes().iter().enumerate() {
+        let class = BYTE_CLASS[usize::from(c)];
+        if class & TOKEN == 0 {
             // Go keeps keys with a space or a non-token byte as they are.
             return Cow::Borrowed(key);
         }
-        if (upper && c.is_ascii_lowercase()) || (!upper && c.is_ascii_uppercase()) {
+        if class & wrong_case != 0 {
             return canonicalize_from(key, i);
         }
-        upper = c == b'-';
+        wrong_case = if c == b'-' { LOWER } else { UPPER };
     }
     Cow::Borrowed(key)
 }
+
+const TOKEN: u8 = 1;
+const LOWER: u8 = 2;
+const UPPER: u8 = 4;
+
+/// For each byte: [`TOKEN`] for an RFC 7230 `tchar`, with [`LOWER`] or [`UPPER`] for an
+/// ASCII letter.
+static BYTE_CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        table[c] = if b.is_ascii_lowercase() {
+            TOKEN | LOWER
+        } else if b.is_ascii_uppercase() {
+            TOKEN | UPPER
+        } else if is_token_byte(b) {
+            TOKEN
+        } else {
+            0
+        };
+        c += 1;
+    }
+    table
+};
 
 /// Slow path of [`canonical_key`]: `key[..first_change]` is known canonical and all-token.
 fn canonicalize_from(key: &str, first_change: usize) -> Cow<'_, str> {
@@ -64,7 +92,7 @@ fn canonicalize_from(key: &str, first_change: usize) -> Cow<'_, str> {
 }
 
 /// Whether `c` is an RFC 7230 `tchar`.
-fn is_token_byte(c: u8) -> bool {
+const fn is_token_byte(c: u8) -> bool {
     c.is_ascii_alphanumeric()
         || matches!(
             c,
