@@ -13,6 +13,12 @@
 //!
 //! Prints the median of several rounds of each (alternating), and their ratio.
 //!
+//! Latency: at half of msgio's peak rate (the slower of its publish and consume medians),
+//! messages published one by one on a steady pace (each publish spawned) to a running
+//! consumer; the p50 and p99 from publish to receive of msgio and of raw redis-rs doing
+//! the same (`XADD`, and `XREADGROUP COUNT 128 BLOCK 100` with an `XACK` per read).
+//! `MSGIO_BENCH_ONLY=publish|consume|latency` runs one part.
+//!
 //! ```sh
 //! cargo bench --bench redis --features redis   # REDIS_URL overrides redis://127.0.0.1:6379
 //! ```
@@ -304,6 +310,105 @@ async fn raw_consume_concurrent(n: usize) -> f64 {
     rate
 }
 
+/// msgio: a server with concurrency 64 on a new stream, and publishes at `rate` a second,
+/// each spawned; the p50 and p99 from publish to receive.
+async fn msgio_latency(redis: &Redis, n: usize, rate: f64) -> (Duration, Duration) {
+    let stream = stream_name();
+    let lat = common::Latencies::new(n);
+    let l = lat.clone();
+    let receiver = ReceiverFunc::new(move |_: Context, mut msg: Message| {
+        let l = l.clone();
+        async move {
+            l.record(&msg.body.read_to_bytes(1024).await?);
+            Ok(())
+        }
+    });
+    let server = redis
+        .server(
+            StreamOptions::new(&stream, "g")
+                .start_id("$")
+                .block(Duration::from_millis(100)),
+            ServerConfig::new().concurrency(CONCURRENCY),
+        )
+        .await
+        .unwrap();
+    let serving = server.clone();
+    let task = tokio::spawn(async move { serving.serve(receiver).await });
+    let topic = redis.topic(&stream);
+    let ctx = Context::background();
+    common::paced(n, rate, |seq| {
+        let (topic, ctx) = (topic.clone(), ctx.clone());
+        let mut msg = Message::new(lat.stamped());
+        msg.attributes.set("Content-Type", "text/plain");
+        msg.attributes.set("X-Seq", seq.to_string());
+        tokio::spawn(async move { topic.publish(&ctx, msg).await.unwrap() });
+    })
+    .await;
+    let figures = lat.wait().await;
+    server.shutdown(Duration::from_secs(10)).await.unwrap();
+    let _ = task.await;
+    delete(&mut raw_conn().await, &stream).await;
+    figures
+}
+
+/// Raw redis-rs: the same XADDs at `rate`, each spawned, and a consumer reading
+/// `XREADGROUP COUNT 128 BLOCK 100` in a loop, decoding and acknowledging each read.
+async fn raw_latency(n: usize, rate: f64) -> (Duration, Duration) {
+    let stream: Arc<str> = stream_name().into();
+    let mut reader = raw_conn().await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&*stream)
+        .arg("g")
+        .arg("$")
+        .arg("MKSTREAM")
+        .query_async(&mut reader)
+        .await
+        .unwrap();
+    let lat = common::Latencies::new(n);
+    let consumer = {
+        let (lat, stream, acker) = (lat.clone(), stream.clone(), raw_conn().await);
+        tokio::spawn(async move {
+            let mut seen = 0;
+            while seen < n {
+                let reply: Value = xreadgroup(&stream).query_async(&mut reader).await.unwrap();
+                let mut cmd = redis::cmd("XACK");
+                cmd.arg(&*stream).arg("g");
+                for (id, (body, _attrs)) in decode(reply) {
+                    lat.record(&body);
+                    cmd.arg(id);
+                    seen += 1;
+                }
+                let mut acker = acker.clone();
+                tokio::spawn(async move {
+                    let _: Value = cmd.query_async(&mut acker).await.unwrap();
+                });
+            }
+        })
+    };
+    let conn = raw_conn().await;
+    common::paced(n, rate, |seq| {
+        let (mut conn, stream, body) = (conn.clone(), stream.clone(), lat.stamped());
+        tokio::spawn(async move {
+            let mut cmd = redis::cmd("XADD");
+            cmd.arg(&*stream)
+                .arg("*")
+                .arg("body")
+                .arg(&body[..])
+                .arg("attr:Content-Type")
+                .arg("text/plain")
+                .arg("attr:X-Seq")
+                .arg(seq.to_string());
+            let _: Value = cmd.query_async(&mut conn).await.unwrap();
+        });
+    })
+    .await;
+    let figures = lat.wait().await;
+    consumer.await.unwrap();
+    delete(&mut raw_conn().await, &stream).await;
+    figures
+}
+
 /// What a hand-written consumer decodes: each entry's id, body and attributes.
 fn decode(reply: Value) -> Vec<(String, (Bytes, Attributes))> {
     let mut out = Vec::new();
@@ -363,6 +468,7 @@ fn main() {
         msgio_consume(&redis, n / 10).await;
         raw_consume(n / 10).await;
 
+        let mut peak = f64::INFINITY;
         if std::env::var("MSGIO_BENCH_ONLY").map_or(true, |o| o == "publish") {
             let (mut ours, mut raw, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
             for round in 0..ROUNDS {
@@ -379,9 +485,10 @@ fn main() {
                 ratios.push(o / r);
             }
             println!("redis publish, {n} messages x {ROUNDS} rounds, {PUBLISHERS} concurrent publishers, 100-byte body, 2 attributes");
-            println!("  msgio RedisTopic                    {:>10.0} msgs/s (median)", median(ours));
+            println!("  msgio RedisTopic                    {:>10.0} msgs/s (median)", median(ours.clone()));
             println!("  raw redis-rs XADD                   {:>10.0} msgs/s (median)", median(raw));
             println!("  ratio msgio/raw (median of rounds)  {:>10.2}", median(ratios));
+            peak = peak.min(median(ours));
         }
         if std::env::var("MSGIO_BENCH_ONLY").map_or(true, |o| o == "consume") {
             let (mut ours, mut raw, mut tasks) = (Vec::new(), Vec::new(), Vec::new());
@@ -404,11 +511,24 @@ fn main() {
                 task_ratios.push(o / t);
             }
             println!("redis consume + ack, {n} messages x {ROUNDS} rounds, reads of {READ_COUNT}, acks of up to {READ_COUNT}");
-            println!("  msgio RedisServer, concurrency {CONCURRENCY}   {:>10.0} msgs/s (median)", median(ours));
+            println!("  msgio RedisServer, concurrency {CONCURRENCY}   {:>10.0} msgs/s (median)", median(ours.clone()));
             println!("  raw redis-rs, handled inline        {:>10.0} msgs/s (median)", median(raw));
             println!("  raw redis-rs, a task per message    {:>10.0} msgs/s (median)", median(tasks));
             println!("  ratio msgio/raw inline (median of rounds)      {:>6.2}", median(ratios));
             println!("  ratio msgio/raw task per message (median)      {:>6.2}", median(task_ratios));
+            peak = peak.min(median(ours));
+        }
+        if std::env::var("MSGIO_BENCH_ONLY").map_or(true, |o| o == "latency") {
+            // Half of msgio's peak: the slower of its publish and consume rates, measured
+            // above (or a quick publish round when only latency runs).
+            if peak == f64::INFINITY {
+                peak = msgio_publish(&redis, n / 2).await;
+            }
+            let rate = peak / 2.0;
+            let count = common::latency_count(rate);
+            let ours = msgio_latency(&redis, count, rate).await;
+            let raw = raw_latency(count, rate).await;
+            common::print_latency("redis", rate, count, ours, raw, "raw redis-rs XADD + XREADGROUP");
         }
     });
 }

@@ -67,3 +67,98 @@ pub fn cpu_time() -> Option<std::time::Duration> {
     }
     Some(std::time::Duration::from_nanos(total))
 }
+
+/// Publish-to-receive latencies: each body carries its send time (nanoseconds since
+/// `epoch`) in its first 8 bytes; receivers record the difference.
+pub struct Latencies {
+    epoch: std::time::Instant,
+    samples: std::sync::Mutex<Vec<u64>>,
+    done: Arc<Done>,
+}
+
+impl Latencies {
+    pub fn new(n: usize) -> Arc<Self> {
+        Arc::new(Latencies {
+            epoch: std::time::Instant::now(),
+            samples: std::sync::Mutex::new(Vec::with_capacity(n)),
+            done: Done::new(n),
+        })
+    }
+
+    /// A 100-byte body stamped with the time now.
+    pub fn stamped(&self) -> bytes::Bytes {
+        let mut body = vec![b'x'; 100];
+        let at = self.epoch.elapsed().as_nanos() as u64;
+        body[..8].copy_from_slice(&at.to_le_bytes());
+        body.into()
+    }
+
+    /// Records the latency of a received body.
+    pub fn record(&self, body: &[u8]) {
+        let sent = u64::from_le_bytes(body[..8].try_into().unwrap());
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        self.samples.lock().unwrap().push(now.saturating_sub(sent));
+        self.done.one();
+    }
+
+    /// Waits for every message, then gives the p50 and p99.
+    pub async fn wait(&self) -> (std::time::Duration, std::time::Duration) {
+        self.done.wait().await;
+        let mut nanos = std::mem::take(&mut *self.samples.lock().unwrap());
+        nanos.sort_unstable();
+        let at = |p: f64| {
+            std::time::Duration::from_nanos(nanos[((nanos.len() - 1) as f64 * p) as usize])
+        };
+        (at(0.50), at(0.99))
+    }
+}
+
+/// Calls `send(seq)` `n` times at `rate` a second, in 1 ms slices; `send` starts the send
+/// (spawns it) and returns at once, so that a slow reply never holds up the pace.
+pub async fn paced(n: usize, rate: f64, mut send: impl FnMut(usize)) {
+    let per_ms = (rate / 1000.0).max(1.0);
+    let mut ticker = tokio::time::interval(std::time::Duration::from_millis(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let (mut sent, mut owed) = (0usize, 0.0);
+    while sent < n {
+        ticker.tick().await;
+        owed += per_ms;
+        while owed >= 1.0 && sent < n {
+            send(sent);
+            sent += 1;
+            owed -= 1.0;
+        }
+    }
+}
+
+/// How many messages a latency run at `rate` sends: about two seconds' worth.
+pub fn latency_count(rate: f64) -> usize {
+    ((rate * 2.0) as usize).clamp(5_000, 400_000)
+}
+
+/// Prints a latency comparison.
+pub fn print_latency(
+    what: &str,
+    rate: f64,
+    count: usize,
+    ours: (std::time::Duration, std::time::Duration),
+    raw: (std::time::Duration, std::time::Duration),
+    raw_name: &str,
+) {
+    println!(
+        "{what} latency, publish to receive, at half of msgio's peak ({rate:.0} msgs/s, {count} messages)"
+    );
+    println!(
+        "  msgio {:<28} p50 {:>10.1?}  p99 {:>10.1?}",
+        "", ours.0, ours.1
+    );
+    println!(
+        "  {raw_name:<34} p50 {:>10.1?}  p99 {:>10.1?}",
+        raw.0, raw.1
+    );
+    println!(
+        "  ratio msgio/raw                    p50 {:>10.2}  p99 {:>10.2}",
+        ours.0.as_secs_f64() / raw.0.as_secs_f64(),
+        ours.1.as_secs_f64() / raw.1.as_secs_f64()
+    );
+}
