@@ -12,6 +12,12 @@
 //!
 //! Prints the median of several rounds of each (alternating), and their ratio.
 //!
+//! Latency: at half of msgio's peak rate (the slower of its publish and consume medians),
+//! messages published one by one on a steady pace (each publish spawned, awaiting its
+//! PubAck) to a running consumer; the p50 and p99 from publish to receive of msgio and of
+//! raw async-nats doing the same (a durable pull consumer's message stream, batches of
+//! 128, acked inline). `MSGIO_BENCH_ONLY=publish|consume|latency` runs one part.
+//!
 //! ```sh
 //! cargo bench --bench nats --features nats,testing   # NATS_URL overrides nats://127.0.0.1:4222
 //! ```
@@ -236,6 +242,92 @@ async fn raw_consume(client: &async_nats::Client, js: &jetstream::Context, n: us
     rate
 }
 
+/// msgio: a server with concurrency 64 on a new stream, and publishes at `rate` a second,
+/// each spawned; the p50 and p99 from publish to receive.
+async fn msgio_latency(
+    nats: &Nats,
+    js: &jetstream::Context,
+    n: usize,
+    rate: f64,
+) -> (Duration, Duration) {
+    let stream = stream_name();
+    let lat = common::Latencies::new(n);
+    let l = lat.clone();
+    let receiver = ReceiverFunc::new(move |_: Context, mut msg: Message| {
+        let l = l.clone();
+        async move {
+            l.record(&msg.body.read_to_bytes(1024).await?);
+            Ok(())
+        }
+    });
+    let server = nats
+        .server(
+            ConsumerOptions::new(&stream, "d"),
+            ServerConfig::new().concurrency(CONCURRENCY),
+        )
+        .await
+        .unwrap();
+    let serving = server.clone();
+    let task = tokio::spawn(async move { serving.serve(receiver).await });
+    let topic = nats.topic(format!("{stream}.t"));
+    let ctx = Context::background();
+    common::paced(n, rate, |seq| {
+        let (topic, ctx) = (topic.clone(), ctx.clone());
+        let mut msg = Message::new(lat.stamped());
+        msg.attributes.set("Content-Type", "text/plain");
+        msg.attributes.set("X-Seq", seq.to_string());
+        tokio::spawn(async move { topic.publish(&ctx, msg).await.unwrap() });
+    })
+    .await;
+    let figures = lat.wait().await;
+    server.shutdown(Duration::from_secs(10)).await.unwrap();
+    let _ = task.await;
+    js.delete_stream(&stream).await.unwrap();
+    figures
+}
+
+/// Raw async-nats: the same publishes at `rate` (each spawned, awaiting its PubAck), and a
+/// durable pull consumer's message stream (batches of 128), acking each message inline.
+async fn raw_latency(js: &jetstream::Context, n: usize, rate: f64) -> (Duration, Duration) {
+    let stream = stream_name();
+    make_stream(js, &stream).await;
+    let mut consumer = durable(js, &stream).await;
+    let lat = common::Latencies::new(n);
+    let reader = {
+        let lat = lat.clone();
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(BATCH)
+            .messages()
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            for _ in 0..n {
+                let message = messages.next().await.unwrap().unwrap();
+                lat.record(&message.payload);
+                message.ack().await.unwrap();
+            }
+        })
+    };
+    let subject = format!("{stream}.t");
+    common::paced(n, rate, |seq| {
+        let (js, subject, body) = (js.clone(), subject.clone(), lat.stamped());
+        tokio::spawn(async move {
+            js.publish_with_headers(subject, headers(seq), body)
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        });
+    })
+    .await;
+    let figures = lat.wait().await;
+    reader.await.unwrap();
+    let _ = consumer.info().await;
+    js.delete_stream(&stream).await.unwrap();
+    figures
+}
+
 fn main() {
     let runtime = common::runtime();
     let n = common::messages(50_000);
@@ -260,6 +352,7 @@ fn main() {
         raw_consume(&client, &js, n / 10).await;
 
         let only = std::env::var("MSGIO_BENCH_ONLY").ok();
+        let mut peak = f64::INFINITY;
         if only.as_deref().is_none_or(|o| o == "publish") {
             let (mut ours, mut raw, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
             for round in 0..ROUNDS {
@@ -275,9 +368,10 @@ fn main() {
                 ratios.push(o / r);
             }
             println!("nats publish with acks, {n} messages x {ROUNDS} rounds, {PUBLISHERS} concurrent publishers, 100-byte body, 2 attributes");
-            println!("  msgio NatsTopic                     {:>10.0} msgs/s (median)", median(ours));
+            println!("  msgio NatsTopic                     {:>10.0} msgs/s (median)", median(ours.clone()));
             println!("  raw async-nats                      {:>10.0} msgs/s (median)", median(raw));
             println!("  ratio msgio/raw (median of rounds)  {:>10.2}", median(ratios));
+            peak = peak.min(median(ours.clone()));
         }
         if only.as_deref().is_none_or(|o| o == "consume") {
             let (mut ours, mut raw, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
@@ -293,9 +387,22 @@ fn main() {
                 ratios.push(o / r);
             }
             println!("nats consume + ack, {n} messages x {ROUNDS} rounds, pulls of {BATCH}");
-            println!("  msgio NatsServer, concurrency {CONCURRENCY}    {:>10.0} msgs/s (median)", median(ours));
+            println!("  msgio NatsServer, concurrency {CONCURRENCY}    {:>10.0} msgs/s (median)", median(ours.clone()));
             println!("  raw async-nats, handled inline      {:>10.0} msgs/s (median)", median(raw));
             println!("  ratio msgio/raw (median of rounds)  {:>10.2}", median(ratios));
+            peak = peak.min(median(ours.clone()));
+        }
+        if only.as_deref().is_none_or(|o| o == "latency") {
+            // Half of msgio's peak: the slower of its publish and consume rates, measured
+            // above (or a quick publish round when only latency runs).
+            if peak == f64::INFINITY {
+                peak = msgio_publish(&nats, &js, n / 2).await;
+            }
+            let rate = peak / 2.0;
+            let count = common::latency_count(rate);
+            let ours = msgio_latency(&nats, &js, count, rate).await;
+            let raw = raw_latency(&js, count, rate).await;
+            common::print_latency("nats", rate, count, ours, raw, "raw async-nats publish + pull");
         }
     });
 }
