@@ -13,6 +13,12 @@
 //!
 //! Prints the median of several rounds of each (alternating), and their ratio.
 //!
+//! Latency: at half of msgio's peak rate (the slower of its publish and consume medians),
+//! messages published one by one on a steady pace (each publish spawned, waiting for its
+//! confirm) to a running consumer; the p50 and p99 from publish to receive of msgio and of
+//! raw lapin doing the same (prefetch 128, acked inline).
+//! `MSGIO_BENCH_ONLY=publish|consume|latency` runs one part.
+//!
 //! ```sh
 //! cargo bench --bench amqp --features amqp,testing   # AMQP_URL overrides the local broker
 //! ```
@@ -255,6 +261,114 @@ async fn raw_consume(
     rate
 }
 
+/// msgio: a server with concurrency 64 on a new queue, and publishes at `rate` a second,
+/// each spawned, waiting for its confirm; the p50 and p99 from publish to receive.
+async fn msgio_latency(amqp: &Amqp, admin: &Channel, n: usize, rate: f64) -> (Duration, Duration) {
+    let queue = queue_name();
+    declare(admin, &queue).await;
+    let lat = common::Latencies::new(n);
+    let l = lat.clone();
+    let receiver = ReceiverFunc::new(move |_: Context, mut msg: Message| {
+        let l = l.clone();
+        async move {
+            l.record(&msg.body.read_to_bytes(1024).await?);
+            Ok(())
+        }
+    });
+    let server = amqp
+        .server(
+            QueueOptions::new(&queue),
+            ServerConfig::new().concurrency(CONCURRENCY),
+        )
+        .await
+        .unwrap();
+    let serving = server.clone();
+    let task = tokio::spawn(async move { serving.serve(receiver).await });
+    let topic = amqp.queue_topic(&queue).unwrap();
+    let ctx = Context::background();
+    common::paced(n, rate, |seq| {
+        let (topic, ctx) = (topic.clone(), ctx.clone());
+        let mut msg = Message::new(lat.stamped());
+        msg.attributes.set("Content-Type", "text/plain");
+        msg.attributes.set("X-Seq", seq.to_string());
+        tokio::spawn(async move { topic.publish(&ctx, msg).await.unwrap() });
+    })
+    .await;
+    let figures = lat.wait().await;
+    server.shutdown(Duration::from_secs(10)).await.unwrap();
+    let _ = task.await;
+    delete(admin, &queue).await;
+    figures
+}
+
+/// Raw lapin: the same publishes at `rate` on the confirm-mode channel (each spawned,
+/// waiting for its confirm), and a consumer with prefetch 128 acking each delivery inline.
+async fn raw_latency(
+    connection: &Connection,
+    publisher: &Channel,
+    admin: &Channel,
+    n: usize,
+    rate: f64,
+) -> (Duration, Duration) {
+    let queue = queue_name();
+    declare(admin, &queue).await;
+    let lat = common::Latencies::new(n);
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let reader = {
+        let (lat, channel) = (lat.clone(), channel.clone());
+        tokio::spawn(async move {
+            for _ in 0..n {
+                let delivery = consumer.next().await.unwrap().unwrap();
+                lat.record(&delivery.data);
+                channel
+                    .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    common::paced(n, rate, |seq| {
+        let (channel, queue, body) = (publisher.clone(), queue.clone(), lat.stamped());
+        tokio::spawn(async move {
+            let confirm = channel
+                .basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        immediate: false,
+                    },
+                    &body,
+                    properties(seq),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            assert!(confirm.is_ack());
+        });
+    })
+    .await;
+    let figures = lat.wait().await;
+    reader.await.unwrap();
+    channel.close(200, "done".into()).await.unwrap();
+    delete(admin, &queue).await;
+    figures
+}
+
 fn main() {
     let runtime = common::runtime();
     let n = common::messages(50_000);
@@ -286,6 +400,7 @@ fn main() {
         raw_consume(&connection, &publisher, &admin, n / 10).await;
 
         let only = std::env::var("MSGIO_BENCH_ONLY").ok();
+        let mut peak = f64::INFINITY;
         if only.as_deref().is_none_or(|o| o == "publish") {
             let (mut ours, mut raw, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
             for round in 0..ROUNDS {
@@ -302,9 +417,10 @@ fn main() {
                 ratios.push(o / r);
             }
             println!("amqp publish with confirms, {n} messages x {ROUNDS} rounds, {PUBLISHERS} concurrent publishers, 100-byte persistent body, 2 attributes");
-            println!("  msgio AmqpTopic                     {:>10.0} msgs/s (median)", median(ours));
+            println!("  msgio AmqpTopic                     {:>10.0} msgs/s (median)", median(ours.clone()));
             println!("  raw lapin                           {:>10.0} msgs/s (median)", median(raw));
             println!("  ratio msgio/raw (median of rounds)  {:>10.2}", median(ratios));
+            peak = peak.min(median(ours));
         }
         if only.as_deref().is_none_or(|o| o == "consume") {
             let (mut ours, mut raw, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
@@ -321,9 +437,22 @@ fn main() {
                 ratios.push(o / r);
             }
             println!("amqp consume + ack, {n} messages x {ROUNDS} rounds, prefetch {PREFETCH}");
-            println!("  msgio AmqpServer, concurrency {CONCURRENCY}    {:>10.0} msgs/s (median)", median(ours));
+            println!("  msgio AmqpServer, concurrency {CONCURRENCY}    {:>10.0} msgs/s (median)", median(ours.clone()));
             println!("  raw lapin, handled inline           {:>10.0} msgs/s (median)", median(raw));
             println!("  ratio msgio/raw (median of rounds)  {:>10.2}", median(ratios));
+            peak = peak.min(median(ours));
+        }
+        if only.as_deref().is_none_or(|o| o == "latency") {
+            // Half of msgio's peak: the slower of its publish and consume rates, measured
+            // above (or a quick publish round when only latency runs).
+            if peak == f64::INFINITY {
+                peak = msgio_publish(&amqp, &admin, n / 2).await;
+            }
+            let rate = peak / 2.0;
+            let count = common::latency_count(rate);
+            let ours = msgio_latency(&amqp, &admin, count, rate).await;
+            let raw = raw_latency(&connection, &publisher, &admin, count, rate).await;
+            common::print_latency("amqp", rate, count, ours, raw, "raw lapin publish + consume");
         }
     });
 }
