@@ -448,7 +448,7 @@ fn main() {
             if peak == f64::INFINITY {
                 peak = msgio_publish(&amqp, &admin, n / 2).await;
             }
-            let rate = peak / 2.0;
+            let rate = common::latency_rate(peak);
             let count = common::latency_count(rate);
             let ours = msgio_latency(&amqp, &admin, count, rate).await;
             let raw = raw_latency(&connection, &publisher, &admin, count, rate).await;

@@ -398,7 +398,7 @@ fn main() {
             if peak == f64::INFINITY {
                 peak = msgio_publish(&nats, &js, n / 2).await;
             }
-            let rate = peak / 2.0;
+            let rate = common::latency_rate(peak);
             let count = common::latency_count(rate);
             let ours = msgio_latency(&nats, &js, count, rate).await;
             let raw = raw_latency(&js, count, rate).await;

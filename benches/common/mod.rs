@@ -131,6 +131,15 @@ pub async fn paced(n: usize, rate: f64, mut send: impl FnMut(usize)) {
     }
 }
 
+/// The rate of a latency run: half of `peak`, or `MSGIO_BENCH_LATENCY_RATE` messages a
+/// second when set.
+pub fn latency_rate(peak: f64) -> f64 {
+    std::env::var("MSGIO_BENCH_LATENCY_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(peak / 2.0)
+}
+
 /// How many messages a latency run at `rate` sends: about two seconds' worth.
 pub fn latency_count(rate: f64) -> usize {
     ((rate * 2.0) as usize).clamp(5_000, 400_000)
@@ -146,7 +155,7 @@ pub fn print_latency(
     raw_name: &str,
 ) {
     println!(
-        "{what} latency, publish to receive, at half of msgio's peak ({rate:.0} msgs/s, {count} messages)"
+        "{what} latency, publish to receive, at {rate:.0} msgs/s ({count} messages; half of msgio's peak unless MSGIO_BENCH_LATENCY_RATE says)"
     );
     println!(
         "  msgio {:<28} p50 {:>10.1?}  p99 {:>10.1?}",
