@@ -17,7 +17,9 @@
 //! messages published one by one on a steady pace (each publish spawned) to a running
 //! consumer; the p50 and p99 from publish to receive of msgio and of raw redis-rs doing
 //! the same (`XADD`, and `XREADGROUP COUNT 128 BLOCK 100` with an `XACK` per read).
-//! `MSGIO_BENCH_ONLY=publish|consume|latency` runs one part.
+//! Batch: the same publishers each sending `publish_batch` of 16 (one pipeline), against raw
+//! redis-rs pipelines of 16 XADDs, and `redis-benchmark -P 16` sending the same XADD when installed.
+//! `MSGIO_BENCH_ONLY=publish|consume|batch|latency` runs one part.
 //!
 //! ```sh
 //! cargo bench --bench redis --features redis   # REDIS_URL overrides redis://127.0.0.1:6379
@@ -310,6 +312,97 @@ async fn raw_consume_concurrent(n: usize) -> f64 {
     rate
 }
 
+/// Messages a batch in the batch bench, as `redis-benchmark -P 16`.
+const BATCH: usize = 16;
+
+/// msgio: `n` messages from 50 concurrent publishers, each `publish_batch` of 16 (one
+/// pipeline each); messages per second.
+async fn msgio_publish_batch(redis: &Redis, n: usize) -> f64 {
+    let stream = stream_name();
+    let topic = redis.topic(&stream);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            let topic = topic.clone();
+            tokio::spawn(async move {
+                let ctx = Context::background();
+                let mine: Vec<usize> = (p..n).step_by(PUBLISHERS).collect();
+                for chunk in mine.chunks(BATCH) {
+                    let batch = chunk
+                        .iter()
+                        .map(|seq| {
+                            let mut msg = Message::new(Bytes::from_static(&BODY));
+                            msg.attributes.set("Content-Type", "text/plain");
+                            msg.attributes.set("X-Seq", seq.to_string());
+                            msg
+                        })
+                        .collect();
+                    topic.publish_batch(&ctx, batch).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    delete(&mut raw_conn().await, &stream).await;
+    rate
+}
+
+/// Raw redis-rs: the same XADDs, 50 concurrent publishers each sending pipelines of 16 on
+/// one multiplexed connection.
+async fn raw_publish_batch(n: usize) -> f64 {
+    let stream: Arc<str> = stream_name().into();
+    let conn = raw_conn().await;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            let (mut conn, stream) = (conn.clone(), stream.clone());
+            tokio::spawn(async move {
+                let mine: Vec<usize> = (p..n).step_by(PUBLISHERS).collect();
+                for chunk in mine.chunks(BATCH) {
+                    let mut pipe = redis::pipe();
+                    for seq in chunk {
+                        pipe.add_command(xadd(&stream, *seq));
+                    }
+                    let _: Vec<Value> = pipe.query_async(&mut conn).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    delete(&mut raw_conn().await, &stream).await;
+    rate
+}
+
+/// `redis-benchmark -P 16` sending the same XADD (50 connections, 16 commands in flight
+/// on each), when it is installed: the broker's own figure for pipelined XADD here.
+async fn redis_benchmark(n: usize) -> Option<f64> {
+    let url = url();
+    let hostport = url.rsplit('@').next()?.trim_start_matches("redis://");
+    let hostport = hostport.split('/').next()?;
+    let (host, port) = hostport.split_once(':').unwrap_or((hostport, "6379"));
+    let stream = stream_name();
+    let body = String::from_utf8(BODY.to_vec()).ok()?;
+    let out = std::process::Command::new("redis-benchmark")
+        .args(["-h", host, "-p", port, "-P", "16", "-q", "-n"])
+        .arg(n.to_string())
+        .args(["XADD", &stream, "*", "body", &body])
+        .args(["attr:Content-Type", "text/plain", "attr:X-Seq", "1"])
+        .output()
+        .ok()?;
+    delete(&mut raw_conn().await, &stream).await;
+    // Progress lines end in '\r'; the last says "...: 925925.88 requests per second, ...".
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    let line = text.lines().find(|l| l.contains("requests per second"))?;
+    let before = line.split(" requests per second").next()?;
+    before.rsplit(": ").next()?.trim().parse().ok()
+}
+
 /// msgio: a server with concurrency 64 on a new stream, and publishes at `rate` a second,
 /// each spawned; the p50 and p99 from publish to receive.
 async fn msgio_latency(redis: &Redis, n: usize, rate: f64) -> (Duration, Duration) {
@@ -517,6 +610,35 @@ fn main() {
             println!("  ratio msgio/raw inline (median of rounds)      {:>6.2}", median(ratios));
             println!("  ratio msgio/raw task per message (median)      {:>6.2}", median(task_ratios));
             peak = peak.min(median(ours));
+        }
+        if std::env::var("MSGIO_BENCH_ONLY").map_or(true, |o| o == "batch") {
+            let (mut ours, mut raw, mut ratios, mut bench) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for round in 0..ROUNDS {
+                let (o, r) = if round % 2 == 0 {
+                    (msgio_publish_batch(&redis, n).await, raw_publish_batch(n).await)
+                } else {
+                    let r = raw_publish_batch(n).await;
+                    (msgio_publish_batch(&redis, n).await, r)
+                };
+                ours.push(o);
+                raw.push(r);
+                ratios.push(o / r);
+                if round % 3 == 0 {
+                    bench.extend(redis_benchmark(n).await);
+                }
+            }
+            println!("redis publish_batch, {n} messages x {ROUNDS} rounds, {PUBLISHERS} concurrent publishers, batches of {BATCH}");
+            println!("  msgio RedisTopic::publish_batch     {:>10.0} msgs/s (median)", median(ours.clone()));
+            println!("  raw redis-rs pipelines of {BATCH}        {:>10.0} msgs/s (median)", median(raw));
+            println!("  ratio msgio/raw (median of rounds)  {:>10.2}", median(ratios));
+            if bench.is_empty() {
+                println!("  redis-benchmark -P 16: not installed");
+            } else {
+                let bench = median(bench);
+                println!("  redis-benchmark -P 16, same XADD    {bench:>10.0} msgs/s (median; 50 connections)");
+                println!("  ratio msgio/redis-benchmark         {:>10.2}", median(ours) / bench);
+            }
         }
         if std::env::var("MSGIO_BENCH_ONLY").map_or(true, |o| o == "latency") {
             // Half of msgio's peak: the slower of its publish and consume rates, measured

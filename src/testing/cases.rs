@@ -105,6 +105,10 @@ pub(crate) const ALL: &[Case] = &[
         needs: always,
     },
     Case {
+        name: "publish_batch",
+        needs: always,
+    },
+    Case {
         name: "ordering",
         needs: |c| (!c.ordering).then_some("needs ordering"),
     },
@@ -168,6 +172,7 @@ async fn dispatch<T: Transport>(name: &str, t: &T, caps: &Capabilities) -> Resul
             cancelled_context_publishes_nothing(t, &dest).await
         }
         "topic_isolation" => topic_isolation(t, &dest).await,
+        "publish_batch" => publish_batch(t, &dest, caps).await,
         "ordering" => ordering(t, &dest).await,
         "delay" => delay(t, &dest).await,
         "dead_letter_after_max_attempts" => dead_letter_after_max_attempts(t, &dest).await,
@@ -875,6 +880,83 @@ async fn topic_isolation<T: Transport>(t: &T, dest: &T::Destination) -> Result<(
     let removed = t.remove(other).await;
     result?;
     removed.map_err(|e| format!("removing the second destination failed: {e}"))
+}
+
+/// `Topic::publish_batch`: batches (one of them empty, one with a streaming body) arrive
+/// whole, each message once with its attributes and body, and in order where the
+/// transport keeps order.
+async fn publish_batch<T: Transport>(
+    t: &T,
+    dest: &T::Destination,
+    caps: &Capabilities,
+) -> Result<(), String> {
+    const BATCHES: u64 = 3;
+    const SIZE: u64 = 40;
+    let topic = topic(t, dest).await?;
+    let recorder = Recorder::new();
+    let config = ServerConfig::new().concurrency(if caps.ordering { 1 } else { 16 });
+    let running = start(server(t, dest, config).await?, recorder.clone());
+    let ctx = Context::background();
+    topic
+        .publish_batch(&ctx, Vec::new())
+        .await
+        .map_err(|e| format!("publishing an empty batch failed: {e}"))?;
+    for batch in 0..BATCHES {
+        let messages = (batch * SIZE..(batch + 1) * SIZE)
+            .map(|seq| {
+                let body = format!("batch {batch} message {seq}");
+                let mut msg = if seq == SIZE + 7 {
+                    // A streaming body in the middle of a batch.
+                    Message::new(crate::Body::from_reader(futures::io::Cursor::new(
+                        body.into_bytes(),
+                    )))
+                } else {
+                    Message::new(body)
+                };
+                msg.attributes.set(SEQ, seq.to_string());
+                msg.attributes.add("X-Batch", batch.to_string());
+                msg.attributes.add("X-Batch", "second value");
+                msg
+            })
+            .collect();
+        topic
+            .publish_batch(&ctx, messages)
+            .await
+            .map_err(|e| format!("publishing batch {batch} failed: {e}"))?;
+    }
+    let total = (BATCHES * SIZE) as usize;
+    let got = recorder.wait_for(total, patience()).await;
+    running.stop(GRACE).await?;
+    let got = got?;
+    let mut seen = std::collections::BTreeSet::new();
+    for r in &got {
+        let seq = r
+            .seq()
+            .ok_or("a message came without its sequence attribute")?;
+        ensure!(seen.insert(seq), "message {seq} came twice");
+        let batch = seq / SIZE;
+        ensure!(
+            r.body == format!("batch {batch} message {seq}"),
+            "message {seq} came with the body {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let values: Vec<_> = r.attributes.get_all("X-Batch").collect();
+        ensure!(
+            values == [batch.to_string().as_str(), "second value"],
+            "message {seq} came with X-Batch {values:?}"
+        );
+    }
+    ensure!(
+        seen.len() == total,
+        "{} of {total} messages came",
+        seen.len()
+    );
+    if caps.ordering {
+        let order: Vec<u64> = got.iter().filter_map(|r| r.seq()).collect();
+        let expected: Vec<u64> = (0..total as u64).collect();
+        ensure!(order == expected, "batches arrived out of order: {order:?}");
+    }
+    Ok(())
 }
 
 async fn ordering<T: Transport>(t: &T, dest: &T::Destination) -> Result<(), String> {

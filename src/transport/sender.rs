@@ -62,6 +62,31 @@ pub trait Sender: Send + Sync + 'static {
         ctx: &Context,
         message: Outgoing,
     ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Sends `messages` in order, as one batch where the broker allows (a pipeline,
+    /// publishes whose acknowledgements are awaited together); by default one after
+    /// another with [`send`](Sender::send). What [`Topic::publish_batch`] of a
+    /// [`SenderTopic`] calls.
+    ///
+    /// # Errors
+    ///
+    /// The first error met; any of the messages may have been sent (see
+    /// [`Topic::publish_batch`]).
+    fn send_batch(
+        &self,
+        ctx: &Context,
+        messages: Vec<Outgoing>,
+    ) -> impl Future<Output = Result<(), Error>> + Send
+    where
+        Self: Sized,
+    {
+        async move {
+            for message in messages {
+                self.send(ctx, message).await?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// A [`Topic`] over a [`Sender`]: [`publish`](Topic::publish) of a body held in memory
@@ -118,6 +143,23 @@ impl<S: Sender> Topic for SenderTopic<S> {
             return self.sender.send(ctx, outgoing).await;
         }
         publish_through_writer(self, ctx, message).await
+    }
+
+    async fn publish_batch(&self, ctx: &Context, messages: Vec<Message>) -> Result<(), Error> {
+        let mut batch = Vec::with_capacity(messages.len());
+        for mut message in messages {
+            // A streaming body is read whole, as a writer would buffer it.
+            let body = match message.body.as_bytes() {
+                Some(body) => body.clone(),
+                None => message.body.read_to_bytes(usize::MAX).await?,
+            };
+            batch.push(Outgoing {
+                attributes: message.attributes,
+                body,
+                delay: None,
+            });
+        }
+        self.sender.send_batch(ctx, batch).await
     }
 
     fn new_writer(&self, ctx: &Context) -> Result<Self::Writer, Error> {

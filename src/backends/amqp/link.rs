@@ -242,6 +242,19 @@ impl Link {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), PublishError> {
+        self.publish_many(exchange, routing_key, mandatory, [(body, properties)])
+            .await
+    }
+
+    /// Publishes several messages in order on the shared channel, then waits for their
+    /// confirmations together: one round trip for the batch.
+    pub(super) async fn publish_many<'a>(
+        &self,
+        exchange: &ShortString,
+        routing_key: &ShortString,
+        mandatory: bool,
+        messages: impl IntoIterator<Item = (&'a [u8], BasicProperties)>,
+    ) -> Result<(), PublishError> {
         let channel = self.channel().await.map_err(PublishError::Failed)?;
         let what = || {
             format!(
@@ -250,30 +263,40 @@ impl Link {
                 routing_key.as_str()
             )
         };
-        let confirm = channel
-            .basic_publish(
-                exchange.clone(),
-                routing_key.clone(),
-                BasicPublishOptions {
-                    mandatory,
-                    immediate: false,
-                },
-                body,
-                properties,
-            )
-            .await
-            .map_err(|e| PublishError::Failed(error(what(), e)))?;
-        match confirm
-            .await
-            .map_err(|e| PublishError::Failed(error(what(), e)))?
-        {
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable),
-            Confirmation::Nack(_) => Err(PublishError::Failed(Error::other(format!(
-                "{}: RabbitMQ could not take the message (nack)",
-                what()
-            )))),
+        let mut confirms = Vec::new();
+        for (body, properties) in messages {
+            confirms.push(
+                channel
+                    .basic_publish(
+                        exchange.clone(),
+                        routing_key.clone(),
+                        BasicPublishOptions {
+                            mandatory,
+                            immediate: false,
+                        },
+                        body,
+                        properties,
+                    )
+                    .await
+                    .map_err(|e| PublishError::Failed(error(what(), e)))?,
+            );
         }
+        for confirm in confirms {
+            match confirm
+                .await
+                .map_err(|e| PublishError::Failed(error(what(), e)))?
+            {
+                Confirmation::Ack(None) | Confirmation::NotRequested => {}
+                Confirmation::Ack(Some(_)) => return Err(PublishError::Unroutable),
+                Confirmation::Nack(_) => {
+                    return Err(PublishError::Failed(Error::other(format!(
+                        "{}: RabbitMQ could not take the message (nack)",
+                        what()
+                    ))));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Publishes a message that reaches `exchange` with `routing_key` after `delay`,

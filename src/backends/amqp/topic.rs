@@ -93,7 +93,7 @@ impl Sender for AmqpSender {
                         .publish_delayed(&self.exchange, &self.routing_key, delay, body, properties)
                         .await
                 }
-                None => match self
+                None => self
                     .link
                     .publish(
                         &self.exchange,
@@ -103,18 +103,56 @@ impl Sender for AmqpSender {
                         properties,
                     )
                     .await
-                {
-                    Ok(()) => Ok(()),
-                    Err(PublishError::Failed(e)) => Err(e),
-                    Err(PublishError::Unroutable) => Err(Error::other(format!(
-                        "no queue takes messages from exchange {:?} with routing key {:?} \
-                         (declare and bind one, or make the topic not mandatory)",
-                        self.exchange.as_str(),
-                        self.routing_key.as_str()
-                    ))),
-                },
+                    .map_err(|e| self.publish_error(e)),
             }
         };
         ctx.unless_cancelled(send).await
+    }
+
+    /// Every publish goes out on the shared channel, in order, before any confirmation is
+    /// awaited (a batch with a delayed message goes one message at a time).
+    async fn send_batch(&self, ctx: &Context, messages: Vec<Outgoing>) -> Result<(), Error> {
+        if messages
+            .iter()
+            .any(|m| m.delay.is_some_and(|d| !d.is_zero()))
+        {
+            for message in messages {
+                self.send(ctx, message).await?;
+            }
+            return Ok(());
+        }
+        let mut batch = Vec::with_capacity(messages.len());
+        for message in &messages {
+            batch.push((
+                &message.body[..],
+                encoding::properties(&message.attributes)?,
+            ));
+        }
+        let send = async {
+            if !self.exchange.as_str().is_empty() {
+                self.exchange_exists
+                    .get_or_try_init(|| self.link.check_exchange(&self.exchange))
+                    .await?;
+            }
+            self.link
+                .publish_many(&self.exchange, &self.routing_key, self.mandatory, batch)
+                .await
+                .map_err(|e| self.publish_error(e))
+        };
+        ctx.unless_cancelled(send).await
+    }
+}
+
+impl AmqpSender {
+    fn publish_error(&self, e: PublishError) -> Error {
+        match e {
+            PublishError::Failed(e) => e,
+            PublishError::Unroutable => Error::other(format!(
+                "no queue takes messages from exchange {:?} with routing key {:?} \
+                 (declare and bind one, or make the topic not mandatory)",
+                self.exchange.as_str(),
+                self.routing_key.as_str()
+            )),
+        }
     }
 }

@@ -60,29 +60,51 @@ impl NatsTopic {
     }
 }
 
-impl Sender for NatsSender {
-    async fn send(&self, ctx: &Context, message: Outgoing) -> Result<(), Error> {
-        let Outgoing {
-            mut attributes,
-            body,
-            delay,
-            ..
-        } = message;
-        if let Some(delay) = delay {
-            crate::transport::stamp_not_before(&mut attributes, delay);
+impl NatsSender {
+    /// The headers of one message, with its delay recorded.
+    fn headers(&self, message: &mut Outgoing) -> Result<async_nats::HeaderMap, Error> {
+        if let Some(delay) = message.delay {
+            crate::transport::stamp_not_before(&mut message.attributes, delay);
         }
-        let headers = super::encoding::headers(
-            &attributes,
-            attributes.get_canonical(&self.msg_id_attribute),
-        )?;
+        let attributes = &message.attributes;
+        super::encoding::headers(attributes, attributes.get_canonical(&self.msg_id_attribute))
+    }
+}
+
+impl Sender for NatsSender {
+    async fn send(&self, ctx: &Context, mut message: Outgoing) -> Result<(), Error> {
+        let headers = self.headers(&mut message)?;
         let subject = &self.subject;
         let send = async {
             let ack = self
                 .jetstream
-                .publish_with_headers(subject.clone(), headers, body)
+                .publish_with_headers(subject.clone(), headers, message.body)
                 .await
                 .map_err(|e| publish_error(subject, e))?;
             ack.await.map(drop).map_err(|e| publish_error(subject, e))
+        };
+        ctx.unless_cancelled(send).await
+    }
+
+    /// Every publish goes out, in order, before any acknowledgement is awaited: the batch
+    /// waits about one round trip.
+    async fn send_batch(&self, ctx: &Context, messages: Vec<Outgoing>) -> Result<(), Error> {
+        let subject = &self.subject;
+        let send = async {
+            let mut acks = Vec::with_capacity(messages.len());
+            for mut message in messages {
+                let headers = self.headers(&mut message)?;
+                acks.push(
+                    self.jetstream
+                        .publish_with_headers(subject.clone(), headers, message.body)
+                        .await
+                        .map_err(|e| publish_error(subject, e))?,
+                );
+            }
+            for ack in acks {
+                ack.await.map_err(|e| publish_error(subject, e))?;
+            }
+            Ok(())
         };
         ctx.unless_cancelled(send).await
     }

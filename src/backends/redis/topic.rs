@@ -79,7 +79,54 @@ pub(super) fn delayed_key(stream: &str) -> String {
     format!("{stream}:delayed")
 }
 
+impl RedisSender {
+    /// The `XADD` of one message.
+    fn xadd(&self, attributes: &crate::Attributes, body: &[u8]) -> redis::Cmd {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&self.stream);
+        if let Some(n) = self.max_len {
+            cmd.arg("MAXLEN").arg("~").arg(n);
+        }
+        cmd.arg("*");
+        encoding::add_fields(&mut cmd, attributes, body);
+        cmd
+    }
+}
+
 impl Sender for RedisSender {
+    /// One pipeline of `XADD`s, one round trip, for a batch without delays (a batch with a
+    /// delayed message goes one message at a time).
+    async fn send_batch(&self, ctx: &Context, messages: Vec<Outgoing>) -> Result<(), Error> {
+        if messages
+            .iter()
+            .any(|m| m.delay.is_some_and(|d| !d.is_zero()))
+        {
+            for message in messages {
+                self.send(ctx, message).await?;
+            }
+            return Ok(());
+        }
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for message in &messages {
+            pipe.add_command(self.xadd(&message.attributes, &message.body));
+        }
+        let mut conn = self.conn.clone();
+        let send = async {
+            let replies = conn
+                .send_packed_commands(&pipe, 0, messages.len())
+                .await
+                .map_err(super::error)?;
+            for reply in replies {
+                reply.extract_error().map_err(super::error)?;
+            }
+            Ok(())
+        };
+        ctx.unless_cancelled(send).await
+    }
+
     /// Adds one message to the stream, or to the delayed set when it has a delay.
     async fn send(&self, ctx: &Context, message: Outgoing) -> Result<(), Error> {
         let Outgoing {
@@ -92,13 +139,7 @@ impl Sender for RedisSender {
         let mut conn = self.conn.clone();
         match delay.filter(|d| !d.is_zero()) {
             None => {
-                let mut cmd = redis::cmd("XADD");
-                cmd.arg(&self.stream);
-                if let Some(n) = self.max_len {
-                    cmd.arg("MAXLEN").arg("~").arg(n);
-                }
-                cmd.arg("*");
-                encoding::add_fields(&mut cmd, attributes, body);
+                let cmd = self.xadd(attributes, body);
                 // The connection's own method rather than `query_async`, which boxes the
                 // command's future: one allocation less a message. An error reply comes
                 // back as a value here, hence `extract_error`.
