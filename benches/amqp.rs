@@ -17,7 +17,10 @@
 //! messages published one by one on a steady pace (each publish spawned, waiting for its
 //! confirm) to a running consumer; the p50 and p99 from publish to receive of msgio and of
 //! raw lapin doing the same (prefetch 128, acked inline).
-//! `MSGIO_BENCH_ONLY=publish|consume|latency` runs one part.
+//!
+//! Batch: 50 publishers each sending `publish_batch` of 16 (every publish out before the
+//! confirms are awaited), against raw lapin doing the same.
+//! `MSGIO_BENCH_ONLY=publish|consume|batch|latency` runs one part.
 //!
 //! ```sh
 //! cargo bench --bench amqp --features amqp,testing   # AMQP_URL overrides the local broker
@@ -261,6 +264,91 @@ async fn raw_consume(
     rate
 }
 
+/// Messages a batch, and publishers, in the batch bench.
+const BATCH_SIZE: usize = 16;
+const BATCH_PUBLISHERS: usize = 50;
+
+/// msgio: `n` messages from 50 concurrent publishers, each `publish_batch` of 16 (all 16
+/// published before their confirms are awaited); messages per second.
+async fn msgio_publish_batch(amqp: &Amqp, admin: &Channel, n: usize) -> f64 {
+    let queue = queue_name();
+    declare(admin, &queue).await;
+    let topic = amqp.queue_topic(&queue).unwrap();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..BATCH_PUBLISHERS)
+        .map(|p| {
+            let topic = topic.clone();
+            tokio::spawn(async move {
+                let ctx = Context::background();
+                let mine: Vec<usize> = (p..n).step_by(BATCH_PUBLISHERS).collect();
+                for chunk in mine.chunks(BATCH_SIZE) {
+                    let batch = chunk
+                        .iter()
+                        .map(|seq| {
+                            let mut msg = Message::new(Bytes::from_static(&BODY));
+                            msg.attributes.set("Content-Type", "text/plain");
+                            msg.attributes.set("X-Seq", seq.to_string());
+                            msg
+                        })
+                        .collect();
+                    topic.publish_batch(&ctx, batch).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    delete(admin, &queue).await;
+    rate
+}
+
+/// Raw lapin: the same publishes on the confirm-mode channel, 50 concurrent tasks each
+/// sending 16 and then awaiting their 16 confirms.
+async fn raw_publish_batch(publisher: &Channel, admin: &Channel, n: usize) -> f64 {
+    let queue = queue_name();
+    declare(admin, &queue).await;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..BATCH_PUBLISHERS)
+        .map(|p| {
+            let (channel, queue) = (publisher.clone(), queue.clone());
+            tokio::spawn(async move {
+                let mine: Vec<usize> = (p..n).step_by(BATCH_PUBLISHERS).collect();
+                for chunk in mine.chunks(BATCH_SIZE) {
+                    let mut confirms = Vec::with_capacity(chunk.len());
+                    for seq in chunk {
+                        confirms.push(
+                            channel
+                                .basic_publish(
+                                    "".into(),
+                                    queue.as_str().into(),
+                                    BasicPublishOptions {
+                                        mandatory: true,
+                                        immediate: false,
+                                    },
+                                    &BODY,
+                                    properties(*seq),
+                                )
+                                .await
+                                .unwrap(),
+                        );
+                    }
+                    for confirm in confirms {
+                        assert!(confirm.await.unwrap().is_ack());
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    delete(admin, &queue).await;
+    rate
+}
+
 /// msgio: a server with concurrency 64 on a new queue, and publishes at `rate` a second,
 /// each spawned, waiting for its confirm; the p50 and p99 from publish to receive.
 async fn msgio_latency(amqp: &Amqp, admin: &Channel, n: usize, rate: f64) -> (Duration, Duration) {
@@ -441,6 +529,25 @@ fn main() {
             println!("  raw lapin, handled inline           {:>10.0} msgs/s (median)", median(raw));
             println!("  ratio msgio/raw (median of rounds)  {:>10.2}", median(ratios));
             peak = peak.min(median(ours));
+        }
+        if only.as_deref().is_none_or(|o| o == "batch") {
+            let (mut ours, mut raw, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+            for round in 0..ROUNDS {
+                let (o, r) = if round % 2 == 0 {
+                    let o = msgio_publish_batch(&amqp, &admin, n).await;
+                    (o, raw_publish_batch(&publisher, &admin, n).await)
+                } else {
+                    let r = raw_publish_batch(&publisher, &admin, n).await;
+                    (msgio_publish_batch(&amqp, &admin, n).await, r)
+                };
+                ours.push(o);
+                raw.push(r);
+                ratios.push(o / r);
+            }
+            println!("amqp publish_batch, {n} messages x {ROUNDS} rounds, {BATCH_PUBLISHERS} concurrent publishers, batches of {BATCH_SIZE} (confirms awaited together)");
+            println!("  msgio AmqpTopic::publish_batch      {:>10.0} msgs/s (median)", median(ours));
+            println!("  raw lapin, same batches             {:>10.0} msgs/s (median)", median(raw));
+            println!("  ratio msgio/raw (median of rounds)  {:>10.2}", median(ratios));
         }
         if only.as_deref().is_none_or(|o| o == "latency") {
             // Half of msgio's peak: the slower of its publish and consume rates, measured

@@ -16,7 +16,11 @@
 //! messages published one by one on a steady pace (each publish spawned, awaiting its
 //! PubAck) to a running consumer; the p50 and p99 from publish to receive of msgio and of
 //! raw async-nats doing the same (a durable pull consumer's message stream, batches of
-//! 128, acked inline). `MSGIO_BENCH_ONLY=publish|consume|latency` runs one part.
+//! 128, acked inline).
+//!
+//! Batch: 50 publishers each sending `publish_batch` of 16 (every publish out before the
+//! PubAcks are awaited), against raw async-nats doing the same.
+//! `MSGIO_BENCH_ONLY=publish|consume|batch|latency` runs one part.
 //!
 //! ```sh
 //! cargo bench --bench nats --features nats,testing   # NATS_URL overrides nats://127.0.0.1:4222
@@ -242,6 +246,88 @@ async fn raw_consume(client: &async_nats::Client, js: &jetstream::Context, n: us
     rate
 }
 
+/// Messages a batch, and publishers, in the batch bench.
+const BATCH_SIZE: usize = 16;
+const BATCH_PUBLISHERS: usize = 50;
+
+/// msgio: `n` messages from 50 concurrent publishers, each `publish_batch` of 16 (all 16
+/// published before their acknowledgements are awaited); messages per second.
+async fn msgio_publish_batch(nats: &Nats, js: &jetstream::Context, n: usize) -> f64 {
+    let stream = stream_name();
+    nats.ensure_stream(&ConsumerOptions::new(&stream, "d"))
+        .await
+        .unwrap();
+    let topic = nats.topic(format!("{stream}.t"));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..BATCH_PUBLISHERS)
+        .map(|p| {
+            let topic = topic.clone();
+            tokio::spawn(async move {
+                let ctx = Context::background();
+                let mine: Vec<usize> = (p..n).step_by(BATCH_PUBLISHERS).collect();
+                for chunk in mine.chunks(BATCH_SIZE) {
+                    let batch = chunk
+                        .iter()
+                        .map(|seq| {
+                            let mut msg = Message::new(Bytes::from_static(&BODY));
+                            msg.attributes.set("Content-Type", "text/plain");
+                            msg.attributes.set("X-Seq", seq.to_string());
+                            msg
+                        })
+                        .collect();
+                    topic.publish_batch(&ctx, batch).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    js.delete_stream(&stream).await.unwrap();
+    rate
+}
+
+/// Raw async-nats: the same publishes, 50 concurrent tasks each sending 16 and then
+/// awaiting their 16 PubAcks.
+async fn raw_publish_batch(js: &jetstream::Context, n: usize) -> f64 {
+    let stream = stream_name();
+    make_stream(js, &stream).await;
+    let subject = format!("{stream}.t");
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..BATCH_PUBLISHERS)
+        .map(|p| {
+            let (js, subject) = (js.clone(), subject.clone());
+            tokio::spawn(async move {
+                let mine: Vec<usize> = (p..n).step_by(BATCH_PUBLISHERS).collect();
+                for chunk in mine.chunks(BATCH_SIZE) {
+                    let mut acks = Vec::with_capacity(chunk.len());
+                    for seq in chunk {
+                        acks.push(
+                            js.publish_with_headers(
+                                subject.clone(),
+                                headers(*seq),
+                                Bytes::from_static(&BODY),
+                            )
+                            .await
+                            .unwrap(),
+                        );
+                    }
+                    for ack in acks {
+                        ack.await.unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    js.delete_stream(&stream).await.unwrap();
+    rate
+}
+
 /// msgio: a server with concurrency 64 on a new stream, and publishes at `rate` a second,
 /// each spawned; the p50 and p99 from publish to receive.
 async fn msgio_latency(
@@ -391,6 +477,25 @@ fn main() {
             println!("  raw async-nats, handled inline      {:>10.0} msgs/s (median)", median(raw));
             println!("  ratio msgio/raw (median of rounds)  {:>10.2}", median(ratios));
             peak = peak.min(median(ours.clone()));
+        }
+        if only.as_deref().is_none_or(|o| o == "batch") {
+            let (mut ours, mut raw, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+            for round in 0..ROUNDS {
+                let (o, r) = if round % 2 == 0 {
+                    let o = msgio_publish_batch(&nats, &js, n).await;
+                    (o, raw_publish_batch(&js, n).await)
+                } else {
+                    let r = raw_publish_batch(&js, n).await;
+                    (msgio_publish_batch(&nats, &js, n).await, r)
+                };
+                ours.push(o);
+                raw.push(r);
+                ratios.push(o / r);
+            }
+            println!("nats publish_batch, {n} messages x {ROUNDS} rounds, {BATCH_PUBLISHERS} concurrent publishers, batches of {BATCH_SIZE} (acks awaited together)");
+            println!("  msgio NatsTopic::publish_batch      {:>10.0} msgs/s (median)", median(ours));
+            println!("  raw async-nats, same batches        {:>10.0} msgs/s (median)", median(raw));
+            println!("  ratio msgio/raw (median of rounds)  {:>10.2}", median(ratios));
         }
         if only.as_deref().is_none_or(|o| o == "latency") {
             // Half of msgio's peak: the slower of its publish and consume rates, measured
