@@ -39,7 +39,7 @@
 //!
 //! The cases follow Watermill's universal pub/sub tests and gocloud's `drivertest`:
 //! round trips of odd attributes and binary, empty and large bodies; many concurrent
-//! publishers; redelivery after an error and after a panic; continuing after many errors;
+//! publishers; batches (`Topic::publish_batch`); redelivery after an error and after a panic; continuing after many errors;
 //! rejects; the concurrency limit; graceful shutdown and its deadline; closed writers;
 //! topic isolation; and, where flagged, order, delay, dead-lettering, persistence across
 //! servers, consumer groups and a broker restart.
