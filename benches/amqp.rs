@@ -26,7 +26,7 @@
 //! cargo bench --bench amqp --features amqp,testing   # AMQP_URL overrides the local broker
 //! ```
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -95,7 +95,7 @@ async fn msgio_publish(amqp: &Amqp, admin: &Channel, n: usize) -> f64 {
     let queue = queue_name();
     declare(admin, &queue).await;
     let topic = amqp.queue_topic(&queue).unwrap();
-    let started = Instant::now();
+    let started = common::Meter::start();
     let tasks: Vec<_> = (0..PUBLISHERS)
         .map(|p| {
             let topic = topic.clone();
@@ -113,7 +113,7 @@ async fn msgio_publish(amqp: &Amqp, admin: &Channel, n: usize) -> f64 {
     for t in tasks {
         t.await.unwrap();
     }
-    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let rate = started.finish(n, "msgio publish");
     delete(admin, &queue).await;
     rate
 }
@@ -122,7 +122,7 @@ async fn msgio_publish(amqp: &Amqp, admin: &Channel, n: usize) -> f64 {
 async fn raw_publish(publisher: &Channel, admin: &Channel, n: usize) -> f64 {
     let queue = queue_name();
     declare(admin, &queue).await;
-    let started = Instant::now();
+    let started = common::Meter::start();
     let tasks: Vec<_> = (0..PUBLISHERS)
         .map(|p| {
             let (channel, queue) = (publisher.clone(), queue.clone());
@@ -151,7 +151,7 @@ async fn raw_publish(publisher: &Channel, admin: &Channel, n: usize) -> f64 {
     for t in tasks {
         t.await.unwrap();
     }
-    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let rate = started.finish(n, "raw publish");
     delete(admin, &queue).await;
     rate
 }
@@ -208,12 +208,12 @@ async fn msgio_consume(amqp: &Amqp, publisher: &Channel, admin: &Channel, n: usi
         )
         .await
         .unwrap();
-    let started = Instant::now();
+    let started = common::Meter::start();
     let serving = server.clone();
     let task = tokio::spawn(async move { serving.serve(receiver).await });
     done.wait().await;
     server.shutdown(Duration::from_secs(10)).await.unwrap();
-    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let rate = started.finish(n, "msgio consume");
     let _ = task.await;
     delete(admin, &queue).await;
     rate
@@ -232,7 +232,7 @@ async fn raw_consume(
         .basic_qos(PREFETCH, BasicQosOptions::default())
         .await
         .unwrap();
-    let started = Instant::now();
+    let started = common::Meter::start();
     let mut consumer = channel
         .basic_consume(
             queue.as_str().into(),
@@ -259,7 +259,7 @@ async fn raw_consume(
             .unwrap();
     }
     channel.close(200, "done".into()).await.unwrap();
-    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let rate = started.finish(n, "raw consume");
     delete(admin, &queue).await;
     rate
 }
@@ -274,7 +274,7 @@ async fn msgio_publish_batch(amqp: &Amqp, admin: &Channel, n: usize) -> f64 {
     let queue = queue_name();
     declare(admin, &queue).await;
     let topic = amqp.queue_topic(&queue).unwrap();
-    let started = Instant::now();
+    let started = common::Meter::start();
     let tasks: Vec<_> = (0..BATCH_PUBLISHERS)
         .map(|p| {
             let topic = topic.clone();
@@ -299,7 +299,7 @@ async fn msgio_publish_batch(amqp: &Amqp, admin: &Channel, n: usize) -> f64 {
     for t in tasks {
         t.await.unwrap();
     }
-    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let rate = started.finish(n, "msgio batch");
     delete(admin, &queue).await;
     rate
 }
@@ -309,7 +309,7 @@ async fn msgio_publish_batch(amqp: &Amqp, admin: &Channel, n: usize) -> f64 {
 async fn raw_publish_batch(publisher: &Channel, admin: &Channel, n: usize) -> f64 {
     let queue = queue_name();
     declare(admin, &queue).await;
-    let started = Instant::now();
+    let started = common::Meter::start();
     let tasks: Vec<_> = (0..BATCH_PUBLISHERS)
         .map(|p| {
             let (channel, queue) = (publisher.clone(), queue.clone());
@@ -344,7 +344,7 @@ async fn raw_publish_batch(publisher: &Channel, admin: &Channel, n: usize) -> f6
     for t in tasks {
         t.await.unwrap();
     }
-    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let rate = started.finish(n, "raw batch");
     delete(admin, &queue).await;
     rate
 }
@@ -488,6 +488,7 @@ fn main() {
         raw_consume(&connection, &publisher, &admin, n / 10).await;
 
         let only = std::env::var("MSGIO_BENCH_ONLY").ok();
+        common::reset_cpu();
         let mut peak = f64::INFINITY;
         if only.as_deref().is_none_or(|o| o == "publish") {
             let (mut ours, mut raw, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
@@ -508,6 +509,7 @@ fn main() {
             println!("  msgio AmqpTopic                     {:>10.0} msgs/s (median)", median(ours.clone()));
             println!("  raw lapin                           {:>10.0} msgs/s (median)", median(raw));
             println!("  ratio msgio/raw (median of rounds)  {:>10.2}", median(ratios));
+            common::print_cpu("msgio publish", "raw publish");
             peak = peak.min(median(ours));
         }
         if only.as_deref().is_none_or(|o| o == "consume") {
@@ -528,6 +530,7 @@ fn main() {
             println!("  msgio AmqpServer, concurrency {CONCURRENCY}    {:>10.0} msgs/s (median)", median(ours.clone()));
             println!("  raw lapin, handled inline           {:>10.0} msgs/s (median)", median(raw));
             println!("  ratio msgio/raw (median of rounds)  {:>10.2}", median(ratios));
+            common::print_cpu("msgio consume", "raw consume");
             peak = peak.min(median(ours));
         }
         if only.as_deref().is_none_or(|o| o == "batch") {
@@ -548,6 +551,7 @@ fn main() {
             println!("  msgio AmqpTopic::publish_batch      {:>10.0} msgs/s (median)", median(ours));
             println!("  raw lapin, same batches             {:>10.0} msgs/s (median)", median(raw));
             println!("  ratio msgio/raw (median of rounds)  {:>10.2}", median(ratios));
+            common::print_cpu("msgio batch", "raw batch");
         }
         if only.as_deref().is_none_or(|o| o == "latency") {
             // Half of msgio's peak: the slower of its publish and consume rates, measured

@@ -26,7 +26,7 @@
 //! cargo bench --bench nats --features nats,testing   # NATS_URL overrides nats://127.0.0.1:4222
 //! ```
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
@@ -81,7 +81,7 @@ async fn msgio_publish(nats: &Nats, js: &jetstream::Context, n: usize) -> f64 {
         .await
         .unwrap();
     let topic = nats.topic(format!("{stream}.t"));
-    let started = Instant::now();
+    let started = common::Meter::start();
     let tasks: Vec<_> = (0..PUBLISHERS)
         .map(|p| {
             let topic = topic.clone();
@@ -99,7 +99,7 @@ async fn msgio_publish(nats: &Nats, js: &jetstream::Context, n: usize) -> f64 {
     for t in tasks {
         t.await.unwrap();
     }
-    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let rate = started.finish(n, "msgio publish");
     js.delete_stream(&stream).await.unwrap();
     rate
 }
@@ -109,7 +109,7 @@ async fn raw_publish(js: &jetstream::Context, n: usize) -> f64 {
     let stream = stream_name();
     make_stream(js, &stream).await;
     let subject = format!("{stream}.t");
-    let started = Instant::now();
+    let started = common::Meter::start();
     let tasks: Vec<_> = (0..PUBLISHERS)
         .map(|p| {
             let (js, subject) = (js.clone(), subject.clone());
@@ -131,7 +131,7 @@ async fn raw_publish(js: &jetstream::Context, n: usize) -> f64 {
     for t in tasks {
         t.await.unwrap();
     }
-    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let rate = started.finish(n, "raw publish");
     js.delete_stream(&stream).await.unwrap();
     rate
 }
@@ -198,14 +198,14 @@ async fn msgio_consume(nats: &Nats, js: &jetstream::Context, n: usize) -> f64 {
         .await
         .unwrap();
     let mut consumer = durable(js, &stream).await;
-    let started = Instant::now();
+    let started = common::Meter::start();
     let serving = server.clone();
     let task = tokio::spawn(async move { serving.serve(receiver).await });
     done.wait().await;
     while consumer.info().await.unwrap().num_ack_pending > 0 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let rate = started.finish(n, "msgio consume");
     server.shutdown(Duration::from_secs(10)).await.unwrap();
     let _ = task.await;
     js.delete_stream(&stream).await.unwrap();
@@ -216,7 +216,7 @@ async fn msgio_consume(nats: &Nats, js: &jetstream::Context, n: usize) -> f64 {
 async fn raw_consume(client: &async_nats::Client, js: &jetstream::Context, n: usize) -> f64 {
     let stream = filled(js, n).await;
     let mut consumer = durable(js, &stream).await;
-    let started = Instant::now();
+    let started = common::Meter::start();
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(BATCH)
@@ -240,7 +240,7 @@ async fn raw_consume(client: &async_nats::Client, js: &jetstream::Context, n: us
     while consumer.info().await.unwrap().num_ack_pending > 0 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let rate = started.finish(n, "raw consume");
     drop(messages);
     js.delete_stream(&stream).await.unwrap();
     rate
@@ -258,7 +258,7 @@ async fn msgio_publish_batch(nats: &Nats, js: &jetstream::Context, n: usize) -> 
         .await
         .unwrap();
     let topic = nats.topic(format!("{stream}.t"));
-    let started = Instant::now();
+    let started = common::Meter::start();
     let tasks: Vec<_> = (0..BATCH_PUBLISHERS)
         .map(|p| {
             let topic = topic.clone();
@@ -283,7 +283,7 @@ async fn msgio_publish_batch(nats: &Nats, js: &jetstream::Context, n: usize) -> 
     for t in tasks {
         t.await.unwrap();
     }
-    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let rate = started.finish(n, "msgio batch");
     js.delete_stream(&stream).await.unwrap();
     rate
 }
@@ -294,7 +294,7 @@ async fn raw_publish_batch(js: &jetstream::Context, n: usize) -> f64 {
     let stream = stream_name();
     make_stream(js, &stream).await;
     let subject = format!("{stream}.t");
-    let started = Instant::now();
+    let started = common::Meter::start();
     let tasks: Vec<_> = (0..BATCH_PUBLISHERS)
         .map(|p| {
             let (js, subject) = (js.clone(), subject.clone());
@@ -323,7 +323,7 @@ async fn raw_publish_batch(js: &jetstream::Context, n: usize) -> f64 {
     for t in tasks {
         t.await.unwrap();
     }
-    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let rate = started.finish(n, "raw batch");
     js.delete_stream(&stream).await.unwrap();
     rate
 }
@@ -438,6 +438,7 @@ fn main() {
         raw_consume(&client, &js, n / 10).await;
 
         let only = std::env::var("MSGIO_BENCH_ONLY").ok();
+        common::reset_cpu();
         let mut peak = f64::INFINITY;
         if only.as_deref().is_none_or(|o| o == "publish") {
             let (mut ours, mut raw, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
@@ -457,6 +458,7 @@ fn main() {
             println!("  msgio NatsTopic                     {:>10.0} msgs/s (median)", median(ours.clone()));
             println!("  raw async-nats                      {:>10.0} msgs/s (median)", median(raw));
             println!("  ratio msgio/raw (median of rounds)  {:>10.2}", median(ratios));
+            common::print_cpu("msgio publish", "raw publish");
             peak = peak.min(median(ours.clone()));
         }
         if only.as_deref().is_none_or(|o| o == "consume") {
@@ -476,6 +478,7 @@ fn main() {
             println!("  msgio NatsServer, concurrency {CONCURRENCY}    {:>10.0} msgs/s (median)", median(ours.clone()));
             println!("  raw async-nats, handled inline      {:>10.0} msgs/s (median)", median(raw));
             println!("  ratio msgio/raw (median of rounds)  {:>10.2}", median(ratios));
+            common::print_cpu("msgio consume", "raw consume");
             peak = peak.min(median(ours.clone()));
         }
         if only.as_deref().is_none_or(|o| o == "batch") {
@@ -496,6 +499,7 @@ fn main() {
             println!("  msgio NatsTopic::publish_batch      {:>10.0} msgs/s (median)", median(ours));
             println!("  raw async-nats, same batches        {:>10.0} msgs/s (median)", median(raw));
             println!("  ratio msgio/raw (median of rounds)  {:>10.2}", median(ratios));
+            common::print_cpu("msgio batch", "raw batch");
         }
         if only.as_deref().is_none_or(|o| o == "latency") {
             // Half of msgio's peak: the slower of its publish and consume rates, measured

@@ -26,7 +26,7 @@
 //! ```
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use msgio::redis::{Redis, StreamOptions};
@@ -71,7 +71,7 @@ async fn delete(conn: &mut MultiplexedConnection, stream: &str) {
 async fn msgio_publish(redis: &Redis, n: usize) -> f64 {
     let stream = stream_name();
     let topic = redis.topic(&stream);
-    let started = Instant::now();
+    let started = common::Meter::start();
     let tasks: Vec<_> = (0..PUBLISHERS)
         .map(|p| {
             let topic = topic.clone();
@@ -89,7 +89,7 @@ async fn msgio_publish(redis: &Redis, n: usize) -> f64 {
     for t in tasks {
         t.await.unwrap();
     }
-    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let rate = started.finish(n, "msgio publish");
     delete(&mut raw_conn().await, &stream).await;
     rate
 }
@@ -98,7 +98,7 @@ async fn msgio_publish(redis: &Redis, n: usize) -> f64 {
 async fn raw_publish(n: usize) -> f64 {
     let stream: Arc<str> = stream_name().into();
     let conn = raw_conn().await;
-    let started = Instant::now();
+    let started = common::Meter::start();
     let tasks: Vec<_> = (0..PUBLISHERS)
         .map(|p| {
             let (mut conn, stream) = (conn.clone(), stream.clone());
@@ -112,7 +112,7 @@ async fn raw_publish(n: usize) -> f64 {
     for t in tasks {
         t.await.unwrap();
     }
-    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let rate = started.finish(n, "raw publish");
     delete(&mut raw_conn().await, &stream).await;
     rate
 }
@@ -201,14 +201,14 @@ async fn msgio_consume(redis: &Redis, n: usize) -> f64 {
         )
         .await
         .unwrap();
-    let started = Instant::now();
+    let started = common::Meter::start();
     let serving = server.clone();
     let task = tokio::spawn(async move { serving.serve(receiver).await });
     done.wait().await;
     while pending(&mut conn, &stream).await > 0 {
         tokio::task::yield_now().await;
     }
-    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let rate = started.finish(n, "msgio consume");
     server.shutdown(Duration::from_secs(10)).await.unwrap();
     let _ = task.await;
     delete(&mut conn, &stream).await;
@@ -220,7 +220,7 @@ async fn raw_consume(n: usize) -> f64 {
     let stream = filled(n).await;
     let mut reader = raw_conn().await;
     let acker = raw_conn().await;
-    let started = Instant::now();
+    let started = common::Meter::start();
     let mut seen = 0;
     let mut acks = Vec::new();
     while seen < n {
@@ -245,7 +245,7 @@ async fn raw_consume(n: usize) -> f64 {
     for a in acks {
         a.await.unwrap();
     }
-    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let rate = started.finish(n, "raw consume");
     delete(&mut reader, &stream).await;
     rate
 }
@@ -291,7 +291,7 @@ async fn raw_consume_concurrent(n: usize) -> f64 {
         })
     };
     let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
-    let started = Instant::now();
+    let started = common::Meter::start();
     let mut seen = 0;
     while seen < n {
         let reply: Value = xreadgroup(&stream).query_async(&mut reader).await.unwrap();
@@ -307,7 +307,7 @@ async fn raw_consume_concurrent(n: usize) -> f64 {
         }
     }
     acker.await.unwrap();
-    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let rate = started.finish(n, "raw consume tasks");
     delete(&mut reader, &stream).await;
     rate
 }
@@ -320,7 +320,7 @@ const BATCH: usize = 16;
 async fn msgio_publish_batch(redis: &Redis, n: usize) -> f64 {
     let stream = stream_name();
     let topic = redis.topic(&stream);
-    let started = Instant::now();
+    let started = common::Meter::start();
     let tasks: Vec<_> = (0..PUBLISHERS)
         .map(|p| {
             let topic = topic.clone();
@@ -345,7 +345,7 @@ async fn msgio_publish_batch(redis: &Redis, n: usize) -> f64 {
     for t in tasks {
         t.await.unwrap();
     }
-    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let rate = started.finish(n, "msgio batch");
     delete(&mut raw_conn().await, &stream).await;
     rate
 }
@@ -355,7 +355,7 @@ async fn msgio_publish_batch(redis: &Redis, n: usize) -> f64 {
 async fn raw_publish_batch(n: usize) -> f64 {
     let stream: Arc<str> = stream_name().into();
     let conn = raw_conn().await;
-    let started = Instant::now();
+    let started = common::Meter::start();
     let tasks: Vec<_> = (0..PUBLISHERS)
         .map(|p| {
             let (mut conn, stream) = (conn.clone(), stream.clone());
@@ -374,7 +374,7 @@ async fn raw_publish_batch(n: usize) -> f64 {
     for t in tasks {
         t.await.unwrap();
     }
-    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let rate = started.finish(n, "raw batch");
     delete(&mut raw_conn().await, &stream).await;
     rate
 }
@@ -561,6 +561,7 @@ fn main() {
         msgio_consume(&redis, n / 10).await;
         raw_consume(n / 10).await;
 
+        common::reset_cpu();
         let mut peak = f64::INFINITY;
         if std::env::var("MSGIO_BENCH_ONLY").map_or(true, |o| o == "publish") {
             let (mut ours, mut raw, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
@@ -581,6 +582,7 @@ fn main() {
             println!("  msgio RedisTopic                    {:>10.0} msgs/s (median)", median(ours.clone()));
             println!("  raw redis-rs XADD                   {:>10.0} msgs/s (median)", median(raw));
             println!("  ratio msgio/raw (median of rounds)  {:>10.2}", median(ratios));
+            common::print_cpu("msgio publish", "raw publish");
             peak = peak.min(median(ours));
         }
         if std::env::var("MSGIO_BENCH_ONLY").map_or(true, |o| o == "consume") {
@@ -609,6 +611,7 @@ fn main() {
             println!("  raw redis-rs, a task per message    {:>10.0} msgs/s (median)", median(tasks));
             println!("  ratio msgio/raw inline (median of rounds)      {:>6.2}", median(ratios));
             println!("  ratio msgio/raw task per message (median)      {:>6.2}", median(task_ratios));
+            common::print_cpu("msgio consume", "raw consume");
             peak = peak.min(median(ours));
         }
         if std::env::var("MSGIO_BENCH_ONLY").map_or(true, |o| o == "batch") {
@@ -632,6 +635,7 @@ fn main() {
             println!("  msgio RedisTopic::publish_batch     {:>10.0} msgs/s (median)", median(ours.clone()));
             println!("  raw redis-rs pipelines of {BATCH}        {:>10.0} msgs/s (median)", median(raw));
             println!("  ratio msgio/raw (median of rounds)  {:>10.2}", median(ratios));
+            common::print_cpu("msgio batch", "raw batch");
             if bench.is_empty() {
                 println!("  redis-benchmark -P 16: not installed");
             } else {

@@ -171,3 +171,62 @@ pub fn print_latency(
         ours.1.as_secs_f64() / raw.1.as_secs_f64()
     );
 }
+
+/// CPU per message samples (nanoseconds), by what was measured.
+static CPU_SAMPLES: std::sync::Mutex<std::collections::BTreeMap<&'static str, Vec<f64>>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// Times a run: its rate, and the CPU per message of this process (recorded under a label
+/// for [`print_cpu`]).
+pub struct Meter {
+    start: std::time::Instant,
+    cpu: Option<std::time::Duration>,
+}
+
+impl Meter {
+    pub fn start() -> Meter {
+        Meter {
+            start: std::time::Instant::now(),
+            cpu: cpu_time(),
+        }
+    }
+
+    /// Messages a second over `n` messages; records the CPU per message under `label`.
+    pub fn finish(self, n: usize, label: &'static str) -> f64 {
+        let rate = n as f64 / self.start.elapsed().as_secs_f64();
+        if let (Some(before), Some(after)) = (self.cpu, cpu_time()) {
+            let per = (after - before).as_nanos() as f64 / n as f64;
+            CPU_SAMPLES
+                .lock()
+                .unwrap()
+                .entry(label)
+                .or_default()
+                .push(per);
+        }
+        rate
+    }
+}
+
+/// Forgets the samples so far (the warm-up's).
+pub fn reset_cpu() {
+    CPU_SAMPLES.lock().unwrap().clear();
+}
+
+/// Prints the median CPU per message of `ours` and `raw` (user+system time of this
+/// process's threads; the broker's own is not counted) and their ratio.
+pub fn print_cpu(ours: &'static str, raw: &'static str) {
+    let samples = CPU_SAMPLES.lock().unwrap();
+    let med = |label| {
+        samples
+            .get(label)
+            .filter(|v| !v.is_empty())
+            .map(|v| median(v.clone()))
+    };
+    match (med(ours), med(raw)) {
+        (Some(o), Some(r)) => println!(
+            "  CPU per message (median)            msgio {o:.0} ns, raw {r:.0} ns, ratio {:.2}",
+            o / r
+        ),
+        _ => println!("  CPU per message: not measurable here"),
+    }
+}
