@@ -149,6 +149,7 @@ impl MemQueue {
         Engine::new(
             MemSource {
                 queue: self.queue.clone(),
+                spare: Default::default(),
             },
             config,
         )
@@ -251,8 +252,16 @@ impl Queue {
             attributes: message.attributes,
             body: message.body,
         };
-        self.lock().enqueue(item, message.delay);
-        self.notify.notify_one();
+        let first = {
+            let mut state = self.lock();
+            state.enqueue(item, message.delay);
+            // A server waits only when it found nothing ready: one wake-up for the first
+            // message is enough, and the ones after it are taken with it.
+            state.ready.len() <= 1 || message.delay.is_some()
+        };
+        if first {
+            self.notify.notify_one();
+        }
     }
 }
 

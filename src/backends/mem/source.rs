@@ -12,6 +12,9 @@ use crate::transport::{Delivery, Engine, Settle, Settlement, Source};
 /// never does.
 pub struct MemSource {
     pub(super) queue: Arc<Queue>,
+    /// An empty list with room, traded for the queue's own when a fetch takes all of it:
+    /// the lock is held for a swap, not a copy.
+    pub(super) spare: std::sync::Mutex<std::collections::VecDeque<Item>>,
 }
 
 impl std::fmt::Debug for MemSource {
@@ -48,18 +51,27 @@ impl Source for MemSource {
             notified.as_mut().enable();
             // Only moves under the lock: publishers wait on it, so the copies a delivery
             // needs (and their allocations) are made after it is released.
-            let (taken, next_due, more) = {
+            let mut taken =
+                std::mem::take(&mut *self.spare.lock().unwrap_or_else(|p| p.into_inner()));
+            let (next_due, more) = {
                 let mut state = queue.lock();
                 let next_due = state.promote_due();
-                let n = max.min(state.ready.len());
-                let taken: Vec<Item> = state.ready.drain(..n).collect();
-                (taken, next_due, !state.ready.is_empty())
+                let ready = state.ready.len();
+                if ready > 0 && max >= ready {
+                    // All of it: trade the queue's list for the empty spare one.
+                    std::mem::swap(&mut taken, &mut state.ready);
+                } else if ready > 0 {
+                    taken.extend(state.ready.drain(..max));
+                }
+                (next_due, !state.ready.is_empty())
             };
-            if !taken.is_empty() {
+            if taken.is_empty() {
+                *self.spare.lock().unwrap_or_else(|p| p.into_inner()) = taken;
+            } else {
                 // Taken messages make room for publishers; retries come back to the queue
                 // without taking room again.
                 let mut room = 0;
-                out.extend(taken.into_iter().map(|mut item| {
+                out.extend(taken.drain(..).map(|mut item| {
                     room += usize::from(std::mem::take(&mut item.holds_room));
                     Delivery {
                         message_id: Some(item.id.into()),
@@ -70,6 +82,7 @@ impl Source for MemSource {
                         token: MemToken(item),
                     }
                 }));
+                *self.spare.lock().unwrap_or_else(|p| p.into_inner()) = taken;
                 if room > 0 {
                     queue.capacity.add_permits(room);
                 }
@@ -93,36 +106,39 @@ impl Source for MemSource {
 
     async fn settle(&self, batch: &mut Vec<Settlement<MemToken>>) -> Result<(), Error> {
         let queue = &*self.queue;
-        let mut requeued = false;
+        // What goes back, sorted out before taking the lock; the acknowledged messages
+        // are dropped (their memory freed) after it, so publishers never wait on that.
+        let mut back = Vec::new();
         let mut released = Vec::new();
+        let mut done = Vec::with_capacity(batch.len());
+        for settlement in batch.drain(..) {
+            let MemToken(mut item) = settlement.token;
+            match settlement.action {
+                Settle::Ack | Settle::Reject => done.push(item),
+                Settle::Nack { delay } => {
+                    item.attempt = item.attempt.saturating_add(1);
+                    back.push((item, delay));
+                }
+                Settle::Release => released.push(item),
+                // Not an attempt: back after the delay, attempt count unchanged.
+                Settle::Defer { delay } => back.push((item, Some(delay))),
+            }
+        }
+        if back.is_empty() && released.is_empty() {
+            return Ok(());
+        }
         {
             let mut state = queue.lock();
-            for settlement in batch.drain(..) {
-                let MemToken(mut item) = settlement.token;
-                match settlement.action {
-                    Settle::Ack | Settle::Reject => {}
-                    Settle::Nack { delay } => {
-                        item.attempt = item.attempt.saturating_add(1);
-                        state.enqueue(item, delay);
-                        requeued = true;
-                    }
-                    Settle::Release => released.push(item),
-                    // Not an attempt: back after the delay, attempt count unchanged.
-                    Settle::Defer { delay } => {
-                        state.enqueue(item, Some(delay));
-                        requeued = true;
-                    }
-                }
+            for (item, delay) in back {
+                state.enqueue(item, delay);
             }
             // Back to the front, in the order they were fetched.
             for item in released.into_iter().rev() {
                 state.ready.push_front(item);
-                requeued = true;
             }
         }
-        if requeued {
-            queue.notify.notify_one();
-        }
+        queue.notify.notify_one();
+        drop(done);
         Ok(())
     }
 }
