@@ -154,16 +154,111 @@ struct Table {
     text: String,
     /// Entries grouped by key (all values of one key are adjacent, and share the key's
     /// bytes), in first-insertion order.
-    entries: Vec<Entry>,
+    entries: Entries,
     /// Bytes of `text` no entry points at any more.
     garbage: usize,
 }
 
 /// Where an entry's key and value are in [`Table::text`].
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Entry {
     key: (usize, usize),
     value: (usize, usize),
+}
+
+/// How many entries a table holds without a list of its own: most messages carry a few
+/// attributes, and then the table is one allocation less.
+const INLINE: usize = 4;
+
+/// A table's entries: in the table itself up to [`INLINE`], in a `Vec` beyond.
+#[derive(Clone)]
+enum Entries {
+    Inline { len: usize, items: [Entry; INLINE] },
+    Heap(Vec<Entry>),
+}
+
+impl Default for Entries {
+    fn default() -> Self {
+        Entries::Inline {
+            len: 0,
+            items: [Entry::default(); INLINE],
+        }
+    }
+}
+
+impl Entries {
+    fn as_slice(&self) -> &[Entry] {
+        match self {
+            Entries::Inline { len, items } => &items[..*len],
+            Entries::Heap(v) => v,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [Entry] {
+        match self {
+            Entries::Inline { len, items } => &mut items[..*len],
+            Entries::Heap(v) => v,
+        }
+    }
+
+    /// The list, moved out of the table first if it was inline and full.
+    fn spill_if_full(&mut self) {
+        if let Entries::Inline { len, items } = self {
+            if *len == INLINE {
+                let mut v = Vec::with_capacity(INLINE * 2);
+                v.extend_from_slice(&items[..]);
+                *self = Entries::Heap(v);
+            }
+        }
+    }
+
+    fn push(&mut self, entry: Entry) {
+        self.spill_if_full();
+        match self {
+            Entries::Inline { len, items } => {
+                items[*len] = entry;
+                *len += 1;
+            }
+            Entries::Heap(v) => v.push(entry),
+        }
+    }
+
+    fn insert(&mut self, at: usize, entry: Entry) {
+        self.spill_if_full();
+        match self {
+            Entries::Inline { len, items } => {
+                items.copy_within(at..*len, at + 1);
+                items[at] = entry;
+                *len += 1;
+            }
+            Entries::Heap(v) => v.insert(at, entry),
+        }
+    }
+
+    fn remove_range(&mut self, range: std::ops::Range<usize>) {
+        match self {
+            Entries::Inline { len, items } => {
+                items.copy_within(range.end..*len, range.start);
+                *len -= range.len();
+            }
+            Entries::Heap(v) => {
+                v.drain(range);
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for Entries {
+    type Target = [Entry];
+    fn deref(&self) -> &[Entry] {
+        self.as_slice()
+    }
+}
+
+impl std::ops::DerefMut for Entries {
+    fn deref_mut(&mut self) -> &mut [Entry] {
+        self.as_mut_slice()
+    }
 }
 
 impl Table {
@@ -209,7 +304,7 @@ impl Table {
     fn compact(&mut self) {
         let mut text = String::with_capacity(self.text.len() - self.garbage);
         let mut last_key: Option<((usize, usize), (usize, usize))> = None;
-        for e in &mut self.entries {
+        for e in self.entries.as_mut_slice() {
             let key = match last_key {
                 Some((old, new)) if old == e.key => new,
                 _ => {
@@ -247,7 +342,7 @@ impl Attributes {
         Arc::make_mut(self.table.get_or_insert_with(|| {
             Arc::new(Table {
                 text: String::with_capacity(64),
-                entries: Vec::with_capacity(4),
+                entries: Entries::default(),
                 garbage: 0,
             })
         }))
@@ -306,7 +401,7 @@ impl Attributes {
                 let table = self.table_mut();
                 let unused = Table::value_bytes(&table.entries[range.clone()]);
                 table.entries[range.start].value = table.push(value);
-                table.entries.drain(range.start + 1..range.end);
+                table.entries.remove_range(range.start + 1..range.end);
                 table.forget(unused);
             }
             None => self.table_mut().push_entry(&key, value),
@@ -335,7 +430,7 @@ impl Attributes {
         let first = table.value(&table.entries[range.start]).to_owned();
         let key = table.entries[range.start].key;
         let unused = Table::value_bytes(&table.entries[range.clone()]) + (key.1 - key.0);
-        table.entries.drain(range);
+        table.entries.remove_range(range);
         if table.entries.is_empty() {
             self.table = None;
         } else {
@@ -604,6 +699,43 @@ impl fmt::Debug for Keys<'_> {
 
 #[cfg(test)]
 mod tests {
+    /// Random sequences of set, add and remove over a few keys, so that tables cross the
+    /// inline size both ways, checked against the fuzz target's model.
+    #[test]
+    fn random_edits_across_the_inline_size_match_the_model() {
+        let keys: [&[u8]; 7] = [b"a", b"B", b"c-d", b"x-multi", b"e", b"F", b"g"];
+        let mut rng = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for _ in 0..5000 {
+            let mut data = Vec::new();
+            for _ in 0..(1 + next() % 24) {
+                data.push((next() % 3) as u8);
+                data.push(0);
+                data.extend_from_slice(keys[(next() % 7) as usize]);
+                data.push(0);
+                data.extend((0..next() % 6).map(|_| b'a' + (next() % 26) as u8));
+                data.push(0);
+            }
+            crate::fuzz::attributes(&data);
+        }
+        // A clone shares the table until one side changes it.
+        let mut a = Attributes::new();
+        for k in ["A", "B", "C", "D"] {
+            a.add(k, "1");
+        }
+        let b = a.clone();
+        a.add("E", "2");
+        a.add("B", "3");
+        assert_eq!(b.len(), 4);
+        assert_eq!(a.get_all("b").collect::<Vec<_>>(), ["1", "3"]);
+        assert_eq!(a.keys().collect::<Vec<_>>(), ["A", "B", "C", "D", "E"]);
+    }
+
     use super::*;
 
     /// Go's `net/textproto` `canonicalHeaderKeyTests`, every case.
