@@ -96,23 +96,7 @@ async fn msgio_publish(amqp: &Amqp, admin: &Channel, n: usize) -> f64 {
     declare(admin, &queue).await;
     let topic = amqp.queue_topic(&queue).unwrap();
     let started = common::Meter::start();
-    let tasks: Vec<_> = (0..PUBLISHERS)
-        .map(|p| {
-            let topic = topic.clone();
-            tokio::spawn(async move {
-                let ctx = Context::background();
-                for seq in (p..n).step_by(PUBLISHERS) {
-                    let mut msg = Message::new(Bytes::from_static(&BODY));
-                    msg.attributes.set("Content-Type", "text/plain");
-                    msg.attributes.set("X-Seq", seq.to_string());
-                    topic.publish(&ctx, msg).await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
+    common::publish_from(topic, n, PUBLISHERS, 1).await;
     let rate = started.finish(n, "msgio publish");
     delete(admin, &queue).await;
     rate
@@ -275,30 +259,7 @@ async fn msgio_publish_batch(amqp: &Amqp, admin: &Channel, n: usize) -> f64 {
     declare(admin, &queue).await;
     let topic = amqp.queue_topic(&queue).unwrap();
     let started = common::Meter::start();
-    let tasks: Vec<_> = (0..BATCH_PUBLISHERS)
-        .map(|p| {
-            let topic = topic.clone();
-            tokio::spawn(async move {
-                let ctx = Context::background();
-                let mine: Vec<usize> = (p..n).step_by(BATCH_PUBLISHERS).collect();
-                for chunk in mine.chunks(BATCH_SIZE) {
-                    let batch = chunk
-                        .iter()
-                        .map(|seq| {
-                            let mut msg = Message::new(Bytes::from_static(&BODY));
-                            msg.attributes.set("Content-Type", "text/plain");
-                            msg.attributes.set("X-Seq", seq.to_string());
-                            msg
-                        })
-                        .collect();
-                    topic.publish_batch(&ctx, batch).await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
+    common::publish_from(topic, n, BATCH_PUBLISHERS, BATCH_SIZE).await;
     let rate = started.finish(n, "msgio batch");
     delete(admin, &queue).await;
     rate

@@ -72,23 +72,7 @@ async fn msgio_publish(redis: &Redis, n: usize) -> f64 {
     let stream = stream_name();
     let topic = redis.topic(&stream);
     let started = common::Meter::start();
-    let tasks: Vec<_> = (0..PUBLISHERS)
-        .map(|p| {
-            let topic = topic.clone();
-            tokio::spawn(async move {
-                let ctx = Context::background();
-                for seq in (p..n).step_by(PUBLISHERS) {
-                    let mut msg = Message::new(Bytes::from_static(&BODY));
-                    msg.attributes.set("Content-Type", "text/plain");
-                    msg.attributes.set("X-Seq", seq.to_string());
-                    topic.publish(&ctx, msg).await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
+    common::publish_from(topic, n, PUBLISHERS, 1).await;
     let rate = started.finish(n, "msgio publish");
     delete(&mut raw_conn().await, &stream).await;
     rate
@@ -321,30 +305,7 @@ async fn msgio_publish_batch(redis: &Redis, n: usize) -> f64 {
     let stream = stream_name();
     let topic = redis.topic(&stream);
     let started = common::Meter::start();
-    let tasks: Vec<_> = (0..PUBLISHERS)
-        .map(|p| {
-            let topic = topic.clone();
-            tokio::spawn(async move {
-                let ctx = Context::background();
-                let mine: Vec<usize> = (p..n).step_by(PUBLISHERS).collect();
-                for chunk in mine.chunks(BATCH) {
-                    let batch = chunk
-                        .iter()
-                        .map(|seq| {
-                            let mut msg = Message::new(Bytes::from_static(&BODY));
-                            msg.attributes.set("Content-Type", "text/plain");
-                            msg.attributes.set("X-Seq", seq.to_string());
-                            msg
-                        })
-                        .collect();
-                    topic.publish_batch(&ctx, batch).await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
+    common::publish_from(topic, n, PUBLISHERS, BATCH).await;
     let rate = started.finish(n, "msgio batch");
     delete(&mut raw_conn().await, &stream).await;
     rate

@@ -230,3 +230,41 @@ pub fn print_cpu(ours: &'static str, raw: &'static str) {
         _ => println!("  CPU per message: not measurable here"),
     }
 }
+
+/// The message every broker bench publishes: a 100-byte body, `Content-Type` and `X-Seq`.
+pub fn message(seq: usize) -> msgio::Message {
+    let mut msg = msgio::Message::new(bytes::Bytes::from_static(&[b'x'; 100]));
+    msg.attributes.set("Content-Type", "text/plain");
+    msg.attributes.set("X-Seq", seq.to_string());
+    msg
+}
+
+/// Publishes `n` messages through `topic` from `publishers` concurrent tasks, each taking
+/// every `publishers`-th message: one `publish` each when `batch` is 1, `publish_batch`
+/// of `batch` otherwise.
+pub async fn publish_from<T>(topic: T, n: usize, publishers: usize, batch: usize)
+where
+    T: msgio::Topic + Clone + Send + Sync + 'static,
+    T::Writer: 'static,
+{
+    let tasks: Vec<_> = (0..publishers)
+        .map(|p| {
+            let topic = topic.clone();
+            tokio::spawn(async move {
+                let ctx = msgio::Context::background();
+                let mine: Vec<usize> = (p..n).step_by(publishers).collect();
+                for chunk in mine.chunks(batch.max(1)) {
+                    if let [seq] = chunk {
+                        topic.publish(&ctx, message(*seq)).await.unwrap();
+                    } else {
+                        let messages = chunk.iter().map(|seq| message(*seq)).collect();
+                        topic.publish_batch(&ctx, messages).await.unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}

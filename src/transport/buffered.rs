@@ -24,6 +24,13 @@ pub struct Outgoing {
     pub delay: Option<Duration>,
 }
 
+impl Outgoing {
+    /// Whether the message asks for a delay (a zero delay is none).
+    pub fn is_delayed(&self) -> bool {
+        self.delay.is_some_and(|d| !d.is_zero())
+    }
+}
+
 /// What a transport supplies to get a [`MessageWriter`] from [`BufferedWriter`]: sending one
 /// whole message.
 ///

@@ -91,4 +91,4 @@ pub use crate::engine::{
 };
 pub use crate::topic::publish_through_writer;
 pub use buffered::{BufferedWriter, Outgoing, Publish};
-pub use sender::{Sender, SenderPublisher, SenderTopic};
+pub use sender::{Sender, SenderPublisher, SenderTopic, send_each};

@@ -80,13 +80,26 @@ pub trait Sender: Send + Sync + 'static {
     where
         Self: Sized,
     {
-        async move {
-            for message in messages {
-                self.send(ctx, message).await?;
-            }
-            Ok(())
-        }
+        send_each(self, ctx, messages)
     }
+}
+
+/// Sends `messages` one after another with [`Sender::send`]: what
+/// [`Sender::send_batch`] does by default, and a transport's way out for a batch it cannot
+/// send at once (one holding a delayed message, say).
+///
+/// # Errors
+///
+/// The first error; the messages before it were sent, those after it were not.
+pub async fn send_each<S: Sender>(
+    sender: &S,
+    ctx: &Context,
+    messages: Vec<Outgoing>,
+) -> Result<(), Error> {
+    for message in messages {
+        sender.send(ctx, message).await?;
+    }
+    Ok(())
 }
 
 /// A [`Topic`] over a [`Sender`]: [`publish`](Topic::publish) of a body held in memory

@@ -7,7 +7,7 @@ use lapin::types::ShortString;
 
 use super::encoding;
 use super::link::{Link, PublishError};
-use crate::transport::{BufferedWriter, Outgoing, Sender, SenderPublisher, SenderTopic};
+use crate::transport::{BufferedWriter, Outgoing, Sender, SenderPublisher, SenderTopic, send_each};
 use crate::{Context, Error};
 
 /// A topic publishing to a RabbitMQ exchange with a routing key (see the
@@ -112,14 +112,8 @@ impl Sender for AmqpSender {
     /// Every publish goes out on the shared channel, in order, before any confirmation is
     /// awaited (a batch with a delayed message goes one message at a time).
     async fn send_batch(&self, ctx: &Context, messages: Vec<Outgoing>) -> Result<(), Error> {
-        if messages
-            .iter()
-            .any(|m| m.delay.is_some_and(|d| !d.is_zero()))
-        {
-            for message in messages {
-                self.send(ctx, message).await?;
-            }
-            return Ok(());
+        if messages.iter().any(Outgoing::is_delayed) {
+            return send_each(self, ctx, messages).await;
         }
         let mut batch = Vec::with_capacity(messages.len());
         for message in &messages {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use redis::aio::ConnectionManager;
 
 use super::{encoding, scripts};
-use crate::transport::{BufferedWriter, Outgoing, Sender, SenderPublisher, SenderTopic};
+use crate::transport::{BufferedWriter, Outgoing, Sender, SenderPublisher, SenderTopic, send_each};
 use crate::{Context, Error};
 
 /// A topic adding messages to a Redis stream (see the [module docs](super) for the
@@ -97,14 +97,8 @@ impl Sender for RedisSender {
     /// One pipeline of `XADD`s, one round trip, for a batch without delays (a batch with a
     /// delayed message goes one message at a time).
     async fn send_batch(&self, ctx: &Context, messages: Vec<Outgoing>) -> Result<(), Error> {
-        if messages
-            .iter()
-            .any(|m| m.delay.is_some_and(|d| !d.is_zero()))
-        {
-            for message in messages {
-                self.send(ctx, message).await?;
-            }
-            return Ok(());
+        if messages.iter().any(Outgoing::is_delayed) {
+            return send_each(self, ctx, messages).await;
         }
         if messages.is_empty() {
             return Ok(());
