@@ -37,7 +37,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use msgio::amqp::{Amqp, QueueOptions};
-use msgio::{Attributes, Context, Message, ReceiverFunc, Server, ServerConfig, Topic};
+use msgio::{Attributes, Context, Message, ReceiverFunc, Server, ServerConfig};
 
 mod common;
 use common::{Done, median};
@@ -315,15 +315,6 @@ async fn raw_publish_batch(publisher: &Channel, admin: &Channel, n: usize) -> f6
 async fn msgio_latency(amqp: &Amqp, admin: &Channel, n: usize, rate: f64) -> (Duration, Duration) {
     let queue = queue_name();
     declare(admin, &queue).await;
-    let lat = common::Latencies::new(n);
-    let l = lat.clone();
-    let receiver = ReceiverFunc::new(move |_: Context, mut msg: Message| {
-        let l = l.clone();
-        async move {
-            l.record(&msg.body.read_to_bytes(1024).await?);
-            Ok(())
-        }
-    });
     let server = amqp
         .server(
             QueueOptions::new(&queue),
@@ -331,21 +322,8 @@ async fn msgio_latency(amqp: &Amqp, admin: &Channel, n: usize, rate: f64) -> (Du
         )
         .await
         .unwrap();
-    let serving = server.clone();
-    let task = tokio::spawn(async move { serving.serve(receiver).await });
     let topic = amqp.queue_topic(&queue).unwrap();
-    let ctx = Context::background();
-    common::paced(n, rate, |seq| {
-        let (topic, ctx) = (topic.clone(), ctx.clone());
-        let mut msg = Message::new(lat.stamped());
-        msg.attributes.set("Content-Type", "text/plain");
-        msg.attributes.set("X-Seq", seq.to_string());
-        tokio::spawn(async move { topic.publish(&ctx, msg).await.unwrap() });
-    })
-    .await;
-    let figures = lat.wait().await;
-    server.shutdown(Duration::from_secs(10)).await.unwrap();
-    let _ = task.await;
+    let figures = common::msgio_latency(topic, server, n, rate).await;
     delete(admin, &queue).await;
     figures
 }

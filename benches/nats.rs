@@ -32,7 +32,7 @@ use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
 use futures::StreamExt;
 use msgio::nats::{ConsumerOptions, Nats};
-use msgio::{Attributes, Context, Message, ReceiverFunc, Server, ServerConfig, Topic};
+use msgio::{Attributes, Context, Message, ReceiverFunc, Server, ServerConfig};
 
 mod common;
 use common::{Done, median};
@@ -298,15 +298,6 @@ async fn msgio_latency(
     rate: f64,
 ) -> (Duration, Duration) {
     let stream = stream_name();
-    let lat = common::Latencies::new(n);
-    let l = lat.clone();
-    let receiver = ReceiverFunc::new(move |_: Context, mut msg: Message| {
-        let l = l.clone();
-        async move {
-            l.record(&msg.body.read_to_bytes(1024).await?);
-            Ok(())
-        }
-    });
     let server = nats
         .server(
             ConsumerOptions::new(&stream, "d"),
@@ -314,21 +305,8 @@ async fn msgio_latency(
         )
         .await
         .unwrap();
-    let serving = server.clone();
-    let task = tokio::spawn(async move { serving.serve(receiver).await });
     let topic = nats.topic(format!("{stream}.t"));
-    let ctx = Context::background();
-    common::paced(n, rate, |seq| {
-        let (topic, ctx) = (topic.clone(), ctx.clone());
-        let mut msg = Message::new(lat.stamped());
-        msg.attributes.set("Content-Type", "text/plain");
-        msg.attributes.set("X-Seq", seq.to_string());
-        tokio::spawn(async move { topic.publish(&ctx, msg).await.unwrap() });
-    })
-    .await;
-    let figures = lat.wait().await;
-    server.shutdown(Duration::from_secs(10)).await.unwrap();
-    let _ = task.await;
+    let figures = common::msgio_latency(topic, server, n, rate).await;
     js.delete_stream(&stream).await.unwrap();
     figures
 }

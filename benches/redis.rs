@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use msgio::redis::{Redis, StreamOptions};
-use msgio::{Attributes, Context, Message, ReceiverFunc, Server, ServerConfig, Topic};
+use msgio::{Attributes, Context, Message, ReceiverFunc, Server, ServerConfig};
 use redis::Value;
 use redis::aio::MultiplexedConnection;
 
@@ -368,15 +368,6 @@ async fn redis_benchmark(n: usize) -> Option<f64> {
 /// each spawned; the p50 and p99 from publish to receive.
 async fn msgio_latency(redis: &Redis, n: usize, rate: f64) -> (Duration, Duration) {
     let stream = stream_name();
-    let lat = common::Latencies::new(n);
-    let l = lat.clone();
-    let receiver = ReceiverFunc::new(move |_: Context, mut msg: Message| {
-        let l = l.clone();
-        async move {
-            l.record(&msg.body.read_to_bytes(1024).await?);
-            Ok(())
-        }
-    });
     let server = redis
         .server(
             StreamOptions::new(&stream, "g")
@@ -386,21 +377,8 @@ async fn msgio_latency(redis: &Redis, n: usize, rate: f64) -> (Duration, Duratio
         )
         .await
         .unwrap();
-    let serving = server.clone();
-    let task = tokio::spawn(async move { serving.serve(receiver).await });
     let topic = redis.topic(&stream);
-    let ctx = Context::background();
-    common::paced(n, rate, |seq| {
-        let (topic, ctx) = (topic.clone(), ctx.clone());
-        let mut msg = Message::new(lat.stamped());
-        msg.attributes.set("Content-Type", "text/plain");
-        msg.attributes.set("X-Seq", seq.to_string());
-        tokio::spawn(async move { topic.publish(&ctx, msg).await.unwrap() });
-    })
-    .await;
-    let figures = lat.wait().await;
-    server.shutdown(Duration::from_secs(10)).await.unwrap();
-    let _ = task.await;
+    let figures = common::msgio_latency(topic, server, n, rate).await;
     delete(&mut raw_conn().await, &stream).await;
     figures
 }

@@ -268,3 +268,46 @@ where
         t.await.unwrap();
     }
 }
+
+/// msgio's side of a latency run: serves `server` (a receiver recording each message's
+/// latency) while publishing `n` messages to `topic` at `rate` a second, each publish
+/// spawned; then shuts the server down. The p50 and p99 from publish to receive.
+pub async fn msgio_latency<T, S>(
+    topic: T,
+    server: S,
+    n: usize,
+    rate: f64,
+) -> (std::time::Duration, std::time::Duration)
+where
+    T: msgio::Topic + Clone + Send + Sync + 'static,
+    T::Writer: 'static,
+    S: msgio::Server + Clone + 'static,
+{
+    use msgio::{Context, Message, ReceiverFunc};
+    let lat = Latencies::new(n);
+    let l = lat.clone();
+    let receiver = ReceiverFunc::new(move |_: Context, mut msg: Message| {
+        let l = l.clone();
+        async move {
+            l.record(&msg.body.read_to_bytes(1024).await?);
+            Ok(())
+        }
+    });
+    let serving = server.clone();
+    let task = tokio::spawn(async move { serving.serve(receiver).await });
+    let ctx = Context::background();
+    paced(n, rate, |seq| {
+        let (topic, ctx) = (topic.clone(), ctx.clone());
+        let mut msg = message(seq);
+        msg.body = lat.stamped().into();
+        tokio::spawn(async move { topic.publish(&ctx, msg).await.unwrap() });
+    })
+    .await;
+    let figures = lat.wait().await;
+    server
+        .shutdown(std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    let _ = task.await;
+    figures
+}
