@@ -294,3 +294,66 @@ async fn a_rate_limit_layer_gives_each_receiver_a_full_bucket_of_its_own() {
         .unwrap();
     assert_eq!(start.elapsed(), Duration::from_secs(1));
 }
+
+/// The codec, tracing and OpenTelemetry layers wrap as their decorators do, settings
+/// included: a layer's size limit, and its span's system name.
+#[cfg(all(feature = "base64", feature = "tracing", feature = "otel"))]
+#[tokio::test]
+async fn the_codec_and_tracing_layers_wrap_as_their_decorators_do() {
+    use futures::io::AsyncReadExt;
+    use msgio::decorators::base64::Base64;
+    use msgio::decorators::codec::DecodeReceiver;
+    use msgio::decorators::otel::OtelReceiver;
+    use msgio::decorators::trace::TracedReceiver;
+
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = {
+        let seen = seen.clone();
+        ReceiverFunc::new(move |_: Context, mut msg: Message| {
+            let seen = seen.clone();
+            async move {
+                let mut body = Vec::new();
+                msg.body.read_to_end(&mut body).await?;
+                let encoding = msg
+                    .attributes
+                    .get("Content-Transfer-Encoding")
+                    .map(str::to_owned);
+                seen.lock().unwrap().push((body, encoding));
+                Ok(())
+            }
+        })
+    };
+    let stack = ReceiverBuilder::new()
+        .layer(TracedReceiver::layer().system("spool"))
+        .layer(OtelReceiver::layer())
+        .layer(DecodeReceiver::layer(Base64).max_decoded_size(8))
+        .receiver(record);
+    assert!(format!("{stack:?}").contains("spool"), "{stack:?}");
+
+    let encoded = |text: &'static str| {
+        let mut msg = Message::new(text);
+        msg.attributes.set("Content-Transfer-Encoding", "base64");
+        msg
+    };
+    stack
+        .receive(Context::background(), encoded("aGVsbG8="))
+        .await
+        .unwrap();
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        [(b"hello".to_vec(), None)],
+        "decoded, and the encoding attribute removed"
+    );
+    // Nine bytes decoded: over the layer's limit of eight, so rejected, never retried.
+    let e = stack
+        .receive(Context::background(), encoded("MTIzNDU2Nzg5"))
+        .await
+        .unwrap_err();
+    assert!(e.is_reject(), "{e}");
+    // A body without the attribute passes as it is.
+    stack
+        .receive(Context::background(), Message::new("plain"))
+        .await
+        .unwrap();
+    assert_eq!(seen.lock().unwrap()[1], (b"plain".to_vec(), None));
+}
