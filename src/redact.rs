@@ -129,6 +129,12 @@ impl Credentials {
         })
     }
 
+    /// The user part as written (`user:password`, still percent-encoded), to put back
+    /// into a URL handed to a client.
+    pub(crate) fn user_part(&self) -> Option<&str> {
+        self.raw_secret.as_deref()
+    }
+
     /// `text` (an error a client gave) with every form of the secrets replaced by `***`:
     /// the user part as written, and the password and the user name (which may be a
     /// token) as decoded.

@@ -150,11 +150,7 @@ impl UrlMux {
     }
 
     fn register_arc(&mut self, scheme: &str, opener: Arc<dyn DynOpener>) -> Result<(), Error> {
-        let valid = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-            && scheme
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
-        if !valid {
+        if !super::parse::valid_scheme(scheme) {
             return Err(Error::invalid_config(
                 "scheme",
                 format!("{scheme:?} is not a URL scheme"),

@@ -30,8 +30,6 @@ use crate::redact::{self, percent_decode};
 /// ```
 #[derive(Clone)]
 pub struct Url {
-    /// The URL as given: it may hold credentials, so it is never shown.
-    raw: String,
     shown: String,
     scheme: String,
     /// `user[:password]@`, as written.
@@ -52,25 +50,18 @@ impl Url {
     pub fn parse(url: &str) -> Result<Url, Error> {
         let shown = redact::url(url);
         let bad = |why: &str| Error::invalid_config("url", format!("{shown}: {why}"));
-        let Some((scheme, rest)) = url.split_once("://") else {
+        let Some((scheme, _)) = url.split_once("://") else {
             return Err(bad("not a URL of the form scheme://host/path"));
         };
-        let valid_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-            && scheme
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
-        if !valid_scheme {
+        if !valid_scheme(scheme) {
             return Err(bad("the scheme is not a URL scheme"));
         }
-        // Checks the user part as the transports do (an '@' after the host is refused).
-        redact::Credentials::split("url", url)?;
+        // The user part comes off as the transports take it off (an '@' after the host is
+        // refused); what is left has none.
+        let credentials = redact::Credentials::split("url", url)?;
+        let rest = &credentials.bare[scheme.len() + 3..];
         let rest = rest.split_once('#').map_or(rest, |(before, _)| before);
-        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        let (authority, rest) = rest.split_at(authority_end);
-        let (userinfo, host) = match authority.rfind('@') {
-            Some(at) => (Some(authority[..at].to_owned()), &authority[at + 1..]),
-            None => (None, authority),
-        };
+        let (host, rest) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
         let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
         let decode = |part: &str, what: &str| {
             percent_decode(&part.replace('+', " "))
@@ -86,10 +77,9 @@ impl Url {
             pairs.push((name, value));
         }
         Ok(Url {
-            raw: url.to_owned(),
             shown,
             scheme: scheme.to_ascii_lowercase(),
-            userinfo,
+            userinfo: credentials.user_part().map(str::to_owned),
             host: host.to_owned(),
             path,
             query: pairs,
@@ -137,17 +127,19 @@ impl Url {
         url
     }
 
-    /// The URL as given, credentials included (for a transport's own connect, like
-    /// [`connection_url`](Url::connection_url)).
-    pub fn as_str_with_credentials(&self) -> &str {
-        &self.raw
-    }
-
     /// An [`Error::InvalidConfig`] for `field` whose reason names this URL (without its
     /// credentials): for an opener refusing what it was given.
     pub fn invalid(&self, field: &'static str, reason: impl fmt::Display) -> Error {
         Error::invalid_config(field, format!("{}: {reason}", self.shown))
     }
+}
+
+/// Whether `scheme` is a URL scheme: a letter, then letters, digits, `+`, `-` or `.`.
+pub(super) fn valid_scheme(scheme: &str) -> bool {
+    scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
 }
 
 impl fmt::Display for Url {
