@@ -133,8 +133,7 @@ pub trait Topic: Send + Sync {
 
 /// What [`Topic::publish`] does by default: a new writer, the message's attributes over
 /// those a decorator set, the body, close. For a transport that overrides `publish` with a
-/// faster path and falls back on this one (for a streaming body, say), as
-/// [`SenderTopic`](crate::transport::SenderTopic) does.
+/// faster path and falls back on this one (for a streaming body, say).
 ///
 /// # Errors
 ///

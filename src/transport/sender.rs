@@ -6,7 +6,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use super::{BufferedWriter, Outgoing, Publish};
-use crate::topic::publish_through_writer;
 use crate::{Context, Error, Message, Topic};
 
 /// How a transport sends one whole message: what a [`SenderTopic`] is built on.
@@ -102,9 +101,10 @@ pub async fn send_each<S: Sender>(
     Ok(())
 }
 
-/// A [`Topic`] over a [`Sender`]: [`publish`](Topic::publish) of a body held in memory
-/// sends it at once, without a writer; a streaming body and each writer go through a
-/// [`BufferedWriter`], which sends the whole message when closed.
+/// A [`Topic`] over a [`Sender`]: [`publish`](Topic::publish) hands the message to the
+/// sender without a writer (a body held in memory as it is, a streaming one read whole
+/// first), and each writer is a [`BufferedWriter`] that sends the whole message when
+/// closed.
 ///
 /// Cloning shares the sender. Its `Debug` is the sender's.
 pub struct SenderTopic<S> {
@@ -146,31 +146,13 @@ impl<S: Sender> Topic for SenderTopic<S> {
     type Writer = BufferedWriter<SenderPublisher<S>>;
 
     async fn publish(&self, ctx: &Context, message: Message) -> Result<(), Error> {
-        if let Some(body) = message.body.as_bytes() {
-            let body = body.clone();
-            let outgoing = Outgoing {
-                attributes: message.attributes,
-                body,
-                delay: None,
-            };
-            return self.sender.send(ctx, outgoing).await;
-        }
-        publish_through_writer(self, ctx, message).await
+        self.sender.send(ctx, outgoing(message).await?).await
     }
 
     async fn publish_batch(&self, ctx: &Context, messages: Vec<Message>) -> Result<(), Error> {
         let mut batch = Vec::with_capacity(messages.len());
-        for mut message in messages {
-            // A streaming body is read whole, as a writer would buffer it.
-            let body = match message.body.as_bytes() {
-                Some(body) => body.clone(),
-                None => message.body.read_to_bytes(usize::MAX).await?,
-            };
-            batch.push(Outgoing {
-                attributes: message.attributes,
-                body,
-                delay: None,
-            });
+        for message in messages {
+            batch.push(outgoing(message).await?);
         }
         self.sender.send_batch(ctx, batch).await
     }
@@ -183,6 +165,16 @@ impl<S: Sender> Topic for SenderTopic<S> {
             ctx,
         ))
     }
+}
+
+/// A message as a sender takes it. A body held in memory moves over as it is (no copy, no
+/// new reference); a streaming one is read whole, as a writer would buffer it.
+async fn outgoing(mut message: Message) -> Result<Outgoing, Error> {
+    Ok(Outgoing {
+        body: message.body.read_to_bytes(usize::MAX).await?,
+        attributes: message.attributes,
+        delay: None,
+    })
 }
 
 /// The [`Publish`] of a [`SenderTopic`]'s writers: sends the closed writer's message through
