@@ -107,34 +107,32 @@ async fn raw_publish(publisher: &Channel, admin: &Channel, n: usize) -> f64 {
     let queue = queue_name();
     declare(admin, &queue).await;
     let started = common::Meter::start();
-    let tasks: Vec<_> = (0..PUBLISHERS)
-        .map(|p| {
-            let (channel, queue) = (publisher.clone(), queue.clone());
-            tokio::spawn(async move {
-                for seq in (p..n).step_by(PUBLISHERS) {
-                    let confirm = channel
-                        .basic_publish(
-                            "".into(),
-                            queue.as_str().into(),
-                            BasicPublishOptions {
-                                mandatory: true,
-                                immediate: false,
-                            },
-                            &BODY,
-                            properties(seq),
-                        )
-                        .await
-                        .unwrap()
-                        .await
-                        .unwrap();
-                    assert!(confirm.is_ack() && confirm.take_message().is_none());
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
+    let publisher = publisher.clone();
+    let publishing = queue.clone();
+    common::from_publishers(n, PUBLISHERS, n, move |chunk| {
+        let (channel, queue) = (publisher.clone(), publishing.clone());
+        async move {
+            for seq in chunk {
+                let confirm = channel
+                    .basic_publish(
+                        "".into(),
+                        queue.as_str().into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            immediate: false,
+                        },
+                        &BODY,
+                        properties(seq),
+                    )
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+                assert!(confirm.is_ack() && confirm.take_message().is_none());
+            }
+        }
+    })
+    .await;
     let rate = started.finish(n, "raw publish");
     delete(admin, &queue).await;
     rate
@@ -271,40 +269,35 @@ async fn raw_publish_batch(publisher: &Channel, admin: &Channel, n: usize) -> f6
     let queue = queue_name();
     declare(admin, &queue).await;
     let started = common::Meter::start();
-    let tasks: Vec<_> = (0..BATCH_PUBLISHERS)
-        .map(|p| {
-            let (channel, queue) = (publisher.clone(), queue.clone());
-            tokio::spawn(async move {
-                let mine: Vec<usize> = (p..n).step_by(BATCH_PUBLISHERS).collect();
-                for chunk in mine.chunks(BATCH_SIZE) {
-                    let mut confirms = Vec::with_capacity(chunk.len());
-                    for seq in chunk {
-                        confirms.push(
-                            channel
-                                .basic_publish(
-                                    "".into(),
-                                    queue.as_str().into(),
-                                    BasicPublishOptions {
-                                        mandatory: true,
-                                        immediate: false,
-                                    },
-                                    &BODY,
-                                    properties(*seq),
-                                )
-                                .await
-                                .unwrap(),
-                        );
-                    }
-                    for confirm in confirms {
-                        assert!(confirm.await.unwrap().is_ack());
-                    }
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
+    let publisher = publisher.clone();
+    let publishing = queue.clone();
+    common::from_publishers(n, BATCH_PUBLISHERS, BATCH_SIZE, move |chunk| {
+        let (channel, queue) = (publisher.clone(), publishing.clone());
+        async move {
+            let mut confirms = Vec::with_capacity(BATCH_SIZE);
+            for seq in chunk {
+                confirms.push(
+                    channel
+                        .basic_publish(
+                            "".into(),
+                            queue.as_str().into(),
+                            BasicPublishOptions {
+                                mandatory: true,
+                                immediate: false,
+                            },
+                            &BODY,
+                            properties(seq),
+                        )
+                        .await
+                        .unwrap(),
+                );
+            }
+            for confirm in confirms {
+                assert!(confirm.await.unwrap().is_ack());
+            }
+        }
+    })
+    .await;
     let rate = started.finish(n, "raw batch");
     delete(admin, &queue).await;
     rate

@@ -94,27 +94,20 @@ async fn raw_publish(js: &jetstream::Context, n: usize) -> f64 {
     make_stream(js, &stream).await;
     let subject = format!("{stream}.t");
     let started = common::Meter::start();
-    let tasks: Vec<_> = (0..PUBLISHERS)
-        .map(|p| {
-            let (js, subject) = (js.clone(), subject.clone());
-            tokio::spawn(async move {
-                for seq in (p..n).step_by(PUBLISHERS) {
-                    js.publish_with_headers(
-                        subject.clone(),
-                        headers(seq),
-                        Bytes::from_static(&BODY),
-                    )
+    let publishing = js.clone();
+    common::from_publishers(n, PUBLISHERS, n, move |chunk| {
+        let (js, subject) = (publishing.clone(), subject.clone());
+        async move {
+            for seq in chunk {
+                js.publish_with_headers(subject.clone(), headers(seq), Bytes::from_static(&BODY))
                     .await
                     .unwrap()
                     .await
                     .unwrap();
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
+            }
+        }
+    })
+    .await;
     let rate = started.finish(n, "raw publish");
     js.delete_stream(&stream).await.unwrap();
     rate
@@ -256,34 +249,28 @@ async fn raw_publish_batch(js: &jetstream::Context, n: usize) -> f64 {
     make_stream(js, &stream).await;
     let subject = format!("{stream}.t");
     let started = common::Meter::start();
-    let tasks: Vec<_> = (0..BATCH_PUBLISHERS)
-        .map(|p| {
-            let (js, subject) = (js.clone(), subject.clone());
-            tokio::spawn(async move {
-                let mine: Vec<usize> = (p..n).step_by(BATCH_PUBLISHERS).collect();
-                for chunk in mine.chunks(BATCH_SIZE) {
-                    let mut acks = Vec::with_capacity(chunk.len());
-                    for seq in chunk {
-                        acks.push(
-                            js.publish_with_headers(
-                                subject.clone(),
-                                headers(*seq),
-                                Bytes::from_static(&BODY),
-                            )
-                            .await
-                            .unwrap(),
-                        );
-                    }
-                    for ack in acks {
-                        ack.await.unwrap();
-                    }
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
+    let publishing = js.clone();
+    common::from_publishers(n, BATCH_PUBLISHERS, BATCH_SIZE, move |chunk| {
+        let (js, subject) = (publishing.clone(), subject.clone());
+        async move {
+            let mut acks = Vec::with_capacity(BATCH_SIZE);
+            for seq in chunk {
+                acks.push(
+                    js.publish_with_headers(
+                        subject.clone(),
+                        headers(seq),
+                        Bytes::from_static(&BODY),
+                    )
+                    .await
+                    .unwrap(),
+                );
+            }
+            for ack in acks {
+                ack.await.unwrap();
+            }
+        }
+    })
+    .await;
     let rate = started.finish(n, "raw batch");
     js.delete_stream(&stream).await.unwrap();
     rate

@@ -83,19 +83,16 @@ async fn raw_publish(n: usize) -> f64 {
     let stream: Arc<str> = stream_name().into();
     let conn = raw_conn().await;
     let started = common::Meter::start();
-    let tasks: Vec<_> = (0..PUBLISHERS)
-        .map(|p| {
-            let (mut conn, stream) = (conn.clone(), stream.clone());
-            tokio::spawn(async move {
-                for seq in (p..n).step_by(PUBLISHERS) {
-                    let _: Value = xadd(&stream, seq).query_async(&mut conn).await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
+    let publishing = stream.clone();
+    common::from_publishers(n, PUBLISHERS, n, move |chunk| {
+        let (mut conn, stream) = (conn.clone(), publishing.clone());
+        async move {
+            for seq in chunk {
+                let _: Value = xadd(&stream, seq).query_async(&mut conn).await.unwrap();
+            }
+        }
+    })
+    .await;
     let rate = started.finish(n, "raw publish");
     delete(&mut raw_conn().await, &stream).await;
     rate
@@ -317,24 +314,18 @@ async fn raw_publish_batch(n: usize) -> f64 {
     let stream: Arc<str> = stream_name().into();
     let conn = raw_conn().await;
     let started = common::Meter::start();
-    let tasks: Vec<_> = (0..PUBLISHERS)
-        .map(|p| {
-            let (mut conn, stream) = (conn.clone(), stream.clone());
-            tokio::spawn(async move {
-                let mine: Vec<usize> = (p..n).step_by(PUBLISHERS).collect();
-                for chunk in mine.chunks(BATCH) {
-                    let mut pipe = redis::pipe();
-                    for seq in chunk {
-                        pipe.add_command(xadd(&stream, *seq));
-                    }
-                    let _: Vec<Value> = pipe.query_async(&mut conn).await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
+    let publishing = stream.clone();
+    common::from_publishers(n, PUBLISHERS, BATCH, move |chunk| {
+        let (mut conn, stream) = (conn.clone(), publishing.clone());
+        async move {
+            let mut pipe = redis::pipe();
+            for seq in chunk {
+                pipe.add_command(xadd(&stream, seq));
+            }
+            let _: Vec<Value> = pipe.query_async(&mut conn).await.unwrap();
+        }
+    })
+    .await;
     let rate = started.finish(n, "raw batch");
     delete(&mut raw_conn().await, &stream).await;
     rate
