@@ -61,6 +61,16 @@ pub enum Settle {
         /// How long until it is due.
         delay: Duration,
     },
+    /// Never deliver it again: move it to the transport's own dead-letter destination, with
+    /// `reason`, in one step at the broker. Only a source whose
+    /// [`dead_letters`](super::Source::dead_letters) is true is given this, and only when the
+    /// server has no dead-letter topic of its own; the others get [`Settle::Reject`].
+    DeadLetter {
+        /// Why it was given up (`attempt 3 of 3 failed: ...`, a reject's reason,
+        /// `malformed delivery: ...`), as a dead-letter topic gets it in
+        /// [`keys::DEAD_LETTER_REASON`](crate::keys::DEAD_LETTER_REASON).
+        reason: String,
+    },
 }
 
 impl<T> Delivery<T> {

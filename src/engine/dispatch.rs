@@ -28,6 +28,8 @@ pub(super) struct Dispatch<S: Source, R> {
     pub(super) dead_letter_retry: Duration,
     /// The source's deliveries may carry a not-before time.
     pub(super) not_before: bool,
+    /// The source dead-letters by itself what it is told to ([`Settle::DeadLetter`]).
+    pub(super) dead_letters: bool,
 }
 
 impl<S: Source, R: Receiver> Dispatch<S, R> {
@@ -124,6 +126,9 @@ impl<S: Source, R: Receiver> Dispatch<S, R> {
         attempt: u32,
         kept: Option<(Attributes, Bytes)>,
     ) -> Settle {
+        if self.dead_letter.is_none() && self.dead_letters {
+            return Settle::DeadLetter { reason };
+        }
         let (Some(topic), Some((attributes, body))) = (&self.dead_letter, kept) else {
             log::warning!(
                 "msgio: dropping message {} from {:?} after attempt {attempt}: {reason} (no dead-letter topic)",

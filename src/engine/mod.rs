@@ -96,6 +96,16 @@ pub trait Source: Send + Sync + 'static {
         false
     }
 
+    /// Whether the source moves a message it gives up to a dead-letter destination of its
+    /// own, in one step at the broker (a row moved to another queue in one transaction): then
+    /// the engine settles a message it gives up with [`Settle::DeadLetter`] and its reason
+    /// when the server has no dead-letter topic, rather than with [`Settle::Reject`]. A
+    /// dead-letter topic set in [`ServerConfig`](crate::ServerConfig) still wins. Off by
+    /// default.
+    fn dead_letters(&self) -> bool {
+        false
+    }
+
     /// Re-establishes a lost connection. Called with backoff until it succeeds or the
     /// server shuts down.
     ///

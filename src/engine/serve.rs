@@ -205,6 +205,7 @@ impl<S: Source> Inner<S> {
             dead_letter: self.config.dead_letter.clone(),
             dead_letter_retry: self.config.reconnect.initial(),
             not_before: self.source.not_before(),
+            dead_letters: self.source.dead_letters(),
         });
 
         let workers = Workers::new(dispatch, self.pool.clone(), self.slots.clone());

@@ -43,6 +43,8 @@ struct Script {
     no_nack_delay: AtomicBool,
     /// Deliveries may carry a not-before time.
     not_before: AtomicBool,
+    /// The source dead-letters natively.
+    dead_letters: AtomicBool,
     /// Extra attributes per message id.
     extra: Mutex<std::collections::HashMap<u64, (String, String)>>,
 }
@@ -148,6 +150,10 @@ impl Source for Scripted {
 
     fn not_before(&self) -> bool {
         self.0.not_before.load(Ordering::SeqCst)
+    }
+
+    fn dead_letters(&self) -> bool {
+        self.0.dead_letters.load(Ordering::SeqCst)
     }
 
     async fn reconnect(&self) -> Result<(), Error> {
@@ -414,6 +420,16 @@ impl Publish for Down {
     type Future = std::future::Ready<Result<(), Error>>;
     fn publish(&self, _: &Context, _: Outgoing) -> Self::Future {
         std::future::ready(Err(Error::other("dead-letter broker down")))
+    }
+}
+
+/// A publisher that takes everything and keeps nothing.
+struct Discard;
+
+impl Publish for Discard {
+    type Future = std::future::Ready<Result<(), Error>>;
+    fn publish(&self, _: &Context, _: Outgoing) -> Self::Future {
+        std::future::ready(Ok(()))
     }
 }
 
@@ -936,6 +952,56 @@ async fn a_reject_without_a_dead_letter_topic_is_dropped_with_a_warning() {
             .any(|w| w.contains("dropping message 7") && w.contains("not json")),
         "{warnings:?}"
     );
+}
+
+#[tokio::test]
+async fn a_source_that_dead_letters_natively_gets_the_reason_unless_a_topic_is_set() {
+    let source = Scripted::with(vec![
+        Step::Deliver(vec![1, 2]),
+        Step::Malformed(3, "no body"),
+    ]);
+    source.0.dead_letters.store(true, Ordering::SeqCst);
+    source.set_attempt(2, 3);
+    let engine = Engine::new(source.clone(), fast().max_attempts(3)).unwrap();
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(|_: Context, msg: Message| async move {
+            if msg.attributes.get("X-Id") == Some("1") {
+                Err(Error::reject("not json"))
+            } else {
+                Err(Error::other("down"))
+            }
+        }),
+    );
+    eventually("settled", || source.settled().len() == 3).await;
+    stop(&engine, task).await;
+    let reason = |s: &Settle| match s {
+        Settle::DeadLetter { reason } => reason.clone(),
+        other => panic!("{other:?}"),
+    };
+    let settled = source.settled();
+    assert!(reason(&settled[0].1).contains("not json"), "{settled:?}");
+    assert_eq!(reason(&settled[1].1), "attempt 3 of 3 failed: down");
+    assert_eq!(reason(&settled[2].1), "malformed delivery: no body");
+
+    // A dead-letter topic of the server's own wins: the message is published and acked.
+    let source = Scripted::with(vec![Step::Deliver(vec![4])]);
+    source.0.dead_letters.store(true, Ordering::SeqCst);
+    let letters = Arc::new(AtomicUsize::new(0));
+    let l = letters.clone();
+    let topic = TopicFunc::new(move |_: &Context| {
+        l.fetch_add(1, Ordering::SeqCst);
+        Ok(BufferedWriter::new(Discard, &Context::background()))
+    });
+    let engine = Engine::new(source.clone(), fast().dead_letter(topic)).unwrap();
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(|_: Context, _: Message| async { Err(Error::reject("no")) }),
+    );
+    eventually("settled", || source.settled().len() == 1).await;
+    stop(&engine, task).await;
+    assert_eq!(source.settled(), [(4, Settle::Ack)]);
+    assert_eq!(letters.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]

@@ -389,7 +389,7 @@ impl Source for AmqpSource {
                         let attempts = s.token.attempt.saturating_sub(1);
                         self.retry(&s.token, attempts, Some(*delay), channel).await
                     }
-                    Settle::Reject => channel
+                    Settle::Reject | Settle::DeadLetter { .. } => channel
                         .basic_reject(tag, BasicRejectOptions { requeue: false })
                         .await
                         .map_err(|e| link::error("rejecting", e)),

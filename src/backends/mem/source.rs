@@ -114,7 +114,7 @@ impl Source for MemSource {
         for settlement in batch.drain(..) {
             let MemToken(mut item) = settlement.token;
             match settlement.action {
-                Settle::Ack | Settle::Reject => done.push(item),
+                Settle::Ack | Settle::Reject | Settle::DeadLetter { .. } => done.push(item),
                 Settle::Nack { delay } => {
                     item.attempt = item.attempt.saturating_add(1);
                     back.push((item, delay));

@@ -349,7 +349,7 @@ impl NatsSource {
             Settle::Nack { delay: Some(delay) } | Settle::Defer { delay } => {
                 format!("-NAK {{\"delay\":{}}}", delay.as_nanos()).into()
             }
-            Settle::Reject => Bytes::from_static(b"+TERM"),
+            Settle::Reject | Settle::DeadLetter { .. } => Bytes::from_static(b"+TERM"),
         };
         self.nats
             .client

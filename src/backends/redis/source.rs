@@ -638,7 +638,7 @@ impl Source for RedisSource {
                 let RedisToken { id, attempt } = settlement.token;
                 state.in_flight.remove(&id);
                 let next = match settlement.action {
-                    Settle::Ack | Settle::Reject => {
+                    Settle::Ack | Settle::Reject | Settle::DeadLetter { .. } => {
                         acks.push(id);
                         continue;
                     }
