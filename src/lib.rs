@@ -73,7 +73,8 @@
 //!   `redis://host/orders?group=billing`, ...), with the scheme registry in [`url`].
 //! - [`mem`]: the in-memory transport (feature `mem`, on by default); `redis`: Redis
 //!   Streams (feature `redis`); `nats`: NATS JetStream (feature `nats`); `amqp`:
-//!   RabbitMQ (feature `amqp`).
+//!   RabbitMQ (feature `amqp`); `postgres`: a PostgreSQL queue, the transactional outbox
+//!   and its forwarder (feature `postgres`).
 //! - `testing`: the conformance kit every transport passes (feature `testing`).
 //!
 //! # Features
@@ -90,6 +91,8 @@
 //!   (async-nats' own minimum).
 //! - `amqp`: the RabbitMQ (AMQP 0.9.1) transport, [`msgio::amqp`](crate::amqp). Needs
 //!   Rust 1.88 (lapin's own minimum).
+//! - `postgres`: the PostgreSQL transport, [`msgio::postgres`](crate::postgres): a queue
+//!   table, publishing inside your own transaction, and the outbox's forwarder.
 //! - `tower`: a tower `Layer` for each receiver decorator, and adapters between
 //!   receivers and tower services, `msgio::tower`.
 //!
@@ -137,6 +140,9 @@ pub use backends::mem;
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub use backends::nats;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use backends::postgres;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use backends::redis;

@@ -16,6 +16,9 @@ pub mod nats;
 #[cfg(feature = "amqp")]
 pub mod amqp;
 
+#[cfg(feature = "postgres")]
+pub mod postgres;
+
 /// Registers the URL scheme of every transport compiled in (see [`crate::url`]).
 pub(crate) fn register_schemes(mux: &mut crate::url::UrlMux) {
     let _ = &mux; // no transport feature on
@@ -27,4 +30,8 @@ pub(crate) fn register_schemes(mux: &mut crate::url::UrlMux) {
     mux.insert("nats", nats::NatsOpener);
     #[cfg(feature = "amqp")]
     mux.insert("amqp", amqp::AmqpOpener);
+    #[cfg(feature = "postgres")]
+    mux.insert("postgres", postgres::PostgresOpener);
+    #[cfg(feature = "postgres")]
+    mux.insert("postgresql", postgres::PostgresOpener);
 }

@@ -1,0 +1,591 @@
+//! The server: claims with `FOR UPDATE SKIP LOCKED` under a lease, as an engine source.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_postgres::Row;
+
+use super::{Postgres, QueueOptions, encoding, error, millis, pool_error, schema};
+use crate::transport::{Delivery, Engine, Settle, Settlement, Source};
+use crate::{Error, ServerConfig, log};
+
+/// A server on a PostgreSQL queue: the delivery engine over a [`PostgresSource`] (see the
+/// [module docs](super)). Cloning gives another handle to the same server.
+pub type PostgresServer = Engine<PostgresSource>;
+
+/// A claim running as a task of its own.
+type Claim = JoinHandle<Result<Vec<Row>, Error>>;
+
+/// Settles a delivery of a [`PostgresSource`]: the row and which attempt it was.
+#[derive(Debug)]
+pub struct PostgresToken {
+    id: i64,
+    attempts: i32,
+}
+
+/// The engine [`Source`] of a [`PostgresServer`]: claims due rows of a queue under a lease,
+/// extends the leases of what it holds, and settles by deleting, moving or rescheduling
+/// rows. Made by [`Postgres::server`]; the engine calls its methods, a user never does.
+pub struct PostgresSource {
+    shared: Arc<Shared>,
+    /// A claim a dropped fetch left running, whose rows the next fetch takes.
+    claiming: Mutex<Option<Claim>>,
+    /// The lease keeper and the listener, stopped with the source.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// What the source shares with its claim, lease and listener tasks.
+struct Shared {
+    postgres: Postgres,
+    options: QueueOptions,
+    /// This server's name in `lease_owner`.
+    owner: String,
+    sql: Sql,
+    /// Rows handed to the engine and not settled yet: id → attempts.
+    in_flight: Mutex<HashMap<i64, i32>>,
+    /// Woken by a notification, or by a row this server put back.
+    wake: Notify,
+    /// The dead-letter queue, when the engine hands given-up messages to this source.
+    dead_letter_queue: Option<String>,
+}
+
+struct Sql {
+    claim: String,
+    ack: String,
+    reject: String,
+    requeue: String,
+    extend: String,
+    take: String,
+    put: String,
+}
+
+impl Sql {
+    fn new(s: &str, options: &QueueOptions) -> Sql {
+        let key_order = if options.key_order {
+            format!(
+                "AND (c.ordering_key IS NULL OR NOT EXISTS (
+                    SELECT 1 FROM {s}.messages p
+                    WHERE p.queue = c.queue AND p.ordering_key = c.ordering_key AND p.id < c.id))"
+            )
+        } else {
+            String::new()
+        };
+        let order = if options.key_order {
+            "c.id"
+        } else {
+            "c.run_at, c.id"
+        };
+        let settled = "m.id = s.id AND m.attempts = s.attempts AND m.lease_owner = $3";
+        let finish = |outcome: &str| {
+            if options.archive {
+                format!(
+                    "WITH d AS (
+                        DELETE FROM {s}.messages m
+                        USING unnest($1::int8[], $2::int4[]) AS s(id, attempts)
+                        WHERE {settled}
+                        RETURNING m.id, m.queue, m.attributes, m.body, m.ordering_key,
+                                  m.created_at, m.attempts)
+                     INSERT INTO {s}.archive
+                        (id, queue, attributes, body, ordering_key, created_at, attempts, outcome)
+                     SELECT d.*, '{outcome}' FROM d ON CONFLICT (id) DO NOTHING"
+                )
+            } else {
+                format!(
+                    "DELETE FROM {s}.messages m
+                     USING unnest($1::int8[], $2::int4[]) AS s(id, attempts)
+                     WHERE {settled}"
+                )
+            }
+        };
+        Sql {
+            claim: format!(
+                "UPDATE {s}.messages m
+                 SET attempts = m.attempts + 1, lease_owner = $3,
+                     run_at = now() + $4::int8 * interval '1 millisecond'
+                 FROM (SELECT c.id FROM {s}.messages c
+                       WHERE c.queue = $1 AND c.run_at <= now() {key_order}
+                       ORDER BY {order} LIMIT $2
+                       FOR UPDATE SKIP LOCKED) picked
+                 WHERE m.id = picked.id
+                 RETURNING m.id, m.attempts, m.attributes, m.body"
+            ),
+            ack: finish("acked"),
+            reject: finish("rejected"),
+            requeue: format!(
+                "UPDATE {s}.messages m
+                 SET run_at = now() + s.delay * interval '1 millisecond',
+                     lease_owner = NULL, attempts = m.attempts - s.uncount
+                 FROM unnest($1::int8[], $2::int4[], $4::int8[], $5::int4[])
+                      AS s(id, attempts, delay, uncount)
+                 WHERE {settled}"
+            ),
+            extend: format!(
+                "UPDATE {s}.messages SET run_at = now() + $3::int8 * interval '1 millisecond'
+                 WHERE id = ANY($1) AND lease_owner = $2"
+            ),
+            take: format!(
+                "DELETE FROM {s}.messages m WHERE m.id = $1 AND m.attempts = $2 AND m.lease_owner = $3
+                 RETURNING m.attributes, m.body, m.ordering_key, m.created_at"
+            ),
+            put: format!(
+                "INSERT INTO {s}.messages (queue, attributes, body, ordering_key, created_at, last_error)
+                 VALUES ($1, $2, $3, $4, $5, $6)"
+            ),
+        }
+    }
+}
+
+impl fmt::Debug for PostgresSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresSource")
+            .field("url", &self.shared.postgres.url())
+            .field("schema", &self.shared.postgres.schema())
+            .field("queue", &self.shared.options.queue)
+            .field("owner", &self.shared.owner)
+            .finish()
+    }
+}
+
+/// Opens a server: checks the options and the schema, starts the lease keeper and the
+/// listener.
+pub(super) async fn server(
+    postgres: &Postgres,
+    options: QueueOptions,
+    config: ServerConfig,
+) -> Result<PostgresServer, Error> {
+    options.validate()?;
+    config.validate()?;
+    schema::check(postgres).await?;
+    let dead_letter_queue = if config.dead_letter.is_none() {
+        options.dead_letter_queue.clone()
+    } else {
+        None
+    };
+    let shared = Arc::new(Shared {
+        sql: Sql::new(&postgres.inner.quoted, &options),
+        postgres: postgres.clone(),
+        owner: format!(
+            "msgio-{}-{}",
+            std::process::id(),
+            &crate::random::hex()[..8]
+        ),
+        options,
+        in_flight: Mutex::new(HashMap::new()),
+        wake: Notify::new(),
+        dead_letter_queue,
+    });
+    let mut tasks = vec![tokio::spawn(keep_leases(Arc::downgrade(&shared)))];
+    if shared.options.listen {
+        tasks.push(tokio::spawn(listen(Arc::downgrade(&shared))));
+    }
+    let source = PostgresSource {
+        shared,
+        claiming: Mutex::new(None),
+        tasks: Mutex::new(tasks),
+    };
+    Engine::new(source, config)
+}
+
+impl PostgresServer {
+    /// This server's name in the rows it leases (`lease_owner`).
+    pub fn owner(&self) -> &str {
+        &self.source().shared.owner
+    }
+}
+
+impl Drop for PostgresSource {
+    fn drop(&mut self) {
+        for task in self.tasks.get_mut().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            task.abort();
+        }
+        if let Some(claim) = self
+            .claiming
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            claim.abort();
+        }
+    }
+}
+
+/// Claims up to `max` due rows, leasing them to this server.
+async fn claim(shared: Arc<Shared>, max: usize) -> Result<Vec<Row>, Error> {
+    let client = shared.postgres.inner.pool.get().await.map_err(pool_error)?;
+    let statement = client.prepare_cached(&shared.sql.claim).await.map_err(error)?;
+    let limit = i64::try_from(max).unwrap_or(i64::MAX);
+    let lease = millis(shared.options.lease);
+    let mut rows = client
+        .query(
+            &statement,
+            &[&shared.options.queue, &limit, &shared.owner, &lease],
+        )
+        .await
+        .map_err(error)?;
+    rows.sort_by_key(|row| row.get::<_, i64>(0));
+    Ok(rows)
+}
+
+impl PostgresSource {
+    /// Claims, surviving a dropped fetch: the claim runs as a task of its own, and what a
+    /// dropped fetch did not take waits here for the next one, still leased.
+    async fn claim(&self, max: usize) -> Result<Vec<Row>, Error> {
+        let task = self
+            .claiming
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let task = task.unwrap_or_else(|| tokio::spawn(claim(self.shared.clone(), max)));
+        let mut slot = Slot {
+            home: &self.claiming,
+            task: Some(task),
+        };
+        let joined = slot.task.as_mut().expect("set above").await;
+        slot.task = None;
+        joined.map_err(|e| Error::other(format!("the claim task failed: {e}")))?
+    }
+
+    fn deliver(&self, rows: Vec<Row>, out: &mut Vec<Delivery<PostgresToken>>) {
+        let mut in_flight = self
+            .shared
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for row in rows {
+            let id: i64 = row.get(0);
+            let attempts: i32 = row.get(1);
+            in_flight.insert(id, attempts);
+            let body = Bytes::copy_from_slice(row.get::<_, &[u8]>(3));
+            let token = PostgresToken { id, attempts };
+            let attempt = u32::try_from(attempts).unwrap_or(1);
+            let attributes = row
+                .try_get::<_, Vec<Option<String>>>(2)
+                .map_err(|e| format!("the attributes column cannot be read: {e}"))
+                .and_then(encoding::unflatten);
+            let delivery = match attributes {
+                Ok(attributes) => Delivery::new(token, body).with_attributes(attributes),
+                Err(why) => Delivery::malformed(token, why, crate::Attributes::new(), body),
+            };
+            out.push(delivery.with_message_id(id.to_string()).with_attempt(attempt));
+        }
+    }
+
+    /// Moves one given-up row to the dead-letter queue, in one transaction.
+    async fn dead_letter(&self, queue: &str, token: &PostgresToken, reason: &str) -> Result<(), Error> {
+        let shared = &self.shared;
+        let mut client = shared.postgres.inner.pool.get().await.map_err(pool_error)?;
+        let tx = client.transaction().await.map_err(error)?;
+        let taken = tx
+            .query_opt(&shared.sql.take, &[&token.id, &token.attempts, &shared.owner])
+            .await
+            .map_err(error)?;
+        let Some(row) = taken else {
+            // No longer ours (its lease ran out and another server has it): theirs to settle.
+            return Ok(());
+        };
+        let raw: Vec<Option<String>> = row.try_get(0).unwrap_or_default();
+        let body: &[u8] = row.get(1);
+        let key: Option<String> = row.get(2);
+        let created: std::time::SystemTime = row.get(3);
+        let attempt = u32::try_from(token.attempts).unwrap_or(1);
+        let id = crate::MessageId::from(token.id.to_string());
+        let flat: Vec<Option<String>> = match encoding::unflatten(raw.clone()) {
+            Ok(attributes) => {
+                let letter = crate::dead_letter::message(
+                    attributes,
+                    Bytes::new(),
+                    reason,
+                    attempt,
+                    Some(&shared.options.queue),
+                    Some(&id),
+                );
+                let mut flat = Vec::new();
+                // What the row held was text already, and the added values are too.
+                encoding::flatten(&letter.attributes, &mut flat)?;
+                flat.into_iter().map(Some).collect()
+            }
+            Err(_) => {
+                // Kept as it was, so that nothing is lost, with the facts after it.
+                let mut flat = raw;
+                for (k, v) in [
+                    (crate::keys::DEAD_LETTER_REASON, reason.replace('\0', " ")),
+                    (crate::keys::ATTEMPTS, attempt.to_string()),
+                    (crate::keys::SOURCE, shared.options.queue.clone()),
+                    (crate::keys::MESSAGE_ID, id.to_string()),
+                ] {
+                    flat.push(Some(k.to_owned()));
+                    flat.push(Some(v));
+                }
+                flat
+            }
+        };
+        let reason = reason.replace('\0', " ");
+        tx.execute(&shared.sql.put, &[&queue, &flat, &body, &key, &created, &reason])
+            .await
+            .map_err(error)?;
+        tx.commit().await.map_err(error)
+    }
+}
+
+/// Puts an unfinished claim back where the next fetch finds it.
+struct Slot<'a> {
+    home: &'a Mutex<Option<Claim>>,
+    task: Option<Claim>,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            *self.home.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        }
+    }
+}
+
+impl Source for PostgresSource {
+    type Token = PostgresToken;
+
+    fn name(&self) -> &str {
+        &self.shared.options.queue
+    }
+
+    async fn fetch(&self, max: usize, out: &mut Vec<Delivery<PostgresToken>>) -> Result<(), Error> {
+        let mut rows = self.claim(max).await?;
+        if rows.is_empty() {
+            tokio::select! {
+                () = self.shared.wake.notified() => {}
+                () = tokio::time::sleep(self.shared.options.poll_interval) => {}
+            }
+            rows = self.claim(max).await?;
+        }
+        self.deliver(rows, out);
+        Ok(())
+    }
+
+    async fn settle(&self, batch: &mut Vec<Settlement<PostgresToken>>) -> Result<(), Error> {
+        let shared = &self.shared;
+        let (mut acks, mut ack_attempts) = (Vec::new(), Vec::new());
+        let (mut rejects, mut reject_attempts) = (Vec::new(), Vec::new());
+        let (mut requeues, mut requeue_attempts, mut delays, mut uncounts) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut letters = Vec::new();
+        for settlement in batch.iter() {
+            let PostgresToken { id, attempts } = settlement.token;
+            let mut requeue = |delay: Option<Duration>, uncount: i32| {
+                requeues.push(id);
+                requeue_attempts.push(attempts);
+                delays.push(millis(delay.unwrap_or(Duration::ZERO)));
+                uncounts.push(uncount);
+            };
+            match &settlement.action {
+                Settle::Ack => {
+                    acks.push(id);
+                    ack_attempts.push(attempts);
+                }
+                Settle::Nack { delay } => requeue(*delay, 0),
+                Settle::Release => requeue(None, 1),
+                Settle::Defer { delay } => requeue(Some(*delay), 1),
+                Settle::DeadLetter { reason } if shared.dead_letter_queue.is_some() => {
+                    letters.push((&settlement.token, reason.as_str()));
+                }
+                _ => {
+                    rejects.push(id);
+                    reject_attempts.push(attempts);
+                }
+            }
+        }
+        {
+            let client = shared.postgres.inner.pool.get().await.map_err(pool_error)?;
+            for (sql, ids, attempts) in [
+                (&shared.sql.ack, &acks, &ack_attempts),
+                (&shared.sql.reject, &rejects, &reject_attempts),
+            ] {
+                if !ids.is_empty() {
+                    let statement = client.prepare_cached(sql).await.map_err(error)?;
+                    client
+                        .execute(&statement, &[ids, attempts, &shared.owner])
+                        .await
+                        .map_err(error)?;
+                }
+            }
+            if !requeues.is_empty() {
+                let statement = client
+                    .prepare_cached(&shared.sql.requeue)
+                    .await
+                    .map_err(error)?;
+                client
+                    .execute(
+                        &statement,
+                        &[
+                            &requeues,
+                            &requeue_attempts,
+                            &shared.owner,
+                            &delays,
+                            &uncounts,
+                        ],
+                    )
+                    .await
+                    .map_err(error)?;
+            }
+        }
+        if let Some(queue) = &shared.dead_letter_queue {
+            for (token, reason) in letters {
+                self.dead_letter(queue, token, reason).await?;
+            }
+        }
+        if !requeues.is_empty() {
+            shared.wake.notify_one();
+        }
+        let mut in_flight = shared.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        for settlement in batch.drain(..) {
+            in_flight.remove(&settlement.token.id);
+        }
+        Ok(())
+    }
+
+    fn dead_letters(&self) -> bool {
+        self.shared.dead_letter_queue.is_some()
+    }
+
+    async fn close(&self) -> Result<(), Error> {
+        for task in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+        // Rows a dropped fetch claimed and nobody was given: back to the queue at once,
+        // without counting an attempt, rather than after their lease.
+        let claim = self
+            .claiming
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(claim) = claim {
+            if let Ok(Ok(rows)) = claim.await {
+                let mut out = Vec::new();
+                self.deliver(rows, &mut out);
+                let mut batch = out
+                    .into_iter()
+                    .map(|d| Settlement {
+                        token: d.token,
+                        action: Settle::Release,
+                    })
+                    .collect();
+                self.settle(&mut batch).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Extends the lease of every row the server holds, every third of the lease, until the
+/// source is gone.
+async fn keep_leases(shared: std::sync::Weak<Shared>) {
+    let every = match shared.upgrade() {
+        Some(shared) => shared.options.lease / 3,
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let ids: Vec<i64> = shared
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        if ids.is_empty() {
+            continue;
+        }
+        let extended = async {
+            let client = shared.postgres.inner.pool.get().await.map_err(pool_error)?;
+            let statement = client
+                .prepare_cached(&shared.sql.extend)
+                .await
+                .map_err(error)?;
+            client
+                .execute(
+                    &statement,
+                    &[&ids, &shared.owner, &millis(shared.options.lease)],
+                )
+                .await
+                .map_err(error)
+        };
+        if let Err(e) = extended.await {
+            log::warning!(
+                "msgio: could not extend the leases of {} messages of queue {:?}: {e}",
+                ids.len(),
+                shared.options.queue
+            );
+        }
+    }
+}
+
+/// `LISTEN`s on a connection of its own and wakes the source for each notification of
+/// its queue, reconnecting when the connection is lost; polling covers the gaps.
+async fn listen(shared: std::sync::Weak<Shared>) {
+    loop {
+        let Some(strong) = shared.upgrade() else {
+            return;
+        };
+        let config = strong.postgres.config().clone();
+        let channel = strong.postgres.channel();
+        let queue = strong.options.queue.clone();
+        drop(strong);
+        match config.connect(tokio_postgres::NoTls).await {
+            Ok((client, mut connection)) => {
+                let (tx, mut rx) = futures::channel::mpsc::unbounded();
+                let driver = tokio::spawn(async move {
+                    let mut messages =
+                        futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+                    while let Some(Ok(message)) = messages.next().await {
+                        if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                            if tx.unbounded_send(n).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+                let quoted = channel.replace('"', "\"\"");
+                if client
+                    .batch_execute(&format!("LISTEN \"{quoted}\""))
+                    .await
+                    .is_ok()
+                {
+                    // What was published while nobody listened.
+                    if let Some(strong) = shared.upgrade() {
+                        strong.wake.notify_one();
+                    }
+                    while let Some(notification) = rx.next().await {
+                        if notification.payload() == queue {
+                            match shared.upgrade() {
+                                Some(strong) => strong.wake.notify_one(),
+                                None => {
+                                    driver.abort();
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }
+                driver.abort();
+                drop(client);
+            }
+            Err(e) => {
+                log::notice!("msgio: cannot LISTEN on {channel:?}: {e}; polling meanwhile");
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
