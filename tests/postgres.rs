@@ -126,16 +126,14 @@ async fn postgres_passes_the_conformance_kit_opened_by_url() {
     if connect().await.is_none() {
         return;
     }
-    let transport = msgio::testing::UrlTransport::new(format!(
-        "{}?queue={{name}}&poll_interval=100ms",
-        url()
-    ))
-    .remove_with(|url: String| async move {
-        let queue = url.split("queue=").nth(1).unwrap_or_default();
-        let queue = queue.split('&').next().unwrap_or_default().to_owned();
-        purge(&[&queue]).await;
-        Ok(())
-    });
+    let transport =
+        msgio::testing::UrlTransport::new(format!("{}?queue={{name}}&poll_interval=100ms", url()))
+            .remove_with(|url: String| async move {
+                let queue = url.split("queue=").nth(1).unwrap_or_default();
+                let queue = queue.split('&').next().unwrap_or_default().to_owned();
+                purge(&[&queue]).await;
+                Ok(())
+            });
     let caps = Capabilities::new()
         .ordering()
         .delay()
@@ -232,7 +230,10 @@ async fn attributes_keep_their_order_and_repeated_values() {
         .publish(&Context::background(), bad)
         .await
         .unwrap_err();
-    assert!(matches!(e, Error::InvalidAttribute { ref key, .. } if key == "X-Nul"), "{e}");
+    assert!(
+        matches!(e, Error::InvalidAttribute { ref key, .. } if key == "X-Nul"),
+        "{e}"
+    );
     purge(&[&queue]).await;
 }
 
@@ -286,7 +287,11 @@ async fn given_up_messages_move_to_the_dead_letter_queue_with_the_reason() {
     }
     running.stop(Duration::from_secs(5)).await.unwrap();
     assert_eq!(count(&client, &queue).await, 0);
-    assert_eq!(received.count(), 3, "poison once, flaky twice, the raw row never");
+    assert_eq!(
+        received.count(),
+        3,
+        "poison once, flaky twice, the raw row never"
+    );
     let rows = client
         .query(
             "SELECT attributes, body, last_error FROM msgio.messages WHERE queue = $1 ORDER BY id",
@@ -307,10 +312,18 @@ async fn given_up_messages_move_to_the_dead_letter_queue_with_the_reason() {
     let (attributes, _, reason) = by_body("poison");
     assert!(reason.contains("not for us"), "{reason}");
     assert_eq!(&attributes[..4], ["X-Kind", "a", "X-Kind", "b"]);
-    assert!(attributes.windows(2).any(|w| w[0] == keys::SOURCE && w[1] == queue));
+    assert!(
+        attributes
+            .windows(2)
+            .any(|w| w[0] == keys::SOURCE && w[1] == queue)
+    );
     let (attributes, _, reason) = by_body("flaky");
     assert_eq!(reason, "attempt 2 of 2 failed: still down");
-    assert!(attributes.windows(2).any(|w| w[0] == keys::ATTEMPTS && w[1] == "2"));
+    assert!(
+        attributes
+            .windows(2)
+            .any(|w| w[0] == keys::ATTEMPTS && w[1] == "2")
+    );
     let (_, _, reason) = by_body("raw");
     assert!(reason.contains("malformed"), "{reason}");
     purge(&[&queue, &dead]).await;
@@ -416,7 +429,10 @@ async fn the_outbox_delivers_committed_transactions_and_nothing_of_rolled_back_o
         return;
     };
     let queue = queue_name();
-    let table = format!("outbox_trial_{}", msgio::testing::unique_suffix().to_lowercase());
+    let table = format!(
+        "outbox_trial_{}",
+        msgio::testing::unique_suffix().to_lowercase()
+    );
     let mut client = raw().await;
     client
         .batch_execute(&format!("CREATE TABLE {table} (n int PRIMARY KEY)"))
@@ -474,7 +490,11 @@ async fn the_outbox_delivers_committed_transactions_and_nothing_of_rolled_back_o
         .collect();
     assert_eq!(received.count(), committed.len(), "duplicates or extras");
     assert_eq!(delivered, committed);
-    assert_eq!(count(&client, &queue).await, 0, "relayed rows leave the outbox");
+    assert_eq!(
+        count(&client, &queue).await,
+        0,
+        "relayed rows leave the outbox"
+    );
     client
         .batch_execute(&format!("DROP TABLE {table}"))
         .await
@@ -512,7 +532,10 @@ async fn the_forwarder_keeps_order_per_key_through_failures() {
     let target = msgio::TopicFunc::new(move |ctx: &Context| {
         let (a, c) = (a.clone(), c.clone());
         Ok(msgio::transport::BufferedWriter::new(
-            Collect { arrived: a, calls: c },
+            Collect {
+                arrived: a,
+                calls: c,
+            },
             ctx,
         ))
     });
@@ -528,7 +551,11 @@ async fn the_forwarder_keeps_order_per_key_through_failures() {
     let mut tries = 0;
     while arrived.lock().unwrap().len() < keys * per_key {
         tries += 1;
-        assert!(tries < 600, "only {} arrived", arrived.lock().unwrap().len());
+        assert!(
+            tries < 600,
+            "only {} arrived",
+            arrived.lock().unwrap().len()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     forwarder.shutdown(Duration::from_secs(5)).await.unwrap();

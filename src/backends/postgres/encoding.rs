@@ -75,7 +75,10 @@ mod tests {
         let mut attributes = Attributes::new();
         attributes.set("X-Bad", "a\0b");
         let e = flatten(&attributes, &mut Vec::new()).unwrap_err();
-        assert!(matches!(e, Error::InvalidAttribute { ref key, .. } if key == "X-Bad"), "{e}");
+        assert!(
+            matches!(e, Error::InvalidAttribute { ref key, .. } if key == "X-Bad"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -27,7 +27,8 @@ use crate::{Context, Error, Message, ReceiverFunc, Server, ServerConfig, Topic};
 /// use std::time::Duration;
 ///
 /// # #[allow(dead_code)]
-/// # async fn demo(to: msgio::mem::MemTopic) -> Result<(), msgio::Error> {
+/// # async fn demo<T>(to: T) -> Result<(), msgio::Error>
+/// # where T: msgio::Topic + Send + Sync + 'static, T::Writer: 'static {
 /// let postgres = Postgres::connect("postgres://postgres@127.0.0.1:5432/test").await?;
 /// let forwarder = postgres.forwarder(QueueOptions::new("outbox"), to).await?;
 /// let running = forwarder.clone();

@@ -36,10 +36,11 @@
 //!
 //! ```no_run
 //! use msgio::postgres::{Postgres, QueueOptions};
-//! use msgio::{Context, Message};
+//! use msgio::Message;
 //!
 //! # #[allow(dead_code)]
-//! # async fn demo(redis_topic: msgio::redis::RedisTopic) -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn demo<T>(redis_topic: T) -> Result<(), Box<dyn std::error::Error>>
+//! # where T: msgio::Topic + Send + Sync + 'static, T::Writer: 'static {
 //! let postgres = Postgres::connect("postgres://postgres@127.0.0.1:5432/test").await?;
 //! let outbox = postgres.topic("outbox");
 //!
@@ -49,9 +50,9 @@
 //! tokio::spawn(connection);
 //! let tx = client.transaction().await?;
 //! tx.execute("INSERT INTO orders (id) VALUES (7)", &[]).await?;
-//! outbox
-//!     .publish_in(&tx, Message::new("order 7 placed").with_attribute("Ordering-Key", "7"))
-//!     .await?;
+//! let mut event = Message::new("order 7 placed");
+//! event.attributes.set("Ordering-Key", "order-7");
+//! outbox.publish_in(&tx, event).await?;
 //! tx.commit().await?; // the order and its event, or neither
 //!
 //! let forwarder = postgres.forwarder(QueueOptions::new("outbox"), redis_topic).await?;
@@ -517,7 +518,10 @@ impl QueueOptions {
         }
         if let Some(dead) = &self.dead_letter_queue {
             if dead.is_empty() {
-                return Err(Error::invalid_config("dead_letter_queue", "must not be empty"));
+                return Err(Error::invalid_config(
+                    "dead_letter_queue",
+                    "must not be empty",
+                ));
             }
             if *dead == self.queue {
                 return Err(Error::invalid_config(

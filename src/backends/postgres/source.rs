@@ -201,7 +201,12 @@ impl PostgresServer {
 
 impl Drop for PostgresSource {
     fn drop(&mut self) {
-        for task in self.tasks.get_mut().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        for task in self
+            .tasks
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
             task.abort();
         }
         if let Some(claim) = self
@@ -218,7 +223,10 @@ impl Drop for PostgresSource {
 /// Claims up to `max` due rows, leasing them to this server.
 async fn claim(shared: Arc<Shared>, max: usize) -> Result<Vec<Row>, Error> {
     let client = shared.postgres.inner.pool.get().await.map_err(pool_error)?;
-    let statement = client.prepare_cached(&shared.sql.claim).await.map_err(error)?;
+    let statement = client
+        .prepare_cached(&shared.sql.claim)
+        .await
+        .map_err(error)?;
     let limit = i64::try_from(max).unwrap_or(i64::MAX);
     let lease = millis(shared.options.lease);
     let mut rows = client
@@ -272,17 +280,29 @@ impl PostgresSource {
                 Ok(attributes) => Delivery::new(token, body).with_attributes(attributes),
                 Err(why) => Delivery::malformed(token, why, crate::Attributes::new(), body),
             };
-            out.push(delivery.with_message_id(id.to_string()).with_attempt(attempt));
+            out.push(
+                delivery
+                    .with_message_id(id.to_string())
+                    .with_attempt(attempt),
+            );
         }
     }
 
     /// Moves one given-up row to the dead-letter queue, in one transaction.
-    async fn dead_letter(&self, queue: &str, token: &PostgresToken, reason: &str) -> Result<(), Error> {
+    async fn dead_letter(
+        &self,
+        queue: &str,
+        token: &PostgresToken,
+        reason: &str,
+    ) -> Result<(), Error> {
         let shared = &self.shared;
         let mut client = shared.postgres.inner.pool.get().await.map_err(pool_error)?;
         let tx = client.transaction().await.map_err(error)?;
         let taken = tx
-            .query_opt(&shared.sql.take, &[&token.id, &token.attempts, &shared.owner])
+            .query_opt(
+                &shared.sql.take,
+                &[&token.id, &token.attempts, &shared.owner],
+            )
             .await
             .map_err(error)?;
         let Some(row) = taken else {
@@ -326,9 +346,12 @@ impl PostgresSource {
             }
         };
         let reason = reason.replace('\0', " ");
-        tx.execute(&shared.sql.put, &[&queue, &flat, &body, &key, &created, &reason])
-            .await
-            .map_err(error)?;
+        tx.execute(
+            &shared.sql.put,
+            &[&queue, &flat, &body, &key, &created, &reason],
+        )
+        .await
+        .map_err(error)?;
         tx.commit().await.map_err(error)
     }
 }

@@ -224,7 +224,10 @@ impl Sender for PostgresSender {
             let client = self.postgres.inner.pool.get().await.map_err(pool_error)?;
             let statement = client.prepare_cached(&self.insert).await.map_err(error)?;
             client
-                .execute(&statement, &batch.params(&bodies, &self.queue, &channel, self.notify))
+                .execute(
+                    &statement,
+                    &batch.params(&bodies, &self.queue, &channel, self.notify),
+                )
                 .await
                 .map(drop)
                 .map_err(error)
