@@ -54,6 +54,28 @@ async fn count(client: &tokio_postgres::Client, queue: &str) -> i64 {
         .get(0)
 }
 
+async fn publish(postgres: &Postgres, queue: &str, body: &'static str) {
+    postgres
+        .topic(queue)
+        .publish(&Context::background(), Message::new(body))
+        .await
+        .unwrap();
+}
+
+/// Waits (up to 30 s) until `queue` holds `want` rows.
+async fn wait_rows(client: &tokio_postgres::Client, queue: &str, want: i64, what: &str) {
+    for _ in 0..300 {
+        if count(client, queue).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{what}: {queue} holds {} rows, not {want}",
+        count(client, queue).await
+    );
+}
+
 async fn purge(queues: &[&str]) {
     let client = raw().await;
     for queue in queues {
@@ -279,12 +301,7 @@ async fn given_up_messages_move_to_the_dead_letter_queue_with_the_reason() {
         }
     });
     let running = start(server, received.clone());
-    let mut tries = 0;
-    while count(&client, &dead).await < 3 {
-        tries += 1;
-        assert!(tries < 300, "dead letters did not arrive");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_rows(&client, &dead, 3, "dead letters did not arrive").await;
     running.stop(Duration::from_secs(5)).await.unwrap();
     assert_eq!(count(&client, &queue).await, 0);
     assert_eq!(
@@ -369,12 +386,7 @@ async fn a_receiver_slower_than_the_lease_is_not_run_twice() {
         ));
     }
     let client = raw().await;
-    let mut tries = 0;
-    while count(&client, &queue).await > 0 {
-        tries += 1;
-        assert!(tries < 300, "not acked");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_rows(&client, &queue, 0, "not acked").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     for r in running {
         r.stop(Duration::from_secs(5)).await.unwrap();
@@ -390,11 +402,7 @@ async fn a_dead_consumers_lease_runs_out_and_another_takes_the_message() {
         return;
     };
     let queue = queue_name();
-    postgres
-        .topic(&queue)
-        .publish(&Context::background(), Message::new("orphan"))
-        .await
-        .unwrap();
+    publish(&postgres, &queue, "orphan").await;
     // A consumer that claimed it and died: leased to nobody alive, for 1 s.
     let client = raw().await;
     client
@@ -611,11 +619,7 @@ async fn an_idle_server_wakes_on_notify_long_before_its_poll_interval() {
     let running = start(server, received.clone());
     // Let the server settle into waiting.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    postgres
-        .topic(&queue)
-        .publish(&Context::background(), Message::new("wake up"))
-        .await
-        .unwrap();
+    publish(&postgres, &queue, "wake up").await;
     // Well under the 60 s poll: only the notification can have woken it.
     received.wait_for(1, Duration::from_secs(20)).await.unwrap();
     running.stop(Duration::from_secs(5)).await.unwrap();
@@ -628,11 +632,7 @@ async fn archive_keeps_acked_rows_with_their_outcome() {
         return;
     };
     let queue = queue_name();
-    postgres
-        .topic(&queue)
-        .publish(&Context::background(), Message::new("keep me"))
-        .await
-        .unwrap();
+    publish(&postgres, &queue, "keep me").await;
     let server = postgres
         .server(
             QueueOptions::new(&queue)

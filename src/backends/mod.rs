@@ -19,6 +19,25 @@ pub mod amqp;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 
+/// Checks a duration setting that a broker takes in whole milliseconds as a 32-bit
+/// number: between `min` ms and `u32::MAX` ms, or [`Error::InvalidConfig`](crate::Error)
+/// naming `field`.
+#[cfg(feature = "_broker")]
+pub(crate) fn check_millis(
+    field: &'static str,
+    d: std::time::Duration,
+    min: u128,
+) -> Result<(), crate::Error> {
+    if d.as_millis() < min || d.as_millis() > u128::from(u32::MAX) {
+        Err(crate::Error::invalid_config(
+            field,
+            format!("{d:?} is not between {min} ms and {} ms", u32::MAX),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 /// Registers the URL scheme of every transport compiled in (see [`crate::url`]).
 pub(crate) fn register_schemes(mux: &mut crate::url::UrlMux) {
     let _ = &mux; // no transport feature on

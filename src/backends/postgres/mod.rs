@@ -530,16 +530,7 @@ impl QueueOptions {
                 ));
             }
         }
-        let ms = |field, d: Duration, min: u128| {
-            if d.as_millis() < min || d.as_millis() > u128::from(u32::MAX) {
-                Err(Error::invalid_config(
-                    field,
-                    format!("{d:?} is not between {min} ms and {} ms", u32::MAX),
-                ))
-            } else {
-                Ok(())
-            }
-        };
+        let ms = super::check_millis;
         ms("lease", self.lease, 100)?;
         ms("poll_interval", self.poll_interval, 1)?;
         Ok(())

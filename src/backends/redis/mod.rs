@@ -342,16 +342,7 @@ impl StreamOptions {
                 ));
             }
         }
-        let ms = |field, d: Duration, min: u128| {
-            if d.as_millis() < min || d.as_millis() > u128::from(u32::MAX) {
-                Err(Error::invalid_config(
-                    field,
-                    format!("{d:?} is not between {min} ms and {} ms", u32::MAX),
-                ))
-            } else {
-                Ok(())
-            }
-        };
+        let ms = super::check_millis;
         ms("block", self.block, 1)?;
         ms("min_idle", self.min_idle, 1)?;
         ms("claim_interval", self.claim_interval, 1)?;
