@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use msgio::postgres::{ORDERING_KEY, Postgres, PostgresServer, PostgresTopic, QueueOptions};
 use msgio::testing::{Capabilities, Recorder, Transport, start};
-use msgio::{Context, Error, Message, ReceiverFunc, ServerConfig, Topic, keys};
+use msgio::{Context, Error, Message, ReceiverFunc, Server, ServerConfig, Topic, keys};
 
 fn url() -> String {
     std::env::var("POSTGRES_URL")
@@ -691,4 +691,306 @@ async fn urls_are_checked_and_never_show_the_password() {
     if let Some(postgres) = connect().await {
         assert!(!format!("{postgres:?}").contains("s3cret"));
     }
+}
+
+// ---- Chaos: a consumer killed with SIGKILL, and a PostgreSQL stopped mid-stream. ----
+
+/// Where the kill test's child consumer finds its queue.
+const CHILD_QUEUE: &str = "MSGIO_POSTGRES_CHILD_QUEUE";
+
+fn seq_message(seq: u64) -> Message {
+    let mut msg = Message::new(format!("message {seq}"));
+    msg.attributes.set("X-Kit-Seq", seq.to_string());
+    msg
+}
+
+/// Not a test of its own: the consumer process the kill test starts (and kills). It
+/// records each message it processed in `<queue>_done` before acking it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the child process of a_killed_consumers_messages_are_taken_back_and_none_is_lost"]
+async fn child_consumer() {
+    let Ok(queue) = std::env::var(CHILD_QUEUE) else {
+        return;
+    };
+    let postgres = Postgres::connect(&url()).await.unwrap();
+    let server = postgres
+        .server(
+            QueueOptions::new(&queue).lease(Duration::from_secs(1)),
+            ServerConfig::new().concurrency(8),
+        )
+        .await
+        .unwrap();
+    let client = Arc::new(raw().await);
+    let done = done_table(&queue);
+    let receiver = ReceiverFunc::new(move |_: Context, msg: Message| {
+        let (client, done) = (client.clone(), done.clone());
+        async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let seq: i64 = msg.attributes.get("X-Kit-Seq").unwrap().parse().unwrap();
+            client
+                .execute(
+                    &format!("INSERT INTO {done} (seq) VALUES ($1) ON CONFLICT DO NOTHING"),
+                    &[&seq],
+                )
+                .await
+                .map_err(Error::other)?;
+            Ok(())
+        }
+    });
+    server.serve(receiver).await.unwrap();
+}
+
+/// What the child processed.
+async fn processed(client: &tokio_postgres::Client, done: &str) -> BTreeSet<u64> {
+    let rows = client
+        .query(&format!("SELECT seq FROM {done}"), &[])
+        .await
+        .unwrap();
+    rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect()
+}
+
+fn done_table(queue: &str) -> String {
+    format!("\"{queue}_done\"")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_consumers_messages_are_taken_back_and_none_is_lost() {
+    const N: u64 = 300;
+    let Some(postgres) = connect().await else {
+        return;
+    };
+    let queue = queue_name();
+    let done = done_table(&queue);
+    let client = raw().await;
+    client
+        .batch_execute(&format!("CREATE TABLE {done} (seq bigint PRIMARY KEY)"))
+        .await
+        .unwrap();
+    let topic = postgres.topic(&queue);
+    let messages = (0..N).map(seq_message).collect();
+    topic
+        .publish_batch(&Context::background(), messages)
+        .await
+        .unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "child_consumer", "--nocapture"])
+        .env(CHILD_QUEUE, &queue)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it while it holds messages: some processed, some leased to it.
+    let deadline = std::time::Instant::now() + WAIT;
+    while processed(&client, &done).await.len() < 50 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the child is too slow"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let leased: i64 = client
+        .query_one(
+            "SELECT count(*) FROM msgio.messages WHERE queue = $1 AND lease_owner IS NOT NULL",
+            &[&queue],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(leased > 0, "the child held nothing when killed");
+
+    let recorder = Recorder::new();
+    let server = postgres
+        .server(
+            QueueOptions::new(&queue).poll_interval(Duration::from_millis(100)),
+            ServerConfig::new(),
+        )
+        .await
+        .unwrap();
+    let running = start(server, recorder.clone());
+    let by_child = processed(&client, &done).await;
+    recorder
+        .wait_for_the_rest(&by_child, N as usize, WAIT)
+        .await
+        .unwrap();
+    // What the child held but had processed is in `by_child` too: wait until the queue is
+    // empty, which only taking back the child's leases achieves.
+    wait_rows(&client, &queue, 0, "the child's leases were not taken back").await;
+    running.stop(Duration::from_secs(5)).await.unwrap();
+    let taken_back = recorder.received().iter().filter(|r| r.attempt > 1).count();
+    assert!(
+        taken_back > 0,
+        "nothing was taken back from the killed consumer"
+    );
+    client
+        .batch_execute(&format!("DROP TABLE {done}"))
+        .await
+        .unwrap();
+    purge(&[&queue]).await;
+}
+
+/// A PostgreSQL cluster of the test's own: `initdb` in a temporary directory, `pg_ctl`
+/// on a free loopback port, restarted with `pg_ctl stop -m immediate` (as a crash: only
+/// what was committed survives). Run as the `postgres` user when the test runs as root,
+/// which PostgreSQL refuses to run as.
+struct PrivatePostgres {
+    bin: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl PrivatePostgres {
+    fn start() -> std::io::Result<PrivatePostgres> {
+        let initdb = std::env::var_os("PATH")
+            .into_iter()
+            .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+            .chain(
+                std::fs::read_dir("/usr/lib/postgresql")
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|d| d.path().join("bin")),
+            )
+            .map(|dir| dir.join("initdb"))
+            .find(|p| p.exists())
+            .ok_or_else(|| std::io::Error::other("initdb not found"))?;
+        let bin = std::fs::canonicalize(initdb)?
+            .parent()
+            .expect("a directory")
+            .to_owned();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir = std::env::temp_dir().join(format!(
+            "msgio-pg-{port}-{}",
+            msgio::testing::unique_suffix()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let cluster = PrivatePostgres { bin, dir, port };
+        if is_root() {
+            let status = std::process::Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&cluster.dir)
+                .status()?;
+            if !status.success() {
+                return Err(std::io::Error::other("chown postgres failed"));
+            }
+        }
+        cluster.run(
+            "initdb",
+            &[
+                "-D",
+                &cluster.data(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+        )?;
+        cluster.pg_ctl_start()?;
+        Ok(cluster)
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").display().to_string()
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn run(&self, program: &str, args: &[&str]) -> std::io::Result<()> {
+        let path = self.bin.join(program);
+        let mut command = if is_root() {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            std::process::Command::new(path)
+        };
+        let out = command.args(args).output()?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!(
+                "{program} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )))
+        }
+    }
+
+    fn pg_ctl_start(&self) -> std::io::Result<()> {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("log").display().to_string();
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data(),
+                "-o",
+                &options,
+                "-l",
+                &log,
+                "-w",
+                "start",
+            ],
+        )
+    }
+
+    /// Stops it as a crash would (`-m immediate`), then starts it again.
+    fn restart(&self) -> std::io::Result<()> {
+        self.run(
+            "pg_ctl",
+            &["-D", &self.data(), "-m", "immediate", "-w", "stop"],
+        )?;
+        self.pg_ctl_start()
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = self.run(
+            "pg_ctl",
+            &["-D", &self.data(), "-m", "immediate", "-w", "stop"],
+        );
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_passes_the_kits_broker_restart_case() {
+    let private = match PrivatePostgres::start() {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            msgio::testing::skip_or_fail("a private PostgreSQL (initdb, pg_ctl)", "initdb", &e);
+            return;
+        }
+    };
+    let postgres = Postgres::connect(&private.url()).await.unwrap();
+    postgres.migrate().await.unwrap();
+    let restarting = private.clone();
+    let caps = Capabilities::new().restart(move || {
+        let private = restarting.clone();
+        async move {
+            tokio::task::spawn_blocking(move || private.restart())
+                .await
+                .map_err(Error::other)?
+                .map_err(Error::other)
+        }
+    });
+    msgio::testing::run_matching(Queue { postgres }, caps, |name| name == "broker_restart")
+        .await
+        .assert_passed();
 }
