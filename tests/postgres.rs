@@ -994,3 +994,50 @@ async fn postgres_passes_the_kits_broker_restart_case() {
         .await
         .assert_passed();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_share_inserts_and_a_bad_message_fails_alone() {
+    let Some(postgres) = connect().await else {
+        return;
+    };
+    let queue = queue_name();
+    let topic = postgres.topic(&queue);
+    let mut tasks = Vec::new();
+    for n in 0..200 {
+        let topic = topic.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut message = Message::new(format!("{n}"));
+            if n == 77 {
+                message.attributes.set("X-Bad", "nul\0here");
+            }
+            topic.publish(&Context::background(), message).await
+        }));
+    }
+    for (n, task) in tasks.into_iter().enumerate() {
+        let result = task.await.unwrap();
+        if n == 77 {
+            assert!(
+                matches!(result, Err(Error::InvalidAttribute { .. })),
+                "{result:?}"
+            );
+        } else {
+            result.unwrap();
+        }
+    }
+    let client = raw().await;
+    assert_eq!(count(&client, &queue).await, 199);
+    // Rows of one transaction share its id (`xmin`): fewer transactions than messages.
+    let transactions: i64 = client
+        .query_one(
+            "SELECT count(DISTINCT xmin::text) FROM msgio.messages WHERE queue = $1",
+            &[&queue],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        transactions < 199,
+        "{transactions} inserts for 199 messages"
+    );
+    purge(&[&queue]).await;
+}

@@ -2,7 +2,10 @@
 //! transaction.
 
 use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use futures::channel::oneshot;
 
 use tokio_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
@@ -23,20 +26,41 @@ pub type PostgresPublisher = SenderPublisher<PostgresSender>;
 
 /// Inserts whole messages into a queue: the [`Sender`] of a [`PostgresTopic`].
 pub struct PostgresSender {
+    inner: Arc<Inserter>,
+}
+
+/// What a sender shares with the insert tasks it starts.
+struct Inserter {
     postgres: Postgres,
     queue: String,
     notify: bool,
     /// The insert, with its `NOTIFY` when `notify` is on.
     insert: String,
+    /// Messages of concurrent writers waiting to go in the next insert.
+    gather: Mutex<Gather>,
 }
+
+/// What concurrent writers hand to the inserts running for them.
+#[derive(Default)]
+struct Gather {
+    batch: Option<Batch>,
+    waiters: Vec<oneshot::Sender<Result<(), Error>>>,
+    /// How many insert tasks run.
+    flushing: usize,
+}
+
+/// The most inserts a topic runs at once for its writers (each holds a pooled
+/// connection while it runs).
+const MAX_FLUSHING: usize = 4;
 
 impl fmt::Debug for PostgresSender {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &self.inner;
         f.debug_struct("PostgresTopic")
-            .field("url", &self.postgres.url())
-            .field("schema", &self.postgres.schema())
-            .field("queue", &self.queue)
-            .field("notify", &self.notify)
+            .field("url", &inner.postgres.url())
+            .field("schema", &inner.postgres.schema())
+            .field("queue", &inner.queue)
+            .field("notify", &inner.notify)
             .finish()
     }
 }
@@ -64,16 +88,19 @@ impl PostgresSender {
             insert
         };
         PostgresSender {
-            postgres,
-            queue,
-            notify,
-            insert,
+            inner: Arc::new(Inserter {
+                postgres,
+                queue,
+                notify,
+                insert,
+                gather: Mutex::new(Gather::default()),
+            }),
         }
     }
 
     /// The queue.
     pub fn queue(&self) -> &str {
-        &self.queue
+        &self.inner.queue
     }
 }
 
@@ -81,10 +108,10 @@ impl PostgresTopic {
     /// Whether each insert also sends `NOTIFY` so that idle servers wake at once (default
     /// on). See [Waking up](super#waking-up) for when to turn it off.
     pub fn notify(self, notify: bool) -> Self {
-        let sender = self.sender();
+        let inner = &self.sender().inner;
         SenderTopic::new(PostgresSender::new(
-            sender.postgres.clone(),
-            sender.queue.clone(),
+            inner.postgres.clone(),
+            inner.queue.clone(),
             notify,
         ))
     }
@@ -117,7 +144,7 @@ impl PostgresTopic {
             body,
             delay: None,
         }])?;
-        let sender = self.sender();
+        let sender = &self.sender().inner;
         let channel = sender.postgres.channel();
         let bodies = batch.bodies();
         client
@@ -143,38 +170,50 @@ struct Batch {
 
 impl Batch {
     fn new(messages: Vec<Outgoing>) -> Result<Batch, Error> {
-        let n = messages.len();
-        let mut batch = Batch {
-            flat: Vec::new(),
-            first: Vec::with_capacity(n),
-            last: Vec::with_capacity(n),
-            bodies: Vec::with_capacity(n),
-            keys: Vec::with_capacity(n),
-            delays: Vec::with_capacity(n),
-        };
+        let mut batch = Batch::empty();
         for message in messages {
-            if message.body.len() > encoding::MAX_BODY {
-                return Err(Error::BodyTooLarge {
-                    limit: encoding::MAX_BODY,
-                });
-            }
-            let too_many = || Error::invalid_attribute("", "more attributes than a row holds");
-            batch
-                .first
-                .push(i32::try_from(batch.flat.len() + 1).map_err(|_| too_many())?);
-            encoding::flatten(&message.attributes, &mut batch.flat)?;
-            batch
-                .last
-                .push(i32::try_from(batch.flat.len()).map_err(|_| too_many())?);
-            batch
-                .keys
-                .push(message.attributes.get(ORDERING_KEY).map(str::to_owned));
-            batch
-                .delays
-                .push(millis(message.delay.unwrap_or(Duration::ZERO)));
-            batch.bodies.push(message.body);
+            batch.push(message)?;
         }
         Ok(batch)
+    }
+
+    fn empty() -> Batch {
+        Batch {
+            flat: Vec::new(),
+            first: Vec::new(),
+            last: Vec::new(),
+            bodies: Vec::new(),
+            keys: Vec::new(),
+            delays: Vec::new(),
+        }
+    }
+
+    /// Adds `message`, or refuses it leaving the batch as it was.
+    fn push(&mut self, message: Outgoing) -> Result<(), Error> {
+        if message.body.len() > encoding::MAX_BODY {
+            return Err(Error::BodyTooLarge {
+                limit: encoding::MAX_BODY,
+            });
+        }
+        let too_many = || Error::invalid_attribute("", "more attributes than a row holds");
+        let start = self.flat.len();
+        let first = i32::try_from(start + 1).map_err(|_| too_many())?;
+        if let Err(e) = encoding::flatten(&message.attributes, &mut self.flat) {
+            self.flat.truncate(start);
+            return Err(e);
+        }
+        let Ok(last) = i32::try_from(self.flat.len()) else {
+            self.flat.truncate(start);
+            return Err(too_many());
+        };
+        self.first.push(first);
+        self.last.push(last);
+        self.keys
+            .push(message.attributes.get(ORDERING_KEY).map(str::to_owned));
+        self.delays
+            .push(millis(message.delay.unwrap_or(Duration::ZERO)));
+        self.bodies.push(message.body);
+        Ok(())
     }
 
     /// The bodies as the driver takes them (it has no `ToSql` for `Bytes`).
@@ -208,9 +247,91 @@ impl Batch {
 /// A batch's bodies, borrowed as `bytea[]`.
 struct Bodies<'a>(Vec<&'a [u8]>);
 
+impl Inserter {
+    /// One insert of `batch`, on a pooled connection.
+    async fn insert(&self, batch: &Batch) -> Result<(), Error> {
+        let channel = self.postgres.channel();
+        let bodies = batch.bodies();
+        let client = self.postgres.inner.pool.get().await.map_err(pool_error)?;
+        let statement = client.prepare_cached(&self.insert).await.map_err(error)?;
+        client
+            .execute(
+                &statement,
+                &batch.params(&bodies, &self.queue, &channel, self.notify),
+            )
+            .await
+            .map(drop)
+            .map_err(error)
+    }
+}
+
+/// Inserts what concurrent writers gathered, batch after batch, until none waits.
+async fn flush(sender: Arc<Inserter>) {
+    /// Counts the task out however it ends (an aborted task too), so that the next
+    /// writer starts another.
+    struct Running<'a>(&'a Mutex<Gather>);
+    impl Drop for Running<'_> {
+        fn drop(&mut self) {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).flushing -= 1;
+        }
+    }
+    let _running = Running(&sender.gather);
+    loop {
+        let (batch, waiters) = {
+            let mut gather = sender.gather.lock().unwrap_or_else(|p| p.into_inner());
+            match gather.batch.take() {
+                Some(batch) => (batch, std::mem::take(&mut gather.waiters)),
+                None => return,
+            }
+        };
+        let result = sender.insert(&batch).await;
+        for waiter in waiters {
+            let _ = waiter.send(match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(shared_error(e)),
+            });
+        }
+    }
+}
+
+/// `e` for each writer of a batch that failed: the same kind, the same message.
+fn shared_error(e: &Error) -> Error {
+    match e {
+        Error::ConnectionLost(_) => Error::connection_lost(e.to_string()),
+        Error::InvalidConfig { field, reason } => Error::invalid_config(field, reason.clone()),
+        _ => Error::other(e.to_string()),
+    }
+}
+
 impl Sender for PostgresSender {
+    /// Hands the message to the next insert: concurrent writers share one insert (one
+    /// round trip, one commit, one notification), with up to four inserts at once.
     async fn send(&self, ctx: &Context, message: Outgoing) -> Result<(), Error> {
-        self.send_batch(ctx, vec![message]).await
+        if ctx.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut gather = self.inner.gather.lock().unwrap_or_else(|p| p.into_inner());
+            gather
+                .batch
+                .get_or_insert_with(Batch::empty)
+                .push(message)?;
+            gather.waiters.push(tx);
+            let start = gather.flushing < MAX_FLUSHING;
+            if start {
+                gather.flushing += 1;
+            }
+            start
+        };
+        if start {
+            tokio::spawn(flush(self.inner.clone()));
+        }
+        let done = async {
+            rx.await
+                .unwrap_or_else(|_| Err(Error::other("the insert task ended without an answer")))
+        };
+        ctx.unless_cancelled(done).await
     }
 
     async fn send_batch(&self, ctx: &Context, messages: Vec<Outgoing>) -> Result<(), Error> {
@@ -218,20 +339,6 @@ impl Sender for PostgresSender {
             return Ok(());
         }
         let batch = Batch::new(messages)?;
-        let channel = self.postgres.channel();
-        let bodies = batch.bodies();
-        let send = async {
-            let client = self.postgres.inner.pool.get().await.map_err(pool_error)?;
-            let statement = client.prepare_cached(&self.insert).await.map_err(error)?;
-            client
-                .execute(
-                    &statement,
-                    &batch.params(&bodies, &self.queue, &channel, self.notify),
-                )
-                .await
-                .map(drop)
-                .map_err(error)
-        };
-        ctx.unless_cancelled(send).await
+        ctx.unless_cancelled(self.inner.insert(&batch)).await
     }
 }
