@@ -22,7 +22,7 @@ pub mod postgres;
 /// Checks a duration setting that a broker takes in whole milliseconds as a 32-bit
 /// number: between `min` ms and `u32::MAX` ms, or [`Error::InvalidConfig`](crate::Error)
 /// naming `field`.
-#[cfg(feature = "_broker")]
+#[cfg(any(feature = "redis", feature = "postgres"))]
 pub(crate) fn check_millis(
     field: &'static str,
     d: std::time::Duration,
