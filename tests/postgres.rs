@@ -1041,3 +1041,54 @@ async fn concurrent_writers_share_inserts_and_a_bad_message_fails_alone() {
     );
     purge(&[&queue]).await;
 }
+
+/// A transaction held open elsewhere (the xmin horizon stuck, so no dead row can be
+/// cleaned up) slows a queue down but never stalls it: every message is consumed while
+/// the transaction is still open. (Its cost in throughput is measured by
+/// `MSGIO_BENCH_ONLY=long_tx cargo bench --bench postgres`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_transaction_elsewhere_does_not_stall_the_queue() {
+    const N: usize = 2000;
+    let Some(postgres) = connect().await else {
+        return;
+    };
+    let queue = queue_name();
+    let mut holder = raw().await;
+    let tx = holder
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .start()
+        .await
+        .unwrap();
+    tx.query_one("SELECT count(*) FROM msgio.messages", &[])
+        .await
+        .unwrap();
+    let topic = postgres.topic(&queue);
+    for chunk in 0..(N / 200) {
+        let batch = (chunk * 200..(chunk + 1) * 200)
+            .map(|seq| seq_message(seq as u64))
+            .collect();
+        topic
+            .publish_batch(&Context::background(), batch)
+            .await
+            .unwrap();
+    }
+    let received = Recorder::new();
+    let server = postgres
+        .server(
+            QueueOptions::new(&queue).poll_interval(Duration::from_millis(100)),
+            ServerConfig::new().concurrency(32),
+        )
+        .await
+        .unwrap();
+    let running = start(server, received.clone());
+    received.wait_for(N, Duration::from_secs(60)).await.unwrap();
+    let client = raw().await;
+    wait_rows(&client, &queue, 0, "not every message was acked").await;
+    // Still open: what was consumed was consumed under it.
+    tx.query_one("SELECT 1", &[]).await.unwrap();
+    tx.commit().await.unwrap();
+    running.stop(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(received.count(), N);
+    purge(&[&queue]).await;
+}

@@ -258,6 +258,18 @@ fn config_error(e: &Error) -> (&'static str, &str) {
 }
 
 #[tokio::test]
+async fn the_same_program_runs_on_postgres_by_changing_the_url() {
+    let base = env("POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test");
+    if !answers("PostgreSQL", &base).await {
+        return;
+    }
+    let queue = name();
+    let url = format!("{base}?queue={queue}&poll_interval=100ms");
+    // The program acks what it reads: the queue is left empty.
+    assert_eq!(program(&url).await.unwrap(), expected());
+}
+
+#[tokio::test]
 async fn an_unknown_scheme_is_named_with_the_schemes_known() {
     let e = msgio::open_topic("kafka://127.0.0.1:9092/orders")
         .await

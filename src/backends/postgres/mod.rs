@@ -114,6 +114,17 @@
 //! table's live rows are few and its dead ones many. A partial index on `(queue,
 //! ordering_key, id)` serves [`QueueOptions::key_order`].
 //!
+//! # Publishing
+//!
+//! A writer's close (or `publish`) returns once the insert committed. Writers that publish
+//! at the same time share one insert: the first starts an insert task, those arriving
+//! while it runs join the next one (up to four inserts at once, each on a pooled
+//! connection), so that one round trip, one commit and one notification serve them all
+//! — each commit waits for its WAL flush, which is what bounds one-insert-per-message
+//! publishing. A message that cannot be stored (a NUL character in an attribute) is
+//! refused on its own before it joins an insert; a failed insert fails every writer in
+//! it. [`Topic::publish_batch`](crate::Topic::publish_batch) is one insert of its own.
+//!
 //! # Delivery
 //!
 //! A server claims up to the free concurrency plus prefetch of the due rows, oldest first,
