@@ -25,7 +25,7 @@ CREATE TABLE {s}.messages (
     autovacuum_vacuum_insert_scale_factor = 0.01,
     autovacuum_vacuum_cost_delay = 0
 );
-CREATE INDEX messages_due ON {s}.messages (queue, run_at, id);
+CREATE INDEX messages_queue ON {s}.messages (queue, id);
 CREATE INDEX messages_key ON {s}.messages (queue, ordering_key, id) WHERE ordering_key IS NOT NULL;
 CREATE TABLE {s}.archive (
     id           bigint      PRIMARY KEY,

@@ -51,8 +51,62 @@ struct Shared {
     in_flight: Mutex<HashMap<i64, i32>>,
     /// Woken by a notification, or by a row this server put back.
     wake: Notify,
+    /// Where claims start (see [`Scan`]).
+    scan: Mutex<Scan>,
     /// The dead-letter queue, when the engine hands given-up messages to this source.
     dead_letter_queue: Option<String>,
+}
+
+/// Where a claim starts scanning the queue's index.
+///
+/// Each ack leaves a dead index entry at the front of the queue, which a claim scanning
+/// from the front must step over; while a long transaction elsewhere holds back the
+/// cleanup, there can be millions. So most claims start after the highest id this server
+/// claimed (new rows have higher ids), and a sweep from the front — which finds retries
+/// that came due, expired leases of dead consumers, and rows whose transaction committed
+/// after a higher id was claimed — runs every poll interval, or ten times its own duration
+/// when that is longer, so that sweeping never takes more than a tenth of the time.
+struct Scan {
+    cursor: i64,
+    next_sweep: tokio::time::Instant,
+    /// How long the last sweep took.
+    sweep_cost: Duration,
+    /// When the last sweep started.
+    swept_at: tokio::time::Instant,
+}
+
+impl Scan {
+    /// Where the next claim starts, and whether it is a sweep.
+    fn start(&self, now: tokio::time::Instant) -> (i64, bool) {
+        if now >= self.next_sweep {
+            (0, true)
+        } else {
+            (self.cursor, false)
+        }
+    }
+
+    /// After a claim from `from` that started at `started`, found rows up to `highest`.
+    fn claimed(
+        &mut self,
+        sweep: bool,
+        started: tokio::time::Instant,
+        highest: Option<i64>,
+        poll: Duration,
+    ) {
+        if let Some(highest) = highest {
+            self.cursor = self.cursor.max(highest);
+        }
+        if sweep {
+            self.sweep_cost = started.elapsed();
+            self.swept_at = started;
+            self.next_sweep = started + poll.max(self.sweep_cost * 10);
+        }
+    }
+
+    /// Something of ours came back to the queue: sweep as soon as the budget allows.
+    fn requeued(&mut self) {
+        self.next_sweep = self.next_sweep.min(self.swept_at + self.sweep_cost * 10);
+    }
 }
 
 struct Sql {
@@ -75,11 +129,6 @@ impl Sql {
             )
         } else {
             String::new()
-        };
-        let order = if options.key_order {
-            "c.id"
-        } else {
-            "c.run_at, c.id"
         };
         let settled = "m.id = s.id AND m.attempts = s.attempts AND m.lease_owner = $3";
         let finish = |outcome: &str| {
@@ -109,8 +158,8 @@ impl Sql {
                  SET attempts = m.attempts + 1, lease_owner = $3,
                      run_at = now() + $4::int8 * interval '1 millisecond'
                  FROM (SELECT c.id FROM {s}.messages c
-                       WHERE c.queue = $1 AND c.run_at <= now() {key_order}
-                       ORDER BY {order} LIMIT $2
+                       WHERE c.queue = $1 AND c.id > $5 AND c.run_at <= now() {key_order}
+                       ORDER BY c.id LIMIT $2
                        FOR UPDATE SKIP LOCKED) picked
                  WHERE m.id = picked.id
                  RETURNING m.id, m.attempts, m.attributes, m.body"
@@ -178,6 +227,12 @@ pub(super) async fn server(
         options,
         in_flight: Mutex::new(HashMap::new()),
         wake: Notify::new(),
+        scan: Mutex::new(Scan {
+            cursor: 0,
+            next_sweep: tokio::time::Instant::now(),
+            sweep_cost: Duration::ZERO,
+            swept_at: tokio::time::Instant::now(),
+        }),
         dead_letter_queue,
     });
     let mut tasks = vec![tokio::spawn(keep_leases(Arc::downgrade(&shared)))];
@@ -222,6 +277,12 @@ impl Drop for PostgresSource {
 
 /// Claims up to `max` due rows, leasing them to this server.
 async fn claim(shared: Arc<Shared>, max: usize) -> Result<Vec<Row>, Error> {
+    let started = tokio::time::Instant::now();
+    let (from, sweep) = shared
+        .scan
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .start(started);
     let client = shared.postgres.inner.pool.get().await.map_err(pool_error)?;
     let statement = client
         .prepare_cached(&shared.sql.claim)
@@ -232,11 +293,17 @@ async fn claim(shared: Arc<Shared>, max: usize) -> Result<Vec<Row>, Error> {
     let mut rows = client
         .query(
             &statement,
-            &[&shared.options.queue, &limit, &shared.owner, &lease],
+            &[&shared.options.queue, &limit, &shared.owner, &lease, &from],
         )
         .await
         .map_err(error)?;
     rows.sort_by_key(|row| row.get::<_, i64>(0));
+    let highest = rows.last().map(|row| row.get::<_, i64>(0));
+    shared
+        .scan
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .claimed(sweep, started, highest, shared.options.poll_interval);
     Ok(rows)
 }
 
@@ -380,9 +447,18 @@ impl Source for PostgresSource {
     async fn fetch(&self, max: usize, out: &mut Vec<Delivery<PostgresToken>>) -> Result<(), Error> {
         let mut rows = self.claim(max).await?;
         if rows.is_empty() {
+            // Until a notification, or the next sweep is due (at most a poll interval).
+            let next_sweep = self
+                .shared
+                .scan
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .next_sweep;
+            let until =
+                next_sweep.min(tokio::time::Instant::now() + self.shared.options.poll_interval);
             tokio::select! {
                 () = self.shared.wake.notified() => {}
-                () = tokio::time::sleep(self.shared.options.poll_interval) => {}
+                () = tokio::time::sleep_until(until) => {}
             }
             rows = self.claim(max).await?;
         }
@@ -462,6 +538,11 @@ impl Source for PostgresSource {
             }
         }
         if !requeues.is_empty() {
+            shared
+                .scan
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .requeued();
             shared.wake.notify_one();
         }
         let mut in_flight = shared.in_flight.lock().unwrap_or_else(|p| p.into_inner());
