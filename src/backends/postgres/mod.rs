@@ -106,13 +106,24 @@
 //!   than this msgio is refused rather than touched.
 //!
 //! Why this shape: a queue's hot path is insert, claim (an update), delete. `run_at`
-//! doubles as the lease's end, so one index, `(queue, run_at, id)`, finds both what is due
-//! and what a dead consumer leased (its lease ran out), and a claim touches one index
-//! entry. `fillfactor = 70` leaves room on each page for the new version of a claimed or
-//! retried row, so that updates stay on their page and pages are pruned without waiting
-//! for vacuum; autovacuum is set to run after 1% of the rows changed, not 20%, since the
-//! table's live rows are few and its dead ones many. A partial index on `(queue,
-//! ordering_key, id)` serves [`QueueOptions::key_order`].
+//! doubles as the lease's end, so that one condition, `run_at <= now()`, finds both what
+//! is due and what a dead consumer leased (its lease ran out). The only index a claim uses
+//! is `(queue, id)`, and no indexed column changes when a row is claimed, retried or its
+//! lease extended: with `fillfactor = 70` leaving room on each page, those updates are HOT
+//! (the new version stays on its page, no index entry is added, and the page is pruned
+//! without waiting for vacuum). Autovacuum is set to run after 1% of the rows changed, not
+//! 20%, since the table's live rows are few and its dead ones many. A partial index on
+//! `(queue, ordering_key, id)` serves [`QueueOptions::key_order`].
+//!
+//! Each delete leaves a dead index entry at the front of the queue, which vacuum removes
+//! only once no transaction may still see the row: a transaction held open elsewhere for a
+//! minute keeps a minute of them. Scanning from the front at every claim is what makes
+//! such queues collapse then, so a server's claims start after the highest id it claimed
+//! (new rows come after it), and a sweep from the front — for retries and delayed messages
+//! that came due, expired leases, rows whose transaction committed after a higher id was
+//! claimed — runs every [`QueueOptions::poll_interval`], or every ten times its own
+//! duration when that is longer, so that sweeping costs at most a tenth of the time.
+//! `MSGIO_BENCH_ONLY=long_tx cargo bench --bench postgres` measures it.
 //!
 //! # Publishing
 //!
@@ -127,7 +138,7 @@
 //!
 //! # Delivery
 //!
-//! A server claims up to the free concurrency plus prefetch of the due rows, oldest first,
+//! A server claims up to the free concurrency plus prefetch of the due rows, in insert order,
 //! with `FOR UPDATE SKIP LOCKED` (servers never wait on each other's rows) and leases them
 //! for [`QueueOptions::lease`]: the row's `attempts` goes up and its `run_at` moves to the
 //! lease's end. While a receiver runs, the lease is extended every third of its length;
@@ -486,8 +497,11 @@ impl QueueOptions {
         self
     }
 
-    /// How often an idle server looks for due messages without being notified (default
-    /// 1 s): what bounds how late a delayed message, a retry or an expired lease is seen.
+    /// How often an idle server looks for due messages without being notified, and how
+    /// often it sweeps the queue from the front (default 1 s): what bounds how late a
+    /// delayed message, a retry that came due or an expired lease is seen (a sweep that
+    /// takes long — under a long transaction elsewhere — runs less often: see
+    /// [Schema](self#schema)).
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval;
         self
