@@ -10,7 +10,8 @@
 //! Consume with ack: the queue is filled beforehand; the clock runs until every row was
 //! handed to a receiver and deleted. msgio serves with concurrency 64; raw tokio-postgres
 //! runs one loop claiming batches of 128 with the same `FOR UPDATE SKIP LOCKED` lease
-//! update, reads each row's attributes and body, and deletes the batch.
+//! update (starting after the highest id it claimed, as msgio does), reads each row's
+//! attributes and body, and deletes the batch.
 //!
 //! Wake-up: an idle consumer, one message published every 20 ms; the p50 and p99 from
 //! publish to receive, of a msgio server woken by `NOTIFY` and of a raw loop that
@@ -56,8 +57,8 @@ const INSERT: &str = "WITH ins AS (
     SELECT pg_notify('msgio.msgio', $1)";
 const CLAIM_SQL: &str = "UPDATE msgio.messages m
     SET attempts = m.attempts + 1, lease_owner = 'raw', run_at = now() + interval '30 seconds'
-    FROM (SELECT c.id FROM msgio.messages c WHERE c.queue = $1 AND c.run_at <= now()
-          ORDER BY c.run_at, c.id LIMIT $2 FOR UPDATE SKIP LOCKED) picked
+    FROM (SELECT c.id FROM msgio.messages c WHERE c.queue = $1 AND c.id > $3 AND c.run_at <= now()
+          ORDER BY c.id LIMIT $2 FOR UPDATE SKIP LOCKED) picked
     WHERE m.id = picked.id
     RETURNING m.id, m.attributes, m.body";
 const DELETE: &str = "DELETE FROM msgio.messages WHERE id = ANY($1)";
@@ -188,14 +189,19 @@ async fn count(client: &tokio_postgres::Client, queue: &str) -> i64 {
         .get(0)
 }
 
-/// One raw claim of up to 128 rows, read, deleted; how many.
+/// One raw claim of up to 128 rows after `cursor` (the highest id claimed so far, as
+/// msgio's claims start), read, deleted; how many.
 async fn raw_claim_once(
     client: &tokio_postgres::Client,
     claim: &tokio_postgres::Statement,
     delete: &tokio_postgres::Statement,
     queue: &str,
+    cursor: &mut i64,
 ) -> usize {
-    let rows = client.query(claim, &[&queue, &CLAIM]).await.unwrap();
+    let rows = client
+        .query(claim, &[&queue, &CLAIM, &*cursor])
+        .await
+        .unwrap();
     let mut ids = Vec::with_capacity(rows.len());
     for row in &rows {
         ids.push(row.get::<_, i64>(0));
@@ -203,7 +209,8 @@ async fn raw_claim_once(
         let body: &[u8] = row.get(2);
         std::hint::black_box((attributes, body));
     }
-    if !ids.is_empty() {
+    if let Some(highest) = ids.iter().max() {
+        *cursor = (*cursor).max(*highest);
         client.execute(delete, &[&ids]).await.unwrap();
     }
     rows.len()
@@ -215,9 +222,9 @@ async fn raw_consume(postgres: &Postgres, client: &tokio_postgres::Client, n: us
     let claim = client.prepare(CLAIM_SQL).await.unwrap();
     let delete = client.prepare(DELETE).await.unwrap();
     let started = common::Meter::start();
-    let mut seen = 0;
+    let (mut seen, mut cursor) = (0, 0);
     while seen < n {
-        seen += raw_claim_once(client, &claim, &delete, &queue).await;
+        seen += raw_claim_once(client, &claim, &delete, &queue, &mut cursor).await;
     }
     started.finish(n, "raw consume")
 }
@@ -268,7 +275,7 @@ async fn raw_wakeup(postgres: &Postgres, n: usize) -> (Duration, Duration) {
             if payload != q {
                 continue;
             }
-            let rows = client.query(&claim, &[&q, &CLAIM]).await.unwrap();
+            let rows = client.query(&claim, &[&q, &CLAIM, &0i64]).await.unwrap();
             let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
             for row in &rows {
                 l.record(row.get::<_, &[u8]>(2));
