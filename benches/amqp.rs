@@ -37,7 +37,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use msgio::amqp::{Amqp, QueueOptions};
-use msgio::{Attributes, Context, Message, ReceiverFunc, Server, ServerConfig};
+use msgio::{Attributes, Server, ServerConfig};
 
 mod common;
 use common::{Done, median};
@@ -173,16 +173,7 @@ async fn filled(publisher: &Channel, admin: &Channel, n: usize) -> String {
 async fn msgio_consume(amqp: &Amqp, publisher: &Channel, admin: &Channel, n: usize) -> f64 {
     let queue = filled(publisher, admin, n).await;
     let done = Done::new(n);
-    let d = done.clone();
-    let receiver = ReceiverFunc::new(move |_: Context, mut msg: Message| {
-        let d = d.clone();
-        async move {
-            let body = msg.body.read_to_bytes(1024).await?;
-            std::hint::black_box((body, msg.attributes.get("X-Seq").is_some()));
-            d.one();
-            Ok(())
-        }
-    });
+    let receiver = common::counting(done.clone());
     let server = amqp
         .server(
             QueueOptions::new(&queue),

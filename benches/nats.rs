@@ -32,7 +32,7 @@ use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
 use futures::StreamExt;
 use msgio::nats::{ConsumerOptions, Nats};
-use msgio::{Attributes, Context, Message, ReceiverFunc, Server, ServerConfig};
+use msgio::{Attributes, Server, ServerConfig};
 
 mod common;
 use common::{Done, median};
@@ -157,16 +157,7 @@ async fn durable(js: &jetstream::Context, stream: &str) -> consumer::PullConsume
 async fn msgio_consume(nats: &Nats, js: &jetstream::Context, n: usize) -> f64 {
     let stream = filled(js, n).await;
     let done = Done::new(n);
-    let d = done.clone();
-    let receiver = ReceiverFunc::new(move |_: Context, mut msg: Message| {
-        let d = d.clone();
-        async move {
-            let body = msg.body.read_to_bytes(1024).await?;
-            std::hint::black_box((body, msg.attributes.get("X-Seq").is_some()));
-            d.one();
-            Ok(())
-        }
-    });
+    let receiver = common::counting(done.clone());
     let server = nats
         .server(
             ConsumerOptions::new(&stream, "d"),

@@ -148,16 +148,7 @@ async fn filled(postgres: &Postgres, n: usize) -> String {
 async fn msgio_consume(postgres: &Postgres, client: &tokio_postgres::Client, n: usize) -> f64 {
     let queue = filled(postgres, n).await;
     let done = Done::new(n);
-    let d = done.clone();
-    let receiver = ReceiverFunc::new(move |_: Context, mut msg: Message| {
-        let d = d.clone();
-        async move {
-            let body = msg.body.read_to_bytes(1024).await?;
-            std::hint::black_box((body, msg.attributes.get("X-Seq").is_some()));
-            d.one();
-            Ok(())
-        }
-    });
+    let receiver = common::counting(done.clone());
     let server = postgres
         .server(
             QueueOptions::new(&queue),

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use msgio::redis::{Redis, StreamOptions};
-use msgio::{Attributes, Context, Message, ReceiverFunc, Server, ServerConfig};
+use msgio::{Attributes, Server, ServerConfig};
 use redis::Value;
 use redis::aio::MultiplexedConnection;
 
@@ -165,16 +165,7 @@ async fn msgio_consume(redis: &Redis, n: usize) -> f64 {
     let stream = filled(n).await;
     let mut conn = raw_conn().await;
     let done = Done::new(n);
-    let d = done.clone();
-    let receiver = ReceiverFunc::new(move |_: Context, mut msg: Message| {
-        let d = d.clone();
-        async move {
-            let body = msg.body.read_to_bytes(1024).await?;
-            std::hint::black_box((body, msg.attributes.get("X-Seq").is_some()));
-            d.one();
-            Ok(())
-        }
-    });
+    let receiver = common::counting(done.clone());
     let server = redis
         .server(
             StreamOptions::new(&stream, "g").block(Duration::from_millis(100)),

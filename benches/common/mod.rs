@@ -231,6 +231,21 @@ pub fn print_cpu(ours: &'static str, raw: &'static str) {
     }
 }
 
+/// The receiver of the consume runs: reads the body and an attribute, as a real receiver
+/// would, and counts the message.
+pub fn counting(done: Arc<Done>) -> impl msgio::Receiver {
+    use msgio::{Context, Message, ReceiverFunc};
+    ReceiverFunc::new(move |_: Context, mut msg: Message| {
+        let done = done.clone();
+        async move {
+            let body = msg.body.read_to_bytes(1024).await?;
+            std::hint::black_box((body, msg.attributes.get("X-Seq").is_some()));
+            done.one();
+            Ok(())
+        }
+    })
+}
+
 /// The message every broker bench publishes: a 100-byte body, `Content-Type` and `X-Seq`.
 pub fn message(seq: usize) -> msgio::Message {
     let mut msg = msgio::Message::new(bytes::Bytes::from_static(&[b'x'; 100]));
