@@ -414,20 +414,12 @@ fn main() {
         common::reset_cpu();
         let mut peak = f64::INFINITY;
         if only.as_deref().is_none_or(|o| o == "publish") {
-            let (mut ours, mut raw, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-            for round in 0..ROUNDS {
-                // Back to back, in alternating order, so that drift hits both alike.
-                let (o, r) = if round % 2 == 0 {
-                    let o = msgio_publish(&amqp, &admin, n).await;
-                    (o, raw_publish(&publisher, &admin, n).await)
-                } else {
-                    let r = raw_publish(&publisher, &admin, n).await;
-                    (msgio_publish(&amqp, &admin, n).await, r)
-                };
-                ours.push(o);
-                raw.push(r);
-                ratios.push(o / r);
-            }
+            let (ours, raw, ratios) = common::alternate(
+                ROUNDS,
+                async || msgio_publish(&amqp, &admin, n).await,
+                async || raw_publish(&publisher, &admin, n).await,
+            )
+            .await;
             println!("amqp publish with confirms, {n} messages x {ROUNDS} rounds, {PUBLISHERS} concurrent publishers, 100-byte persistent body, 2 attributes");
             println!("  msgio AmqpTopic                     {:>10.0} msgs/s (median)", median(ours.clone()));
             println!("  raw lapin                           {:>10.0} msgs/s (median)", median(raw));
@@ -436,19 +428,12 @@ fn main() {
             peak = peak.min(median(ours));
         }
         if only.as_deref().is_none_or(|o| o == "consume") {
-            let (mut ours, mut raw, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-            for round in 0..ROUNDS {
-                let (o, r) = if round % 2 == 0 {
-                    let o = msgio_consume(&amqp, &publisher, &admin, n).await;
-                    (o, raw_consume(&connection, &publisher, &admin, n).await)
-                } else {
-                    let r = raw_consume(&connection, &publisher, &admin, n).await;
-                    (msgio_consume(&amqp, &publisher, &admin, n).await, r)
-                };
-                ours.push(o);
-                raw.push(r);
-                ratios.push(o / r);
-            }
+            let (ours, raw, ratios) = common::alternate(
+                ROUNDS,
+                async || msgio_consume(&amqp, &publisher, &admin, n).await,
+                async || raw_consume(&connection, &publisher, &admin, n).await,
+            )
+            .await;
             println!("amqp consume + ack, {n} messages x {ROUNDS} rounds, prefetch {PREFETCH}");
             println!("  msgio AmqpServer, concurrency {CONCURRENCY}    {:>10.0} msgs/s (median)", median(ours.clone()));
             println!("  raw lapin, handled inline           {:>10.0} msgs/s (median)", median(raw));
@@ -457,19 +442,12 @@ fn main() {
             peak = peak.min(median(ours));
         }
         if only.as_deref().is_none_or(|o| o == "batch") {
-            let (mut ours, mut raw, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-            for round in 0..ROUNDS {
-                let (o, r) = if round % 2 == 0 {
-                    let o = msgio_publish_batch(&amqp, &admin, n).await;
-                    (o, raw_publish_batch(&publisher, &admin, n).await)
-                } else {
-                    let r = raw_publish_batch(&publisher, &admin, n).await;
-                    (msgio_publish_batch(&amqp, &admin, n).await, r)
-                };
-                ours.push(o);
-                raw.push(r);
-                ratios.push(o / r);
-            }
+            let (ours, raw, ratios) = common::alternate(
+                ROUNDS,
+                async || msgio_publish_batch(&amqp, &admin, n).await,
+                async || raw_publish_batch(&publisher, &admin, n).await,
+            )
+            .await;
             println!("amqp publish_batch, {n} messages x {ROUNDS} rounds, {BATCH_PUBLISHERS} concurrent publishers, batches of {BATCH_SIZE} (confirms awaited together)");
             println!("  msgio AmqpTopic::publish_batch      {:>10.0} msgs/s (median)", median(ours));
             println!("  raw lapin, same batches             {:>10.0} msgs/s (median)", median(raw));

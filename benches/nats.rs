@@ -358,19 +358,12 @@ fn main() {
         common::reset_cpu();
         let mut peak = f64::INFINITY;
         if only.as_deref().is_none_or(|o| o == "publish") {
-            let (mut ours, mut raw, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-            for round in 0..ROUNDS {
-                // Back to back, in alternating order, so that drift hits both alike.
-                let (o, r) = if round % 2 == 0 {
-                    (msgio_publish(&nats, &js, n).await, raw_publish(&js, n).await)
-                } else {
-                    let r = raw_publish(&js, n).await;
-                    (msgio_publish(&nats, &js, n).await, r)
-                };
-                ours.push(o);
-                raw.push(r);
-                ratios.push(o / r);
-            }
+            let (ours, raw, ratios) = common::alternate(
+                ROUNDS,
+                async || msgio_publish(&nats, &js, n).await,
+                async || raw_publish(&js, n).await,
+            )
+            .await;
             println!("nats publish with acks, {n} messages x {ROUNDS} rounds, {PUBLISHERS} concurrent publishers, 100-byte body, 2 attributes");
             println!("  msgio NatsTopic                     {:>10.0} msgs/s (median)", median(ours.clone()));
             println!("  raw async-nats                      {:>10.0} msgs/s (median)", median(raw));
@@ -379,18 +372,12 @@ fn main() {
             peak = peak.min(median(ours.clone()));
         }
         if only.as_deref().is_none_or(|o| o == "consume") {
-            let (mut ours, mut raw, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-            for round in 0..ROUNDS {
-                let (o, r) = if round % 2 == 0 {
-                    (msgio_consume(&nats, &js, n).await, raw_consume(&client, &js, n).await)
-                } else {
-                    let r = raw_consume(&client, &js, n).await;
-                    (msgio_consume(&nats, &js, n).await, r)
-                };
-                ours.push(o);
-                raw.push(r);
-                ratios.push(o / r);
-            }
+            let (ours, raw, ratios) = common::alternate(
+                ROUNDS,
+                async || msgio_consume(&nats, &js, n).await,
+                async || raw_consume(&client, &js, n).await,
+            )
+            .await;
             println!("nats consume + ack, {n} messages x {ROUNDS} rounds, pulls of {BATCH}");
             println!("  msgio NatsServer, concurrency {CONCURRENCY}    {:>10.0} msgs/s (median)", median(ours.clone()));
             println!("  raw async-nats, handled inline      {:>10.0} msgs/s (median)", median(raw));
@@ -399,19 +386,12 @@ fn main() {
             peak = peak.min(median(ours.clone()));
         }
         if only.as_deref().is_none_or(|o| o == "batch") {
-            let (mut ours, mut raw, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-            for round in 0..ROUNDS {
-                let (o, r) = if round % 2 == 0 {
-                    let o = msgio_publish_batch(&nats, &js, n).await;
-                    (o, raw_publish_batch(&js, n).await)
-                } else {
-                    let r = raw_publish_batch(&js, n).await;
-                    (msgio_publish_batch(&nats, &js, n).await, r)
-                };
-                ours.push(o);
-                raw.push(r);
-                ratios.push(o / r);
-            }
+            let (ours, raw, ratios) = common::alternate(
+                ROUNDS,
+                async || msgio_publish_batch(&nats, &js, n).await,
+                async || raw_publish_batch(&js, n).await,
+            )
+            .await;
             println!("nats publish_batch, {n} messages x {ROUNDS} rounds, {BATCH_PUBLISHERS} concurrent publishers, batches of {BATCH_SIZE} (acks awaited together)");
             println!("  msgio NatsTopic::publish_batch      {:>10.0} msgs/s (median)", median(ours));
             println!("  raw async-nats, same batches        {:>10.0} msgs/s (median)", median(raw));

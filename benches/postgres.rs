@@ -443,20 +443,12 @@ fn main() {
             // A commit per message makes the raw side slow (each waits for its WAL flush):
             // a quarter of the messages keeps the bench under two minutes.
             let n = n / 4;
-            let (mut ours, mut raw, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-            for round in 0..ROUNDS {
-                // Back to back, in alternating order, so that drift hits both alike.
-                let (o, r) = if round % 2 == 0 {
-                    let o = msgio_publish(&postgres, &client, n).await;
-                    (o, raw_publish(&pool, &client, n).await)
-                } else {
-                    let r = raw_publish(&pool, &client, n).await;
-                    (msgio_publish(&postgres, &client, n).await, r)
-                };
-                ours.push(o);
-                raw.push(r);
-                ratios.push(o / r);
-            }
+            let (ours, raw, ratios) = common::alternate(
+                ROUNDS,
+                async || msgio_publish(&postgres, &client, n).await,
+                async || raw_publish(&pool, &client, n).await,
+            )
+            .await;
             println!("postgres publish, {n} messages x {ROUNDS} rounds, {PUBLISHERS} concurrent publishers, 100-byte body, 2 attributes, NOTIFY on");
             println!("  msgio PostgresTopic                 {:>10.0} msgs/s (median)", median(ours));
             println!("  raw tokio-postgres, 8 connections   {:>10.0} msgs/s (median)", median(raw));
@@ -464,19 +456,12 @@ fn main() {
             common::print_cpu("msgio publish", "raw publish");
         }
         if only.as_deref().is_none_or(|o| o == "consume") {
-            let (mut ours, mut raw, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-            for round in 0..ROUNDS {
-                let (o, r) = if round % 2 == 0 {
-                    let o = msgio_consume(&postgres, &client, n).await;
-                    (o, raw_consume(&postgres, &client, n).await)
-                } else {
-                    let r = raw_consume(&postgres, &client, n).await;
-                    (msgio_consume(&postgres, &client, n).await, r)
-                };
-                ours.push(o);
-                raw.push(r);
-                ratios.push(o / r);
-            }
+            let (ours, raw, ratios) = common::alternate(
+                ROUNDS,
+                async || msgio_consume(&postgres, &client, n).await,
+                async || raw_consume(&postgres, &client, n).await,
+            )
+            .await;
             println!("postgres consume + ack, {n} messages x {ROUNDS} rounds");
             println!("  msgio PostgresServer, concurrency {CONCURRENCY} {:>9.0} msgs/s (median)", median(ours));
             println!("  raw SKIP LOCKED loop, claims of {CLAIM} {:>8.0} msgs/s (median)", median(raw));

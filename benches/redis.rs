@@ -485,20 +485,12 @@ fn main() {
         common::reset_cpu();
         let mut peak = f64::INFINITY;
         if std::env::var("MSGIO_BENCH_ONLY").map_or(true, |o| o == "publish") {
-            let (mut ours, mut raw, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-            for round in 0..ROUNDS {
-                // Back to back, so that drift in the machine's speed hits both alike, in
-                // alternating order.
-                let (o, r) = if round % 2 == 0 {
-                    (msgio_publish(&redis, n).await, raw_publish(n).await)
-                } else {
-                    let r = raw_publish(n).await;
-                    (msgio_publish(&redis, n).await, r)
-                };
-                ours.push(o);
-                raw.push(r);
-                ratios.push(o / r);
-            }
+            let (ours, raw, ratios) = common::alternate(
+                ROUNDS,
+                async || msgio_publish(&redis, n).await,
+                async || raw_publish(n).await,
+            )
+            .await;
             println!("redis publish, {n} messages x {ROUNDS} rounds, {PUBLISHERS} concurrent publishers, 100-byte body, 2 attributes");
             println!("  msgio RedisTopic                    {:>10.0} msgs/s (median)", median(ours.clone()));
             println!("  raw redis-rs XADD                   {:>10.0} msgs/s (median)", median(raw));

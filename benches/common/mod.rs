@@ -231,6 +231,30 @@ pub fn print_cpu(ours: &'static str, raw: &'static str) {
     }
 }
 
+/// Runs `ours` and `raw` `rounds` times each, back to back and in alternating order (so
+/// that drift in the machine's speed hits both alike): their rates, and each round's
+/// ratio of ours to raw.
+pub async fn alternate(
+    rounds: usize,
+    mut ours: impl AsyncFnMut() -> f64,
+    mut raw: impl AsyncFnMut() -> f64,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (mut o, mut r, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let (a, b) = if round % 2 == 0 {
+            let a = ours().await;
+            (a, raw().await)
+        } else {
+            let b = raw().await;
+            (ours().await, b)
+        };
+        o.push(a);
+        r.push(b);
+        ratios.push(a / b);
+    }
+    (o, r, ratios)
+}
+
 /// The receiver of the consume runs: reads the body and an attribute, as a real receiver
 /// would, and counts the message.
 pub fn counting(done: Arc<Done>) -> impl msgio::Receiver {
