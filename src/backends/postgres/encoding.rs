@@ -5,13 +5,13 @@ use crate::{Attributes, Error};
 /// The largest body a `bytea` holds (1 GiB less what the row around it needs).
 pub(super) const MAX_BODY: usize = (1 << 30) - 1024;
 
-/// Appends `attributes` to `flat` as key, value, key, value...
+/// Refuses attributes a row cannot hold.
 ///
 /// # Errors
 ///
 /// [`Error::InvalidAttribute`] for a key or value holding a NUL character, which
 /// PostgreSQL's `text` cannot store.
-pub(super) fn flatten(attributes: &Attributes, flat: &mut Vec<String>) -> Result<(), Error> {
+pub(super) fn check(attributes: &Attributes) -> Result<(), Error> {
     for (key, value) in attributes.iter() {
         if key.contains('\0') {
             return Err(Error::invalid_attribute(
@@ -25,10 +25,16 @@ pub(super) fn flatten(attributes: &Attributes, flat: &mut Vec<String>) -> Result
                 "PostgreSQL text cannot hold a NUL character in a value",
             ));
         }
-        flat.push(key.to_owned());
-        flat.push(value.to_owned());
     }
     Ok(())
+}
+
+/// `attributes` as a row holds them: key, value, key, value...
+pub(super) fn flatten(attributes: &Attributes) -> Vec<Option<String>> {
+    attributes
+        .iter()
+        .flat_map(|(key, value)| [Some(key.to_owned()), Some(value.to_owned())])
+        .collect()
 }
 
 /// The attributes of a row's `text[]`, or why they cannot be read (an odd number of
@@ -62,10 +68,11 @@ mod tests {
         attributes.add("x-b", "1");
         attributes.add("X-A", "2");
         attributes.add("x-b", "3");
-        let mut flat = Vec::new();
-        flatten(&attributes, &mut flat).unwrap();
-        assert_eq!(flat, ["X-B", "1", "X-B", "3", "X-A", "2"]);
-        let back = unflatten(flat.into_iter().map(Some).collect()).unwrap();
+        check(&attributes).unwrap();
+        let flat = flatten(&attributes);
+        let expected = ["X-B", "1", "X-B", "3", "X-A", "2"];
+        assert_eq!(flat, expected.map(|s| Some(s.to_owned())));
+        let back = unflatten(flat).unwrap();
         assert_eq!(back.get_all("X-B").collect::<Vec<_>>(), ["1", "3"]);
         assert_eq!(back.iter().count(), 3);
     }
@@ -74,7 +81,7 @@ mod tests {
     fn nul_characters_are_refused_naming_the_key() {
         let mut attributes = Attributes::new();
         attributes.set("X-Bad", "a\0b");
-        let e = flatten(&attributes, &mut Vec::new()).unwrap_err();
+        let e = check(&attributes).unwrap_err();
         assert!(
             matches!(e, Error::InvalidAttribute { ref key, .. } if key == "X-Bad"),
             "{e}"

@@ -379,36 +379,30 @@ impl PostgresSource {
         let raw: Vec<Option<String>> = row.try_get(0).unwrap_or_default();
         let body: &[u8] = row.get(1);
         let key: Option<String> = row.get(2);
-        let created: std::time::SystemTime = row.get(3);
+        // A time out of SystemTime's range (`infinity`, written by hand) becomes now.
+        let created: std::time::SystemTime = row
+            .try_get(3)
+            .unwrap_or_else(|_| std::time::SystemTime::now());
         let attempt = u32::try_from(token.attempts).unwrap_or(1);
         let id = crate::MessageId::from(token.id.to_string());
-        let flat: Vec<Option<String>> = match encoding::unflatten(raw.clone()) {
-            Ok(attributes) => {
-                let letter = crate::dead_letter::message(
-                    attributes,
-                    Bytes::new(),
-                    reason,
-                    attempt,
-                    Some(&shared.options.queue),
-                    Some(&id),
-                );
-                let mut flat = Vec::new();
-                // What the row held was text already, and the added values are too.
-                encoding::flatten(&letter.attributes, &mut flat)?;
-                flat.into_iter().map(Some).collect()
-            }
+        // The dead-letter facts, as a dead-letter topic gets them.
+        let with_facts = |attributes| {
+            crate::dead_letter::message(
+                attributes,
+                Bytes::new(),
+                reason,
+                attempt,
+                Some(&shared.options.queue),
+                Some(&id),
+            )
+            .attributes
+        };
+        let flat = match encoding::unflatten(raw.clone()) {
+            Ok(attributes) => encoding::flatten(&with_facts(attributes)),
             Err(_) => {
                 // Kept as it was, so that nothing is lost, with the facts after it.
                 let mut flat = raw;
-                for (k, v) in [
-                    (crate::keys::DEAD_LETTER_REASON, reason.replace('\0', " ")),
-                    (crate::keys::ATTEMPTS, attempt.to_string()),
-                    (crate::keys::SOURCE, shared.options.queue.clone()),
-                    (crate::keys::MESSAGE_ID, id.to_string()),
-                ] {
-                    flat.push(Some(k.to_owned()));
-                    flat.push(Some(v));
-                }
+                flat.extend(encoding::flatten(&with_facts(crate::Attributes::new())));
                 flat
             }
         };

@@ -36,14 +36,17 @@ struct Inserter {
     notify: bool,
     /// The insert, with its `NOTIFY` when `notify` is on.
     insert: String,
+    /// The channel it notifies.
+    channel: String,
     /// Messages of concurrent writers waiting to go in the next insert.
     gather: Mutex<Gather>,
 }
 
-/// What concurrent writers hand to the inserts running for them.
+/// What concurrent writers hand to the inserts running for them: their messages (checked
+/// already) and where to answer each.
 #[derive(Default)]
 struct Gather {
-    batch: Option<Batch>,
+    messages: Vec<Outgoing>,
     waiters: Vec<oneshot::Sender<Result<(), Error>>>,
     /// How many insert tasks run.
     flushing: usize,
@@ -89,6 +92,7 @@ impl PostgresSender {
         };
         PostgresSender {
             inner: Arc::new(Inserter {
+                channel: postgres.channel(),
                 postgres,
                 queue,
                 notify,
@@ -138,19 +142,17 @@ impl PostgresTopic {
             attributes,
             mut body,
         } = message;
-        let body = body.read_to_bytes(usize::MAX).await?;
-        let batch = Batch::new(vec![Outgoing {
+        let message = Outgoing {
             attributes,
-            body,
+            body: body.read_to_bytes(usize::MAX).await?,
             delay: None,
-        }])?;
+        };
+        check(&message)?;
         let sender = &self.sender().inner;
-        let channel = sender.postgres.channel();
-        let bodies = batch.bodies();
         client
             .execute(
                 sender.insert.as_str(),
-                &batch.params(&bodies, &sender.queue, &channel, sender.notify),
+                &Batch::new(std::slice::from_ref(&message)).params(sender),
             )
             .await
             .map(drop)
@@ -158,107 +160,87 @@ impl PostgresTopic {
     }
 }
 
-/// The parameters of one insert.
-struct Batch {
-    flat: Vec<String>,
+/// Refuses what a row cannot hold: a body over `bytea`'s limit, a NUL character in an
+/// attribute (PostgreSQL's `text` cannot store one).
+fn check(message: &Outgoing) -> Result<(), Error> {
+    if message.body.len() > encoding::MAX_BODY {
+        return Err(Error::BodyTooLarge {
+            limit: encoding::MAX_BODY,
+        });
+    }
+    encoding::check(&message.attributes)
+}
+
+/// The parameters of one insert, borrowed from its messages: each message's attributes
+/// are a slice `first..=last` (1-based) of one flat array of keys and values.
+struct Batch<'a> {
+    flat: Vec<&'a str>,
     first: Vec<i32>,
     last: Vec<i32>,
-    bodies: Vec<bytes::Bytes>,
-    keys: Vec<Option<String>>,
+    bodies: Vec<&'a [u8]>,
+    keys: Vec<Option<&'a str>>,
     delays: Vec<i64>,
 }
 
-impl Batch {
-    fn new(messages: Vec<Outgoing>) -> Result<Batch, Error> {
-        let mut batch = Batch::empty();
-        for message in messages {
-            batch.push(message)?;
-        }
-        Ok(batch)
-    }
-
-    fn empty() -> Batch {
-        Batch {
+impl<'a> Batch<'a> {
+    /// The parameters for `messages`, which [`check`] accepted.
+    fn new(messages: &'a [Outgoing]) -> Batch<'a> {
+        let n = messages.len();
+        let mut batch = Batch {
             flat: Vec::new(),
-            first: Vec::new(),
-            last: Vec::new(),
-            bodies: Vec::new(),
-            keys: Vec::new(),
-            delays: Vec::new(),
-        }
-    }
-
-    /// Adds `message`, or refuses it leaving the batch as it was.
-    fn push(&mut self, message: Outgoing) -> Result<(), Error> {
-        if message.body.len() > encoding::MAX_BODY {
-            return Err(Error::BodyTooLarge {
-                limit: encoding::MAX_BODY,
-            });
-        }
-        let too_many = || Error::invalid_attribute("", "more attributes than a row holds");
-        let start = self.flat.len();
-        let first = i32::try_from(start + 1).map_err(|_| too_many())?;
-        if let Err(e) = encoding::flatten(&message.attributes, &mut self.flat) {
-            self.flat.truncate(start);
-            return Err(e);
-        }
-        let Ok(last) = i32::try_from(self.flat.len()) else {
-            self.flat.truncate(start);
-            return Err(too_many());
+            first: Vec::with_capacity(n),
+            last: Vec::with_capacity(n),
+            bodies: Vec::with_capacity(n),
+            keys: Vec::with_capacity(n),
+            delays: Vec::with_capacity(n),
         };
-        self.first.push(first);
-        self.last.push(last);
-        self.keys
-            .push(message.attributes.get(ORDERING_KEY).map(str::to_owned));
-        self.delays
-            .push(millis(message.delay.unwrap_or(Duration::ZERO)));
-        self.bodies.push(message.body);
-        Ok(())
+        for message in messages {
+            // PostgreSQL array positions are i32: 2^31 keys and values would take more
+            // than 32 GiB of references alone, so this saturates rather than fails.
+            batch
+                .first
+                .push(i32::try_from(batch.flat.len() + 1).unwrap_or(i32::MAX));
+            for (key, value) in message.attributes.iter() {
+                batch.flat.push(key);
+                batch.flat.push(value);
+            }
+            batch
+                .last
+                .push(i32::try_from(batch.flat.len()).unwrap_or(i32::MAX));
+            batch.keys.push(message.attributes.get(ORDERING_KEY));
+            batch
+                .delays
+                .push(millis(message.delay.unwrap_or(Duration::ZERO)));
+            batch.bodies.push(&message.body[..]);
+        }
+        batch
     }
 
-    /// The bodies as the driver takes them (it has no `ToSql` for `Bytes`).
-    fn bodies(&self) -> Bodies<'_> {
-        Bodies(self.bodies.iter().map(|b| &b[..]).collect())
-    }
-
-    fn params<'a>(
-        &'a self,
-        bodies: &'a Bodies<'a>,
-        queue: &'a String,
-        channel: &'a String,
-        notify: bool,
-    ) -> Vec<&'a (dyn ToSql + Sync)> {
+    fn params<'b>(&'b self, sender: &'b Inserter) -> Vec<&'b (dyn ToSql + Sync)> {
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![
-            queue,
+            &sender.queue,
             &self.flat,
             &self.first,
             &self.last,
-            &bodies.0,
+            &self.bodies,
             &self.keys,
             &self.delays,
         ];
-        if notify {
-            params.push(channel);
+        if sender.notify {
+            params.push(&sender.channel);
         }
         params
     }
 }
 
-/// A batch's bodies, borrowed as `bytea[]`.
-struct Bodies<'a>(Vec<&'a [u8]>);
-
 impl Inserter {
-    /// One insert of `batch`, on a pooled connection.
-    async fn insert(&self, batch: &Batch) -> Result<(), Error> {
-        let channel = self.postgres.channel();
-        let bodies = batch.bodies();
+    /// One insert of `messages`, on a pooled connection.
+    async fn insert(&self, messages: &[Outgoing]) -> Result<(), Error> {
+        let batch = Batch::new(messages);
         let client = self.postgres.inner.pool.get().await.map_err(pool_error)?;
         let statement = client.prepare_cached(&self.insert).await.map_err(error)?;
         client
-            .execute(
-                &statement,
-                &batch.params(&bodies, &self.queue, &channel, self.notify),
-            )
+            .execute(&statement, &batch.params(self))
             .await
             .map(drop)
             .map_err(error)
@@ -277,14 +259,17 @@ async fn flush(sender: Arc<Inserter>) {
     }
     let _running = Running(&sender.gather);
     loop {
-        let (batch, waiters) = {
+        let (messages, waiters) = {
             let mut gather = sender.gather.lock().unwrap_or_else(|p| p.into_inner());
-            match gather.batch.take() {
-                Some(batch) => (batch, std::mem::take(&mut gather.waiters)),
-                None => return,
+            if gather.messages.is_empty() {
+                return;
             }
+            (
+                std::mem::take(&mut gather.messages),
+                std::mem::take(&mut gather.waiters),
+            )
         };
-        let result = sender.insert(&batch).await;
+        let result = sender.insert(&messages).await;
         for waiter in waiters {
             let _ = waiter.send(match &result {
                 Ok(()) => Ok(()),
@@ -310,13 +295,12 @@ impl Sender for PostgresSender {
         if ctx.is_cancelled() {
             return Err(Error::Cancelled);
         }
+        // Refused on its own, before it joins an insert others wait for.
+        check(&message)?;
         let (tx, rx) = oneshot::channel();
         let start = {
             let mut gather = self.inner.gather.lock().unwrap_or_else(|p| p.into_inner());
-            gather
-                .batch
-                .get_or_insert_with(Batch::empty)
-                .push(message)?;
+            gather.messages.push(message);
             gather.waiters.push(tx);
             let start = gather.flushing < MAX_FLUSHING;
             if start {
@@ -338,7 +322,9 @@ impl Sender for PostgresSender {
         if messages.is_empty() {
             return Ok(());
         }
-        let batch = Batch::new(messages)?;
-        ctx.unless_cancelled(self.inner.insert(&batch)).await
+        for message in &messages {
+            check(message)?;
+        }
+        ctx.unless_cancelled(self.inner.insert(&messages)).await
     }
 }
