@@ -633,6 +633,8 @@ async fn keep_leases(shared: std::sync::Weak<Shared>) {
 /// `LISTEN`s on a connection of its own and wakes the source for each notification of
 /// its queue, reconnecting when the connection is lost; polling covers the gaps.
 async fn listen(shared: std::sync::Weak<Shared>) {
+    // Said once per outage, not at every attempt.
+    let mut said = false;
     loop {
         let Some(strong) = shared.upgrade() else {
             return;
@@ -643,6 +645,7 @@ async fn listen(shared: std::sync::Weak<Shared>) {
         drop(strong);
         match config.connect(tokio_postgres::NoTls).await {
             Ok((client, mut connection)) => {
+                said = false;
                 let (tx, mut rx) = futures::channel::mpsc::unbounded();
                 let driver = tokio::spawn(async move {
                     let mut messages =
@@ -680,9 +683,11 @@ async fn listen(shared: std::sync::Weak<Shared>) {
                 driver.abort();
                 drop(client);
             }
-            Err(e) => {
+            Err(e) if !said => {
+                said = true;
                 log::notice!("msgio: cannot LISTEN on {channel:?}: {e}; polling meanwhile");
             }
+            Err(_) => {}
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
