@@ -1,6 +1,9 @@
 //! Standard base64 (RFC 4648, padded) encoding, shared by the `base64` codec and the
 //! transports that keep raw bytes in an attribute.
-#![cfg_attr(not(any(feature = "base64", feature = "nats")), allow(dead_code))]
+#![cfg_attr(
+    not(any(feature = "base64", feature = "nats", feature = "kafka")),
+    allow(dead_code)
+)]
 
 /// The standard alphabet.
 pub(crate) const ALPHABET: &[u8; 64] =
@@ -21,7 +24,7 @@ pub(crate) fn encode_group(group: &[u8], out: &mut Vec<u8>) {
 }
 
 /// `data` encoded.
-#[cfg_attr(not(feature = "nats"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "nats", feature = "kafka")), allow(dead_code))]
 pub(crate) fn encode(data: &[u8]) -> String {
     let mut out = Vec::with_capacity(data.len().div_ceil(3) * 4);
     for group in data.chunks(3) {

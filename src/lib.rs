@@ -74,7 +74,8 @@
 //! - [`mem`]: the in-memory transport (feature `mem`, on by default); `redis`: Redis
 //!   Streams (feature `redis`); `nats`: NATS JetStream (feature `nats`); `amqp`:
 //!   RabbitMQ (feature `amqp`); `postgres`: a PostgreSQL queue, the transactional outbox
-//!   and its forwarder (feature `postgres`).
+//!   and its forwarder (feature `postgres`); `kafka`: Apache Kafka consumer groups with
+//!   per-key order and contiguous commits (feature `kafka`).
 //! - `testing`: the conformance kit every transport passes (feature `testing`).
 //!
 //! # Features
@@ -93,6 +94,9 @@
 //!   Rust 1.88 (lapin's own minimum).
 //! - `postgres`: the PostgreSQL transport, [`msgio::postgres`](crate::postgres): a queue
 //!   table, publishing inside your own transaction, and the outbox's forwarder.
+//! - `kafka`: the Apache Kafka transport, [`msgio::kafka`](crate::kafka), on rdkafka with
+//!   librdkafka built from its bundled sources (needs a C compiler, `make`, `pkg-config`
+//!   and zlib's headers).
 //! - `tower`: a tower `Layer` for each receiver decorator, and adapters between
 //!   receivers and tower services, `msgio::tower`.
 //!
@@ -134,6 +138,9 @@ mod backends;
 #[cfg(feature = "amqp")]
 #[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
 pub use backends::amqp;
+#[cfg(feature = "kafka")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
+pub use backends::kafka;
 #[cfg(feature = "mem")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mem")))]
 pub use backends::mem;

@@ -138,6 +138,15 @@ impl Credentials {
     /// `text` (an error a client gave) with every form of the secrets replaced by `***`:
     /// the user part as written, and the password and the user name (which may be a
     /// token) as decoded.
+    #[cfg_attr(
+        not(any(
+            feature = "redis",
+            feature = "nats",
+            feature = "amqp",
+            feature = "postgres"
+        )),
+        allow(dead_code)
+    )]
     pub(crate) fn scrub<'a>(&self, text: &'a str) -> Cow<'a, str> {
         let secrets = [
             self.raw_secret.as_deref(),

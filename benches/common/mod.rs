@@ -194,16 +194,23 @@ impl Meter {
     /// Messages a second over `n` messages; records the CPU per message under `label`.
     pub fn finish(self, n: usize, label: &'static str) -> f64 {
         let rate = n as f64 / self.start.elapsed().as_secs_f64();
-        if let (Some(before), Some(after)) = (self.cpu, cpu_time()) {
-            let per = (after - before).as_nanos() as f64 / n as f64;
-            CPU_SAMPLES
-                .lock()
-                .unwrap()
-                .entry(label)
-                .or_default()
-                .push(per);
-        }
+        record_cpu_since(self.cpu, n, label);
         rate
+    }
+}
+
+/// Records the CPU per message of `n` messages since `before` (a [`cpu_time`] reading)
+/// under `label`, for a run whose clock does not start with a [`Meter`] (from a first
+/// message on, say).
+pub fn record_cpu_since(before: Option<std::time::Duration>, n: usize, label: &'static str) {
+    if let (Some(before), Some(after)) = (before, cpu_time()) {
+        let per = (after - before).as_nanos() as f64 / n as f64;
+        CPU_SAMPLES
+            .lock()
+            .unwrap()
+            .entry(label)
+            .or_default()
+            .push(per);
     }
 }
 

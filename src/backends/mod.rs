@@ -19,6 +19,9 @@ pub mod amqp;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
+
 /// Checks a duration setting that a broker takes in whole milliseconds as a 32-bit
 /// number: between `min` ms and `u32::MAX` ms, or [`Error::InvalidConfig`](crate::Error)
 /// naming `field`.
@@ -53,4 +56,6 @@ pub(crate) fn register_schemes(mux: &mut crate::url::UrlMux) {
     mux.insert("postgres", postgres::PostgresOpener);
     #[cfg(feature = "postgres")]
     mux.insert("postgresql", postgres::PostgresOpener);
+    #[cfg(feature = "kafka")]
+    mux.insert("kafka", kafka::KafkaOpener);
 }

@@ -1,0 +1,250 @@
+//! Kafka, msgio against raw rdkafka doing the same work, in the same run, alternating.
+//!
+//! Produce: 64 concurrent publishers share one producer (`acks=all`, idempotence, 5 ms
+//! linger on both sides), each record a 100-byte body with two headers (`Content-Type`,
+//! `X-Seq`); each publish waits for its acknowledgement. msgio publishes through
+//! `KafkaTopic::publish`; raw rdkafka sends the same record with `FutureProducer::send`.
+//!
+//! Consume with commit: one topic of 4 partitions is filled beforehand; each round reads
+//! all of it as a new consumer group. The clock runs from the first record received to
+//! the last one handled and committed; the time from starting the consumer to its first
+//! record (the group join) is reported apart. msgio serves with concurrency 64 (records
+//! handed to a receiver that reads the body and a header, offsets committed as they
+//! become contiguous); raw rdkafka reads with `StreamConsumer::recv`, decodes the headers
+//! and body the same way, handles each inline and commits the positions asynchronously
+//! every 1,000 records and at the end.
+//!
+//! `MSGIO_BENCH_ONLY=produce|consume` runs one part; `MSGIO_BENCH_MESSAGES` sets the
+//! count (20,000).
+//!
+//! ```sh
+//! cargo bench --bench kafka --features kafka   # KAFKA_BROKERS overrides 127.0.0.1:9092
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use msgio::kafka::{ConsumerOptions, Kafka};
+use msgio::{Server, ServerConfig};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+
+mod common;
+use common::{Done, median};
+
+const PUBLISHERS: usize = 64;
+const CONCURRENCY: usize = 64;
+const ROUNDS: usize = 5;
+const SESSION: Duration = Duration::from_secs(6);
+
+fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+}
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "msgio_bench_{prefix}_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+fn raw_producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap()
+}
+
+async fn msgio_produce(kafka: &Kafka, topic: &str, n: usize) -> f64 {
+    let meter = common::Meter::start();
+    common::publish_from(kafka.topic(topic), n, PUBLISHERS, 1).await;
+    meter.finish(n, "msgio produce")
+}
+
+async fn raw_produce(producer: &FutureProducer, topic: &str, n: usize) -> f64 {
+    let meter = common::Meter::start();
+    let (producer, topic) = (producer.clone(), Arc::new(topic.to_owned()));
+    common::from_publishers(n, PUBLISHERS, n, move |chunk| {
+        let (producer, topic) = (producer.clone(), topic.clone());
+        async move {
+            let body = [b'x'; 100];
+            for seq in chunk {
+                let seq = seq.to_string();
+                let headers = OwnedHeaders::new_with_capacity(2)
+                    .insert(Header {
+                        key: "Content-Type",
+                        value: Some("text/plain"),
+                    })
+                    .insert(Header {
+                        key: "X-Seq",
+                        value: Some(seq.as_str()),
+                    });
+                let record = FutureRecord::<(), _>::to(&topic)
+                    .payload(&body[..])
+                    .headers(headers);
+                producer.send(record, Timeout::Never).await.unwrap();
+            }
+        }
+    })
+    .await;
+    meter.finish(n, "raw produce")
+}
+
+/// One round of msgio's consume: (records a second after the first, join time).
+async fn msgio_consume(kafka: &Kafka, topic: &str, n: usize) -> (f64, Duration) {
+    let done = Done::new(n);
+    let first = Arc::new(std::sync::OnceLock::new());
+    let receiver = {
+        let (done, first) = (done.clone(), first.clone());
+        msgio::ReceiverFunc::new(move |_: msgio::Context, mut msg: msgio::Message| {
+            let (done, first) = (done.clone(), first.clone());
+            async move {
+                first.get_or_init(|| (Instant::now(), common::cpu_time()));
+                let body = msg.body.read_to_bytes(1024).await?;
+                std::hint::black_box((body, msg.attributes.get("X-Seq").is_some()));
+                done.one();
+                Ok(())
+            }
+        })
+    };
+    let options = ConsumerOptions::new(topic, unique("group")).session_timeout(SESSION);
+    // The server joins the group before it returns: the join is counted from here.
+    let started = Instant::now();
+    let server = kafka
+        .server(options, ServerConfig::new().concurrency(CONCURRENCY))
+        .await
+        .unwrap();
+    let serving = server.clone();
+    let task = tokio::spawn(async move { serving.serve(receiver).await });
+    done.wait().await;
+    // The last commits go out with shutdown, within the clock.
+    server.shutdown(Duration::from_secs(10)).await.unwrap();
+    let _ = task.await;
+    let (t0, cpu0) = *first.get().unwrap();
+    common::record_cpu_since(cpu0, n, "msgio consume");
+    (n as f64 / t0.elapsed().as_secs_f64(), t0 - started)
+}
+
+/// One round of raw rdkafka's consume: (records a second after the first, join time).
+async fn raw_consume(topic: &str, n: usize) -> (f64, Duration) {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("raw"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", SESSION.as_millis().to_string())
+        .set(
+            "heartbeat.interval.ms",
+            (SESSION.as_millis() / 3).to_string(),
+        )
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let started = Instant::now();
+    let mut first = None;
+    for i in 0..n {
+        let message = consumer.recv().await.unwrap();
+        if first.is_none() {
+            first = Some((Instant::now(), common::cpu_time()));
+        }
+        let mut seq = false;
+        if let Some(headers) = message.headers() {
+            for h in headers.iter() {
+                let value = std::str::from_utf8(h.value.unwrap_or_default()).unwrap();
+                seq |= h.key.eq_ignore_ascii_case("X-Seq") && !value.is_empty();
+            }
+        }
+        let body = bytes::Bytes::copy_from_slice(message.payload().unwrap_or_default());
+        std::hint::black_box((body, seq));
+        consumer.store_offset_from_message(&message).unwrap();
+        if (i + 1) % 1000 == 0 {
+            consumer.commit_consumer_state(CommitMode::Async).unwrap();
+        }
+    }
+    consumer.commit_consumer_state(CommitMode::Sync).unwrap();
+    let (t0, cpu0) = first.unwrap();
+    common::record_cpu_since(cpu0, n, "raw consume");
+    let rate = n as f64 / t0.elapsed().as_secs_f64();
+    tokio::task::spawn_blocking(move || drop(consumer))
+        .await
+        .unwrap();
+    (rate, t0 - started)
+}
+
+fn main() {
+    let runtime = common::runtime();
+    let n = common::messages(20_000);
+    let only = std::env::var("MSGIO_BENCH_ONLY").ok();
+    let part = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    runtime.block_on(async {
+        let kafka = match Kafka::connect(&brokers()).await {
+            Ok(k) => k,
+            Err(e) => {
+                eprintln!("SKIPPED: Kafka at {} did not answer: {e}", brokers());
+                return;
+            }
+        };
+        let producer = raw_producer();
+        let produce_topic = unique("produce");
+        kafka.create_topic(&produce_topic, 4).await.unwrap();
+        // Warm up both producers.
+        msgio_produce(&kafka, &produce_topic, n / 10).await;
+        raw_produce(&producer, &produce_topic, n / 10).await;
+        common::reset_cpu();
+        if part("produce") {
+            let (ours, raw, ratios) = common::alternate(
+                ROUNDS,
+                async || msgio_produce(&kafka, &produce_topic, n).await,
+                async || raw_produce(&producer, &produce_topic, n).await,
+            )
+            .await;
+            println!("kafka produce, {n} records x {ROUNDS} rounds, {PUBLISHERS} concurrent publishers, 100-byte body, 2 headers, acks=all");
+            println!("  msgio KafkaTopic                    {:>10.0} msgs/s (median)", median(ours));
+            println!("  raw rdkafka FutureProducer          {:>10.0} msgs/s (median)", median(raw));
+            println!("  ratio msgio/raw (median of rounds)  {:>10.2}", median(ratios));
+            common::print_cpu("msgio produce", "raw produce");
+        }
+        if part("consume") {
+            let topic = unique("consume");
+            kafka.create_topic(&topic, 4).await.unwrap();
+            common::publish_from(kafka.topic(&topic), n, PUBLISHERS, 256).await;
+            let (mut ours, mut raw, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut joins_ours, mut joins_raw) = (Vec::new(), Vec::new());
+            for round in 0..ROUNDS {
+                let ((o, jo), (r, jr)) = if round % 2 == 0 {
+                    let o = msgio_consume(&kafka, &topic, n).await;
+                    (o, raw_consume(&topic, n).await)
+                } else {
+                    let r = raw_consume(&topic, n).await;
+                    (msgio_consume(&kafka, &topic, n).await, r)
+                };
+                ours.push(o);
+                raw.push(r);
+                ratios.push(o / r);
+                joins_ours.push(jo.as_secs_f64());
+                joins_raw.push(jr.as_secs_f64());
+            }
+            println!("kafka consume + commit, {n} records on 4 partitions x {ROUNDS} rounds, a new group each round");
+            println!("  msgio KafkaServer, concurrency {CONCURRENCY}   {:>10.0} msgs/s (median)", median(ours));
+            println!("  raw rdkafka StreamConsumer, inline  {:>10.0} msgs/s (median)", median(raw));
+            println!("  ratio msgio/raw (median of rounds)  {:>10.2}", median(ratios));
+            common::print_cpu("msgio consume", "raw consume");
+            println!(
+                "  group join (start to first record, session.timeout.ms={}): msgio {:.2} s, raw {:.2} s (medians)",
+                SESSION.as_millis(),
+                median(joins_ours),
+                median(joins_raw)
+            );
+        }
+    });
+}
