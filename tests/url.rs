@@ -269,14 +269,26 @@ async fn the_same_program_runs_on_postgres_by_changing_the_url() {
     assert_eq!(program(&url).await.unwrap(), expected());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_program_runs_on_kafka_by_changing_the_url() {
+    let brokers = env("KAFKA_BROKERS", "127.0.0.1:9092");
+    if !answers("Kafka", &format!("kafka://{brokers}/x")).await {
+        return;
+    }
+    // A topic of its own, created by the URL; a short session so that the group forms
+    // quickly on tansu.
+    let url = format!("kafka://{brokers}/{}?session_timeout=6s", name());
+    assert_eq!(program(&url).await.unwrap(), expected());
+}
+
 #[tokio::test]
 async fn an_unknown_scheme_is_named_with_the_schemes_known() {
-    let e = msgio::open_topic("kafka://127.0.0.1:9092/orders")
+    let e = msgio::open_topic("carrier-pigeon://127.0.0.1:9092/orders")
         .await
         .unwrap_err();
     let (field, reason) = config_error(&e);
     assert_eq!(field, "url");
-    assert!(reason.contains("kafka://"), "{reason}");
+    assert!(reason.contains("carrier-pigeon://"), "{reason}");
     assert!(reason.contains("mem"), "{reason}");
     let e = msgio::open_server("not a url", ServerConfig::new())
         .await
@@ -382,6 +394,7 @@ async fn a_failed_connection_by_url_shows_no_credential() {
         format!("redis://app:{secret}@127.0.0.1:1/orders"),
         format!("amqp://app:{secret}@127.0.0.1:1/%2f?queue=q"),
         format!("nats://app:{secret}@127.0.0.1:1/orders.new"),
+        format!("kafka://app:{secret}@127.0.0.1:1/orders"),
     ] {
         let e = tokio::time::timeout(Duration::from_secs(60), msgio::open_topic(&url))
             .await

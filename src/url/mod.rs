@@ -11,6 +11,8 @@
 //! | `redis` | `redis` | `redis://[user:password@]host[:port]/<stream>` (`db`, `max_len`) | `group`, `consumer`, `start_id`, `block`, `min_idle`, `claim_interval`, `dead_letter` |
 //! | `nats` | `nats` | `nats://[user:password@]host[:port]/<subject>` (`stream`, `subjects`, `retention`, `duplicate_window`, `msg_id_attribute`) | `durable`, `ack_wait`, `max_deliver`, `dead_letter` |
 //! | `amqp` | `amqp` | `amqp://[user:password@]host[:port][/<vhost>]?exchange=<x>&routing_key=<k>` or `?queue=<q>` (`mandatory`, and for a queue `durable`, `quorum`, `bind`, `dead_letter_exchange`, `dead_letter_routing_key`) | `queue` (required) |
+//! | `postgres`, `postgresql` | `postgres` | `postgres://[user:password@]host[:port]/<database>?queue=<q>` (`schema`, `pool_size`, `notify`) | `listen`, `lease`, `poll_interval`, `dead_letter`, `archive`, `key_order` |
+//! | `kafka` | `kafka` | `kafka://[user:password@]host:port[,host:port...]/<topic>` (`partitions`, `key_attribute`) | `group`, `offset_reset`, `session_timeout` |
 //!
 //! Each transport's module docs say what its parameters mean and their defaults. Durations
 //! are written `500ms`, `30s`, `5m` or `1h`; flags `true` or `false`. An unknown scheme, an

@@ -113,6 +113,11 @@
 //!   then the server stops reading until some are released. A receiver that runs longer
 //!   than `max.poll.interval.ms` (5 minutes) with every slot full makes the member leave
 //!   the group, as with Kafka's own clients.
+//! - A delivery's [`message_id`](crate::Context::message_id) is `<partition>-<offset>`
+//!   (`2-1042`), unique in the topic, which is its [`source`](crate::Context::source).
+//! - Commits are asynchronous, sent once 1,000 records were settled since the last one or
+//!   100 ms passed (a commit per settlement would be a broker request every few records);
+//!   a revoke and shutting down commit synchronously.
 //! - Shutting down commits what is settled, then leaves the group, so the others take its
 //!   partitions at once rather than after the session timeout.
 //!

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use super::{ConsumerOptions, Kafka, OffsetReset, client_config, encoding};
 use crate::transport::{Delivery, Engine, Settle, Settlement, Source};
-use crate::{Attributes, Error, ServerConfig};
+use crate::{Attributes, Error, MessageId, ServerConfig};
 
 /// A server reading a Kafka topic as a member of a consumer group: the delivery
 /// [`Engine`] over a [`KafkaSource`]. See the [module docs](super#serving) for what it
@@ -32,6 +32,12 @@ const HOLD_LIMIT: usize = 10_000;
 
 /// How long making a server waits, at least, for the group to give it its partitions.
 const JOIN_WAIT: Duration = Duration::from_secs(30);
+
+/// A commit is sent once this many records were settled since the last one...
+const COMMIT_EVERY: usize = 1000;
+
+/// ... or once this long passed with records settled since the last one.
+const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How long a revoke waits for the records of its partitions that are running.
 const REVOKE_WAIT: Duration = Duration::from_secs(5);
@@ -104,8 +110,10 @@ struct Part {
     epoch: u64,
     /// The offsets read and not yet committed past, and whether each is settled.
     offsets: BTreeMap<i64, bool>,
-    /// The offset last committed (the next record to read), or -1.
+    /// The offset the settled prefix ends at (the next record to read), or -1.
     committed: i64,
+    /// The offset last sent in an asynchronous commit, or -1.
+    sent: i64,
 }
 
 #[derive(Default)]
@@ -123,6 +131,10 @@ struct State {
     held_count: usize,
     /// Records handed to the engine, by (partition, offset).
     out: HashMap<(i32, i64), Record>,
+    /// Records settled since the last commit was sent.
+    unsent: usize,
+    /// When the last commit was sent.
+    last_commit: Option<Instant>,
 }
 
 impl State {
@@ -275,6 +287,7 @@ impl ConsumerContext for Group {
                     epoch,
                     offsets: BTreeMap::new(),
                     committed: -1,
+                    sent: -1,
                 });
             }
         }
@@ -485,6 +498,39 @@ impl KafkaSource {
         }
     }
 
+    /// Sends an asynchronous commit of every partition whose settled prefix moved, when
+    /// [`COMMIT_EVERY`] records were settled since the last one or [`COMMIT_INTERVAL`]
+    /// passed: a commit per settlement batch would be a broker request every few records.
+    fn commit_due(&self) -> Result<(), Error> {
+        let commits: Vec<(i32, i64)> = {
+            let mut state = self.shared.lock();
+            let due = state.unsent >= COMMIT_EVERY
+                || state
+                    .last_commit
+                    .is_none_or(|t| t.elapsed() >= COMMIT_INTERVAL);
+            if state.unsent == 0 || !due {
+                return Ok(());
+            }
+            state.unsent = 0;
+            state.last_commit = Some(Instant::now());
+            state
+                .parts
+                .iter_mut()
+                .filter(|(_, part)| part.committed > part.sent)
+                .map(|(&p, part)| {
+                    part.sent = part.committed;
+                    (p, part.committed)
+                })
+                .collect()
+        };
+        if commits.is_empty() {
+            return Ok(());
+        }
+        self.consumer()?
+            .commit(&commit_list(&self.topic, &commits), CommitMode::Async)
+            .map_err(|e| super::error(&self.shown, e))
+    }
+
     /// Whether fewer records than [`HOLD_LIMIT`] wait for their key.
     fn may_read(&self) -> bool {
         self.shared.lock().held_count < HOLD_LIMIT
@@ -504,7 +550,11 @@ impl KafkaSource {
                 offset: record.offset,
                 epoch: record.epoch,
             };
-            let id = format!("{}-{}@{}", self.topic, record.partition, record.offset);
+            // `<partition>-<offset>`: unique in the topic, which is the context's source.
+            let id = MessageId::pair(
+                u64::try_from(record.partition).unwrap_or_default(),
+                u64::try_from(record.offset).unwrap_or_default(),
+            );
             let delivery = match &record.malformed {
                 Some(reason) => Delivery::malformed(
                     token,
@@ -545,14 +595,20 @@ impl Source for KafkaSource {
     /// then, not in this call's `out`.
     async fn fetch(&self, max: usize, out: &mut Vec<Delivery<KafkaToken>>) -> Result<(), Error> {
         let consumer = self.consumer()?;
+        // What was settled a while ago and not committed yet (no settlement came since).
+        if let Err(e) = self.commit_due() {
+            crate::log::warning!("msgio: kafka topic {:?}: a commit failed: {e}", self.topic);
+        }
         let deadline = Instant::now() + POLL;
+        // One stream for the whole call: each `recv` would make (and drop) one.
+        let mut stream = consumer.stream();
         loop {
             let mut taken = 0;
             while taken < max && self.may_read() {
-                match consumer.recv().now_or_never() {
-                    Some(Ok(message)) => self.take(&message),
-                    Some(Err(e)) => return Err(self.consumer_error(e)),
-                    None => break,
+                match stream.next().now_or_never() {
+                    Some(Some(Ok(message))) => self.take(&message),
+                    Some(Some(Err(e))) => return Err(self.consumer_error(e)),
+                    Some(None) | None => break,
                 }
                 taken += 1;
             }
@@ -562,9 +618,10 @@ impl Source for KafkaSource {
             }
             let wake = next.map_or(deadline, |n| n.min(deadline));
             tokio::select! {
-                received = consumer.recv(), if self.may_read() => match received {
-                    Ok(message) => self.take(&message),
-                    Err(e) => return Err(self.consumer_error(e)),
+                received = stream.next(), if self.may_read() => match received {
+                    Some(Ok(message)) => self.take(&message),
+                    Some(Err(e)) => return Err(self.consumer_error(e)),
+                    None => {}
                 },
                 () = self.shared.wake.notified() => {}
                 () = tokio::time::sleep_until(wake) => {
@@ -576,7 +633,6 @@ impl Source for KafkaSource {
     }
 
     async fn settle(&self, batch: &mut Vec<Settlement<KafkaToken>>) -> Result<(), Error> {
-        let mut commits = Vec::new();
         let mut woke = false;
         {
             let mut state = self.shared.lock();
@@ -617,6 +673,7 @@ impl Source for KafkaSource {
                             part.offsets.insert(offset, true);
                         }
                         state.release_key(&record);
+                        state.unsent += 1;
                         if !touched.contains(&partition) {
                             touched.push(partition);
                         }
@@ -625,21 +682,13 @@ impl Source for KafkaSource {
                 }
             }
             for p in touched {
-                if let Some(offset) = state.advance(p) {
-                    commits.push((p, offset));
-                }
+                state.advance(p);
             }
         }
         if woke {
             self.shared.wake.notify_one();
         }
-        if commits.is_empty() {
-            return Ok(());
-        }
-        let consumer = self.consumer()?;
-        consumer
-            .commit(&commit_list(&self.topic, &commits), CommitMode::Async)
-            .map_err(|e| super::error(&self.shown, e))
+        self.commit_due()
     }
 
     /// Commits what is settled, synchronously, then leaves the group (so that the others
