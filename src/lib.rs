@@ -97,6 +97,8 @@
 //! - `kafka`: the Apache Kafka transport, [`msgio::kafka`](crate::kafka), on rdkafka with
 //!   librdkafka built from its bundled sources (needs a C compiler, `make`, `pkg-config`
 //!   and zlib's headers).
+//! - `json`: typed JSON payloads, [`msgio::json`](crate::json): `Message::from_json`,
+//!   `Message::json::<T>()`, `Topic::publish_json`, and a receiver over the decoded value.
 //! - `tower`: a tower `Layer` for each receiver decorator, and adapters between
 //!   receivers and tower services, `msgio::tower`.
 //!
@@ -130,6 +132,9 @@ pub mod decorators;
 // root); the module stays reachable under its first name for code written against it.
 #[doc(hidden)]
 pub mod engine;
+#[cfg(feature = "json")]
+#[cfg_attr(docsrs, doc(cfg(feature = "json")))]
+pub mod json;
 pub mod keys;
 pub mod transport;
 pub mod url;

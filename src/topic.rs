@@ -129,6 +129,39 @@ pub trait Topic: Send + Sync {
             Ok(())
         }
     }
+
+    /// Publishes `value` as JSON with `Content-Type: application/json` (feature `json`;
+    /// see [`Message::from_json`]).
+    ///
+    /// # Errors
+    ///
+    /// Those of [`Message::from_json`] and of [`publish`](Topic::publish).
+    ///
+    /// ```
+    /// use msgio::{Context, Topic};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), msgio::Error> {
+    /// let (topic, _server) = msgio::mem::channel(16)?;
+    /// topic
+    ///     .publish_json(&Context::background(), &serde_json::json!({"id": 7}))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "json")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
+    fn publish_json<V>(
+        &self,
+        ctx: &Context,
+        value: &V,
+    ) -> impl Future<Output = Result<(), Error>> + Send
+    where
+        Self: Sized,
+        V: serde::Serialize + ?Sized,
+    {
+        let message = Message::from_json(value);
+        async move { self.publish(ctx, message?).await }
+    }
 }
 
 /// What [`Topic::publish`] does by default: a new writer, the message's attributes over
