@@ -99,6 +99,9 @@
 //!   and zlib's headers).
 //! - `json`: typed JSON payloads, [`msgio::json`](crate::json): `Message::from_json`,
 //!   `Message::json::<T>()`, `Topic::publish_json`, and a receiver over the decoded value.
+//! - `metrics`: counters, a gauge and histograms of every server and of a
+//!   [`MeteredTopic`](crate::metrics::MeteredTopic), through the `metrics` facade,
+//!   [`msgio::metrics`](crate::metrics).
 //! - `tower`: a tower `Layer` for each receiver decorator, and adapters between
 //!   receivers and tower services, `msgio::tower`.
 //!
@@ -136,6 +139,9 @@ pub mod engine;
 #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
 pub mod json;
 pub mod keys;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 pub mod transport;
 pub mod url;
 

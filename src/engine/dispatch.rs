@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
+use super::meter::{Meter, Outcome};
 use super::settle::SettleSender;
 use super::{Delivery, Settle, Settlement, Source};
 use crate::context::Origin;
@@ -30,6 +31,8 @@ pub(super) struct Dispatch<S: Source, R> {
     pub(super) not_before: bool,
     /// The source dead-letters by itself what it is told to ([`Settle::DeadLetter`]).
     pub(super) dead_letters: bool,
+    /// The server's metrics (nothing without the `metrics` feature).
+    pub(super) meter: Meter,
 }
 
 impl<S: Source, R: Receiver> Dispatch<S, R> {
@@ -66,6 +69,7 @@ impl<S: Source, R: Receiver> Dispatch<S, R> {
                     .await
             }
             Some(why) => {
+                self.meter.received();
                 let reason = format!("malformed delivery: {why}");
                 let kept = Some((attributes, body));
                 Box::pin(self.give_up(reason, message_id, attempt, kept)).await
@@ -100,18 +104,34 @@ impl<S: Source, R: Receiver> Dispatch<S, R> {
         } else {
             (Message::from_parts(attributes, body), None)
         };
+        self.meter.received();
+        let started = self.meter.start();
         let result = tokio::select! {
             biased;
             result = catch_panic(|| self.receiver.receive(ctx, message)) => result,
             // Abandoned after the shutdown deadline: a failed attempt.
-            _ = self.abort.cancelled() => return Settle::Nack { delay: None },
+            _ = self.abort.cancelled() => {
+                self.meter.handled(started, false);
+                self.meter.settled(Outcome::Retried);
+                return Settle::Nack { delay: None };
+            }
         };
+        self.meter.handled(
+            started,
+            matches!(result, Err(crate::Error::Panicked { .. })),
+        );
         let error = match result {
-            Ok(()) => return Settle::Ack,
+            Ok(()) => {
+                self.meter.settled(Outcome::Acked);
+                return Settle::Ack;
+            }
             Err(e) => e,
         };
         let reason = match crate::dead_letter::fate(&error, attempt, self.max_attempts) {
-            Fate::Retry(delay) => return Settle::Nack { delay },
+            Fate::Retry(delay) => {
+                self.meter.settled(Outcome::Retried);
+                return Settle::Nack { delay };
+            }
             Fate::GiveUp(reason) => reason,
         };
         self.give_up(reason, message_id, attempt, kept).await
@@ -127,6 +147,7 @@ impl<S: Source, R: Receiver> Dispatch<S, R> {
         kept: Option<(Attributes, Bytes)>,
     ) -> Settle {
         if self.dead_letter.is_none() && self.dead_letters {
+            self.meter.settled(Outcome::DeadLettered);
             return Settle::DeadLetter { reason };
         }
         let (Some(topic), Some((attributes, body))) = (&self.dead_letter, kept) else {
@@ -135,10 +156,18 @@ impl<S: Source, R: Receiver> Dispatch<S, R> {
                 display_id(message_id.as_ref()),
                 self.name
             );
+            self.meter.settled(Outcome::Rejected);
             return Settle::Reject;
         };
         // Boxed: the rare dead-letter path should not grow every message's task.
-        Box::pin(self.dead_letter(topic, reason, message_id, attempt, attributes, body)).await
+        let settle =
+            Box::pin(self.dead_letter(topic, reason, message_id, attempt, attributes, body)).await;
+        self.meter.settled(match settle {
+            Settle::Ack => Outcome::DeadLettered,
+            Settle::Nack { .. } => Outcome::Retried,
+            _ => Outcome::Rejected,
+        });
+        settle
     }
 
     /// How long until the message is due, when its not-before time is still ahead. A value

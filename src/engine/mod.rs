@@ -21,6 +21,7 @@ mod config;
 mod delivery;
 mod dispatch;
 mod health;
+mod meter;
 mod serve;
 mod settle;
 mod slots;

@@ -206,6 +206,7 @@ impl<S: Source> Inner<S> {
             dead_letter_retry: self.config.reconnect.initial(),
             not_before: self.source.not_before(),
             dead_letters: self.source.dead_letters(),
+            meter: super::meter::Meter::new(&self.name),
         });
 
         let workers = Workers::new(dispatch, self.pool.clone(), self.slots.clone());
