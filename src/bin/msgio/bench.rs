@@ -29,6 +29,10 @@ pub(crate) struct BenchArgs {
     /// Concurrent publishers.
     #[arg(long, short = 'p', default_value_t = 16)]
     publishers: u64,
+    /// Only publish (no server runs); the latency is then each publish's, until the
+    /// broker took the message.
+    #[arg(long)]
+    publish_only: bool,
 }
 
 pub(crate) async fn run(args: BenchArgs) -> Result<(), Error> {
@@ -76,13 +80,20 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Error> {
             }
         })
     };
-    let server = args
-        .target
-        .server(ServerConfig::new().concurrency(args.concurrency))
-        .await?;
+    let publish_only = args.publish_only;
+    let server = if publish_only {
+        None
+    } else {
+        Some(
+            args.target
+                .server(ServerConfig::new().concurrency(args.concurrency))
+                .await?,
+        )
+    };
     let topic = Arc::new(args.target.topic().await?);
-    let serving = server.clone();
-    let task = tokio::spawn(async move { serving.serve(receiver).await });
+    let task = server
+        .clone()
+        .map(|serving| tokio::spawn(async move { serving.serve(receiver).await }));
 
     let progress = if std::io::stderr().is_terminal() {
         ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::stderr())
@@ -98,7 +109,12 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Error> {
     let next = Arc::new(AtomicU64::new(0));
     let mut publishers = Vec::new();
     for _ in 0..args.publishers {
-        let (topic, next, progress) = (topic.clone(), next.clone(), progress.clone());
+        let (topic, next, progress, histogram) = (
+            topic.clone(),
+            next.clone(),
+            progress.clone(),
+            histogram.clone(),
+        );
         publishers.push(tokio::spawn(async move {
             let ctx = Context::background();
             let mut body = vec![b'x'; size];
@@ -114,7 +130,16 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Error> {
                 msg.attributes
                     .set("Content-Type", "application/octet-stream");
                 msg.attributes.set("X-Seq", seq.to_string());
+                let publishing = Instant::now();
                 topic.publish(&ctx, msg).await?;
+                if publish_only {
+                    let micros = publishing.elapsed().as_micros();
+                    let _ = histogram.lock().unwrap_or_else(|p| p.into_inner()).record(
+                        u64::try_from(micros)
+                            .unwrap_or(u64::MAX)
+                            .clamp(1, 60_000_000),
+                    );
+                }
                 progress.inc(1);
             }
         }));
@@ -123,6 +148,32 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Error> {
         p.await.map_err(Error::other)??;
     }
     let published_in = started.elapsed();
+    if publish_only {
+        progress.finish_and_clear();
+        let h = histogram.lock().unwrap_or_else(|p| p.into_inner());
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        println!(
+            "{} : {n} messages of {size} bytes, {} publishers, publish only",
+            args.target.shown(),
+            args.publishers
+        );
+        println!(
+            "  publish   {:>10.0} msgs/s ({:.2} s)",
+            n as f64 / published_in.as_secs_f64(),
+            published_in.as_secs_f64()
+        );
+        println!(
+            "  publish latency   p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms",
+            ms(0.5),
+            ms(0.99),
+            ms(0.999),
+            h.max() as f64 / 1000.0
+        );
+        return Ok(());
+    }
+    let (Some(server), Some(task)) = (server, task) else {
+        return Ok(());
+    };
     progress.set_message("receive");
     progress.set_position(received.load(Ordering::SeqCst));
     let waiting = async {
