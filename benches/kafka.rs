@@ -141,12 +141,27 @@ async fn msgio_consume(kafka: &Kafka, topic: &str, n: usize) -> (f64, Duration) 
     (rate, t0 - started)
 }
 
-/// One round of raw rdkafka's consume: (records a second after the first, join time).
-async fn raw_consume(topic: &str, n: usize) -> (f64, Duration) {
+/// What the raw consumers do with a record, as msgio's receiver does: decode the headers
+/// (each value as UTF-8), copy the body out, look at one header.
+fn raw_handle(message: &impl rdkafka::message::Message) {
+    let mut seq = false;
+    if let Some(headers) = message.headers() {
+        for h in headers.iter() {
+            let value = std::str::from_utf8(h.value.unwrap_or_default()).unwrap();
+            seq |= h.key.eq_ignore_ascii_case("X-Seq") && !value.is_empty();
+        }
+    }
+    let body = bytes::Bytes::copy_from_slice(message.payload().unwrap_or_default());
+    std::hint::black_box((body, seq));
+}
+
+/// A raw consumer of `topic` in a new group named after `prefix`, committing by hand.
+fn raw_consumer(prefix: &str, topic: &str) -> StreamConsumer {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
-        .set("group.id", unique("raw"))
+        .set("group.id", unique(prefix))
         .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", SESSION.as_millis().to_string())
         .set(
@@ -156,6 +171,12 @@ async fn raw_consume(topic: &str, n: usize) -> (f64, Duration) {
         .create()
         .unwrap();
     consumer.subscribe(&[topic]).unwrap();
+    consumer
+}
+
+/// One round of raw rdkafka's consume: (records a second after the first, join time).
+async fn raw_consume(topic: &str, n: usize) -> (f64, Duration) {
+    let consumer = raw_consumer("raw", topic);
     let started = Instant::now();
     let mut first = None;
     for i in 0..n {
@@ -163,15 +184,7 @@ async fn raw_consume(topic: &str, n: usize) -> (f64, Duration) {
         if first.is_none() {
             first = Some((Instant::now(), common::cpu_time()));
         }
-        let mut seq = false;
-        if let Some(headers) = message.headers() {
-            for h in headers.iter() {
-                let value = std::str::from_utf8(h.value.unwrap_or_default()).unwrap();
-                seq |= h.key.eq_ignore_ascii_case("X-Seq") && !value.is_empty();
-            }
-        }
-        let body = bytes::Bytes::copy_from_slice(message.payload().unwrap_or_default());
-        std::hint::black_box((body, seq));
+        raw_handle(&message);
         consumer.store_offset_from_message(&message).unwrap();
         if (i + 1) % 1000 == 0 {
             consumer.commit_consumer_state(CommitMode::Async).unwrap();
@@ -199,22 +212,7 @@ async fn raw_consume(topic: &str, n: usize) -> (f64, Duration) {
 /// positions are committed asynchronously every 1,000 records. (It stores offsets out of
 /// order, which a real consumer must not: no contiguity is kept.)
 async fn raw_consume_tasks(topic: &str, n: usize) -> f64 {
-    let consumer: Arc<StreamConsumer> = Arc::new(
-        ClientConfig::new()
-            .set("bootstrap.servers", brokers())
-            .set("group.id", unique("rawtasks"))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", SESSION.as_millis().to_string())
-            .set(
-                "heartbeat.interval.ms",
-                (SESSION.as_millis() / 3).to_string(),
-            )
-            .create()
-            .unwrap(),
-    );
-    consumer.subscribe(&[topic]).unwrap();
+    let consumer = Arc::new(raw_consumer("rawtasks", topic));
     let permits = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
     let done = Done::new(n);
     let mut first = None;
@@ -226,15 +224,7 @@ async fn raw_consume_tasks(topic: &str, n: usize) -> f64 {
         let permit = permits.clone().acquire_owned().await.unwrap();
         let (storing, done) = (consumer.clone(), done.clone());
         tokio::spawn(async move {
-            let mut seq = false;
-            if let Some(headers) = message.headers() {
-                for h in headers.iter() {
-                    let value = std::str::from_utf8(h.value.unwrap_or_default()).unwrap();
-                    seq |= h.key.eq_ignore_ascii_case("X-Seq") && !value.is_empty();
-                }
-            }
-            let body = bytes::Bytes::copy_from_slice(message.payload().unwrap_or_default());
-            std::hint::black_box((body, seq));
+            raw_handle(&message);
             let _ =
                 storing.store_offset(message.topic(), message.partition(), message.offset() + 1);
             done.one();

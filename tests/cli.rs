@@ -305,7 +305,10 @@ async fn bench_on_a_broker_prints_its_figures() {
     let out = ok(&["bench", &url, "-n", "500", "--size", "64"]);
     assert!(out.contains("end to end") && out.contains("p99.9"), "{out}");
     let out = ok(&["bench", &url, "-n", "500", "--publish-only"]);
-    assert!(out.contains("publish latency") && !out.contains("p50 0.000"), "{out}");
+    assert!(
+        out.contains("publish latency") && !out.contains("p50 0.000"),
+        "{out}"
+    );
 }
 
 #[test]

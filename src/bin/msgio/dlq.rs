@@ -88,12 +88,13 @@ impl Reading {
     }
 }
 
+/// The format `--json` asks for.
+fn format(json: bool) -> Format {
+    if json { Format::Json } else { Format::Human }
+}
+
 async fn list(args: ListArgs) -> Result<(), Error> {
-    let format = if args.json {
-        Format::Json
-    } else {
-        Format::Human
-    };
+    let format = format(args.json);
     let r = &args.reading;
     let server = r.target.server(subscribe::config(true, r.count)).await?;
     let n = subscribe::read(server, r.until(), move |n, ctx, mut msg| async move {
@@ -107,11 +108,7 @@ async fn list(args: ListArgs) -> Result<(), Error> {
 }
 
 async fn show(args: ShowArgs) -> Result<(), Error> {
-    let format = if args.json {
-        Format::Json
-    } else {
-        Format::Human
-    };
+    let format = format(args.json);
     let r = &args.reading;
     let server = r.target.server(subscribe::config(true, r.count)).await?;
     let id = Arc::new(args.id.clone());

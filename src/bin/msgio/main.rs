@@ -122,15 +122,24 @@ fn with_password(url: &str, password: &str) -> String {
     if user.contains(':') || user.is_empty() {
         return url.to_owned();
     }
+    format!(
+        "{scheme}://{user}:{}{}",
+        percent_encode(password),
+        &rest[at..]
+    )
+}
+
+/// `text` with every byte but `A-Z a-z 0-9 - . _ ~` percent-encoded, for a URL.
+fn percent_encode(text: &str) -> String {
     let mut encoded = String::new();
-    for b in password.bytes() {
+    for b in text.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
             encoded.push(char::from(b));
         } else {
             encoded.push_str(&format!("%{b:02X}"));
         }
     }
-    format!("{scheme}://{user}:{encoded}{}", &rest[at..])
+    encoded
 }
 
 /// `500ms`, `30s`, `5m`, `1h`, or a number of seconds.

@@ -162,15 +162,10 @@ pub(crate) fn with_group(url: &str, group: &str) -> Result<String, Error> {
         )));
     }
     let sep = if url.contains('?') { '&' } else { '?' };
-    let mut encoded = String::new();
-    for b in group.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            encoded.push(char::from(b));
-        } else {
-            encoded.push_str(&format!("%{b:02X}"));
-        }
-    }
-    Ok(format!("{url}{sep}{param}={encoded}"))
+    Ok(format!(
+        "{url}{sep}{param}={}",
+        crate::percent_encode(group)
+    ))
 }
 
 /// The server configuration for reading: attempts unlimited (the command never
