@@ -421,9 +421,7 @@ fn main() {
             )
             .await;
             println!("amqp publish with confirms, {n} messages x {ROUNDS} rounds, {PUBLISHERS} concurrent publishers, 100-byte persistent body, 2 attributes");
-            println!("  msgio AmqpTopic                     {:>10.0} msgs/s (median)", median(ours.clone()));
-            println!("  raw lapin                           {:>10.0} msgs/s (median)", median(raw));
-            println!("  ratio msgio/raw (median of rounds)  {:>10.2}", median(ratios));
+            common::print_pair("msgio AmqpTopic", "raw lapin", &ours, &raw, &ratios);
             common::print_cpu("msgio publish", "raw publish");
             peak = peak.min(median(ours));
         }
@@ -435,9 +433,7 @@ fn main() {
             )
             .await;
             println!("amqp consume + ack, {n} messages x {ROUNDS} rounds, prefetch {PREFETCH}");
-            println!("  msgio AmqpServer, concurrency {CONCURRENCY}    {:>10.0} msgs/s (median)", median(ours.clone()));
-            println!("  raw lapin, handled inline           {:>10.0} msgs/s (median)", median(raw));
-            println!("  ratio msgio/raw (median of rounds)  {:>10.2}", median(ratios));
+            common::print_pair(&format!("msgio AmqpServer, concurrency {CONCURRENCY}"), "raw lapin, handled inline", &ours, &raw, &ratios);
             common::print_cpu("msgio consume", "raw consume");
             peak = peak.min(median(ours));
         }
@@ -449,9 +445,7 @@ fn main() {
             )
             .await;
             println!("amqp publish_batch, {n} messages x {ROUNDS} rounds, {BATCH_PUBLISHERS} concurrent publishers, batches of {BATCH_SIZE} (confirms awaited together)");
-            println!("  msgio AmqpTopic::publish_batch      {:>10.0} msgs/s (median)", median(ours));
-            println!("  raw lapin, same batches             {:>10.0} msgs/s (median)", median(raw));
-            println!("  ratio msgio/raw (median of rounds)  {:>10.2}", median(ratios));
+            common::print_pair("msgio AmqpTopic::publish_batch", "raw lapin, same batches", &ours, &raw, &ratios);
             common::print_cpu("msgio batch", "raw batch");
         }
         if only.as_deref().is_none_or(|o| o == "latency") {

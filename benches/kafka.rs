@@ -273,9 +273,7 @@ fn main() {
             )
             .await;
             println!("kafka produce, {n} records x {ROUNDS} rounds, {PUBLISHERS} concurrent publishers, 100-byte body, 2 headers, acks=all");
-            println!("  msgio KafkaTopic                    {:>10.0} msgs/s (median)", median(ours));
-            println!("  raw rdkafka FutureProducer          {:>10.0} msgs/s (median)", median(raw));
-            println!("  ratio msgio/raw (median of rounds)  {:>10.2}", median(ratios));
+            common::print_pair("msgio KafkaTopic", "raw rdkafka FutureProducer", &ours, &raw, &ratios);
             common::print_cpu("msgio produce", "raw produce");
         }
         if part("consume") {

@@ -365,9 +365,7 @@ fn main() {
             )
             .await;
             println!("nats publish with acks, {n} messages x {ROUNDS} rounds, {PUBLISHERS} concurrent publishers, 100-byte body, 2 attributes");
-            println!("  msgio NatsTopic                     {:>10.0} msgs/s (median)", median(ours.clone()));
-            println!("  raw async-nats                      {:>10.0} msgs/s (median)", median(raw));
-            println!("  ratio msgio/raw (median of rounds)  {:>10.2}", median(ratios));
+            common::print_pair("msgio NatsTopic", "raw async-nats", &ours, &raw, &ratios);
             common::print_cpu("msgio publish", "raw publish");
             peak = peak.min(median(ours.clone()));
         }
@@ -379,9 +377,7 @@ fn main() {
             )
             .await;
             println!("nats consume + ack, {n} messages x {ROUNDS} rounds, pulls of {BATCH}");
-            println!("  msgio NatsServer, concurrency {CONCURRENCY}    {:>10.0} msgs/s (median)", median(ours.clone()));
-            println!("  raw async-nats, handled inline      {:>10.0} msgs/s (median)", median(raw));
-            println!("  ratio msgio/raw (median of rounds)  {:>10.2}", median(ratios));
+            common::print_pair(&format!("msgio NatsServer, concurrency {CONCURRENCY}"), "raw async-nats, handled inline", &ours, &raw, &ratios);
             common::print_cpu("msgio consume", "raw consume");
             peak = peak.min(median(ours.clone()));
         }
@@ -393,9 +389,7 @@ fn main() {
             )
             .await;
             println!("nats publish_batch, {n} messages x {ROUNDS} rounds, {BATCH_PUBLISHERS} concurrent publishers, batches of {BATCH_SIZE} (acks awaited together)");
-            println!("  msgio NatsTopic::publish_batch      {:>10.0} msgs/s (median)", median(ours));
-            println!("  raw async-nats, same batches        {:>10.0} msgs/s (median)", median(raw));
-            println!("  ratio msgio/raw (median of rounds)  {:>10.2}", median(ratios));
+            common::print_pair("msgio NatsTopic::publish_batch", "raw async-nats, same batches", &ours, &raw, &ratios);
             common::print_cpu("msgio batch", "raw batch");
         }
         if only.as_deref().is_none_or(|o| o == "latency") {

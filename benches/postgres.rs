@@ -450,9 +450,7 @@ fn main() {
             )
             .await;
             println!("postgres publish, {n} messages x {ROUNDS} rounds, {PUBLISHERS} concurrent publishers, 100-byte body, 2 attributes, NOTIFY on");
-            println!("  msgio PostgresTopic                 {:>10.0} msgs/s (median)", median(ours));
-            println!("  raw tokio-postgres, 8 connections   {:>10.0} msgs/s (median)", median(raw));
-            println!("  ratio msgio/raw (median of rounds)  {:>10.2}", median(ratios));
+            common::print_pair("msgio PostgresTopic", "raw tokio-postgres, 8 connections", &ours, &raw, &ratios);
             common::print_cpu("msgio publish", "raw publish");
         }
         if only.as_deref().is_none_or(|o| o == "consume") {
@@ -463,9 +461,7 @@ fn main() {
             )
             .await;
             println!("postgres consume + ack, {n} messages x {ROUNDS} rounds");
-            println!("  msgio PostgresServer, concurrency {CONCURRENCY} {:>9.0} msgs/s (median)", median(ours));
-            println!("  raw SKIP LOCKED loop, claims of {CLAIM} {:>8.0} msgs/s (median)", median(raw));
-            println!("  ratio msgio/raw (median of rounds)  {:>10.2}", median(ratios));
+            common::print_pair(&format!("msgio PostgresServer, concurrency {CONCURRENCY}"), &format!("raw SKIP LOCKED loop, claims of {CLAIM}"), &ours, &raw, &ratios);
             common::print_cpu("msgio consume", "raw consume");
         }
         if only.as_deref().is_none_or(|o| o == "wakeup") {

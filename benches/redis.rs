@@ -492,9 +492,7 @@ fn main() {
             )
             .await;
             println!("redis publish, {n} messages x {ROUNDS} rounds, {PUBLISHERS} concurrent publishers, 100-byte body, 2 attributes");
-            println!("  msgio RedisTopic                    {:>10.0} msgs/s (median)", median(ours.clone()));
-            println!("  raw redis-rs XADD                   {:>10.0} msgs/s (median)", median(raw));
-            println!("  ratio msgio/raw (median of rounds)  {:>10.2}", median(ratios));
+            common::print_pair("msgio RedisTopic", "raw redis-rs XADD", &ours, &raw, &ratios);
             common::print_cpu("msgio publish", "raw publish");
             peak = peak.min(median(ours));
         }
@@ -545,9 +543,7 @@ fn main() {
                 }
             }
             println!("redis publish_batch, {n} messages x {ROUNDS} rounds, {PUBLISHERS} concurrent publishers, batches of {BATCH}");
-            println!("  msgio RedisTopic::publish_batch     {:>10.0} msgs/s (median)", median(ours.clone()));
-            println!("  raw redis-rs pipelines of {BATCH}        {:>10.0} msgs/s (median)", median(raw));
-            println!("  ratio msgio/raw (median of rounds)  {:>10.2}", median(ratios));
+            common::print_pair("msgio RedisTopic::publish_batch", &format!("raw redis-rs pipelines of {BATCH}"), &ours, &raw, &ratios);
             common::print_cpu("msgio batch", "raw batch");
             if bench.is_empty() {
                 println!("  redis-benchmark -P 16: not installed");

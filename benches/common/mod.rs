@@ -262,6 +262,24 @@ pub async fn alternate(
     (o, r, ratios)
 }
 
+/// Prints what [`alternate`] measured: the median rate of each side under its label, and
+/// the median of the rounds' ratios.
+pub fn print_pair(ours_label: &str, raw_label: &str, ours: &[f64], raw: &[f64], ratios: &[f64]) {
+    println!(
+        "  {ours_label:<36}{:>10.0} msgs/s (median)",
+        median(ours.to_vec())
+    );
+    println!(
+        "  {raw_label:<36}{:>10.0} msgs/s (median)",
+        median(raw.to_vec())
+    );
+    println!(
+        "  {:<36}{:>10.2}",
+        "ratio msgio/raw (median of rounds)",
+        median(ratios.to_vec())
+    );
+}
+
 /// The receiver of the consume runs: reads the body and an attribute, as a real receiver
 /// would, and counts the message.
 pub fn counting(done: Arc<Done>) -> impl msgio::Receiver {
