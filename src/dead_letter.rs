@@ -139,6 +139,42 @@ fn form_encode(attributes: &Attributes) -> String {
     out
 }
 
+/// The attributes of the message `dead_letter` was before it was dead-lettered: see
+/// [`keys::original_attributes`](crate::keys::original_attributes).
+pub(crate) fn original_attributes(dead_letter: &Attributes) -> Result<Attributes, Error> {
+    let mut original = match dead_letter.get(keys::ATTRIBUTES) {
+        Some(folded) => {
+            let mut unfolded = Attributes::new();
+            for pair in folded.split('&').filter(|p| !p.is_empty()) {
+                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                let decoded =
+                    crate::redact::percent_decode(key).zip(crate::redact::percent_decode(value));
+                let Some((key, value)) = decoded else {
+                    return Err(Error::invalid_attribute(
+                        keys::ATTRIBUTES,
+                        format!("{pair:?} is not form-encoded UTF-8"),
+                    ));
+                };
+                unfolded.add(key, value);
+            }
+            if let Some(id) = dead_letter.get(keys::MESSAGE_ID) {
+                unfolded.set(keys::MESSAGE_ID, id);
+            }
+            unfolded
+        }
+        None => dead_letter.clone(),
+    };
+    for key in [
+        keys::DEAD_LETTER_REASON,
+        keys::ATTEMPTS,
+        keys::SOURCE,
+        keys::ATTRIBUTES,
+    ] {
+        original.remove(key);
+    }
+    Ok(original)
+}
+
 /// Why `error` failed the message, without the wrapping of a reject: the reason given to
 /// [`Error::reject`] itself.
 fn reason(error: &Error) -> String {
@@ -171,6 +207,41 @@ mod tests {
             form_encode(&attrs),
             "X-Multi=a%20b&X-Multi=%C3%BC%26%3D&with%20space=v"
         );
+    }
+
+    #[test]
+    fn the_original_attributes_come_back_from_a_dead_letter() {
+        let mut attrs = Attributes::new();
+        attrs.add("X-Multi", "1");
+        attrs.add("X-Multi", "2");
+        let id = MessageId::from("42");
+        let letter = message(
+            attrs.clone(),
+            Bytes::new(),
+            "boom",
+            3,
+            Some("orders"),
+            Some(&id),
+        );
+        let mut expected = attrs.clone();
+        expected.set(keys::MESSAGE_ID, "42");
+        assert_eq!(original_attributes(&letter.attributes).unwrap(), expected);
+
+        // Folded, because the dead-letter topic could not carry them: unfolded again.
+        let mut odd = Attributes::new();
+        odd.add("k y", "vé");
+        odd.add("k y", "a&b=c");
+        let mut folded = Attributes::new();
+        folded.set(keys::ATTRIBUTES, form_encode(&odd));
+        let letter = message(folded, Bytes::new(), "r", 1, None, Some(&id));
+        let back = original_attributes(&letter.attributes).unwrap();
+        assert_eq!(back.get_all("k y").collect::<Vec<_>>(), ["vé", "a&b=c"]);
+        assert_eq!(back.get(keys::MESSAGE_ID), Some("42"));
+        assert!(back.get(keys::ATTRIBUTES).is_none());
+
+        let mut bad = Attributes::new();
+        bad.set(keys::ATTRIBUTES, "k=%FF");
+        assert!(original_attributes(&bad).is_err());
     }
 
     #[test]

@@ -39,3 +39,33 @@ pub const RAW_HEADERS: &str = "X-Msgio-Raw-Headers";
 /// (`key=value` pairs joined by `&`, all but `A-Z a-z 0-9 - . _ ~` percent-encoded). The
 /// dead letter then carries this instead of them, with the reason saying why.
 pub const ATTRIBUTES: &str = "X-Msgio-Attributes";
+
+/// The attributes a dead letter's message had before it was dead-lettered, to publish it
+/// again as it was: [`DEAD_LETTER_REASON`], [`ATTEMPTS`] and [`SOURCE`] removed,
+/// [`MESSAGE_ID`] kept (the original id), and attributes the dead-letter topic could not
+/// carry unfolded from [`ATTRIBUTES`]. What `msgio dlq replay` publishes.
+///
+/// ```
+/// use msgio::{Attributes, keys};
+///
+/// let mut letter = Attributes::new();
+/// letter.set("Order-Id", "7");
+/// letter.set(keys::DEAD_LETTER_REASON, "attempt 3 of 3 failed: timeout");
+/// letter.set(keys::ATTEMPTS, "3");
+/// letter.set(keys::MESSAGE_ID, "1700000000000-0");
+/// let original = keys::original_attributes(&letter)?;
+/// assert_eq!(original.get("Order-Id"), Some("7"));
+/// assert_eq!(original.get(keys::MESSAGE_ID), Some("1700000000000-0"));
+/// assert!(original.get(keys::DEAD_LETTER_REASON).is_none());
+/// # Ok::<(), msgio::Error>(())
+/// ```
+///
+/// # Errors
+///
+/// [`Error::InvalidAttribute`](crate::Error::InvalidAttribute) naming [`ATTRIBUTES`] when
+/// it holds a pair that is not form-encoded UTF-8.
+pub fn original_attributes(
+    dead_letter: &crate::Attributes,
+) -> Result<crate::Attributes, crate::Error> {
+    crate::dead_letter::original_attributes(dead_letter)
+}

@@ -164,7 +164,6 @@ impl Credentials {
 }
 
 /// `s` with its `%XX` escapes decoded, when that is UTF-8 and every escape is whole.
-#[cfg_attr(not(feature = "_broker"), allow(dead_code))]
 pub(crate) fn percent_decode(s: &str) -> Option<String> {
     if !s.contains('%') {
         return Some(s.to_owned());

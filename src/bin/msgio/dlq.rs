@@ -138,65 +138,6 @@ async fn show(args: ShowArgs) -> Result<(), Error> {
     Ok(())
 }
 
-/// The message as it was before it was dead-lettered: msgio's dead-letter attributes
-/// removed (the original id, X-Msgio-Message-Id, kept), and attributes a dead-letter
-/// topic could not carry unfolded from X-Msgio-Attributes.
-pub(crate) fn original(attributes: &Attributes) -> Result<Attributes, Error> {
-    let mut restored = match attributes.get(keys::ATTRIBUTES) {
-        Some(folded) => {
-            let mut unfolded = Attributes::new();
-            for pair in folded.split('&').filter(|p| !p.is_empty()) {
-                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                let (Some(k), Some(v)) = (percent_decode(k), percent_decode(v)) else {
-                    return Err(Error::other(format!(
-                        "{} holds {pair:?}, which is not form-encoded UTF-8",
-                        keys::ATTRIBUTES
-                    )));
-                };
-                unfolded.add(k, v);
-            }
-            if let Some(id) = attributes.get(keys::MESSAGE_ID) {
-                unfolded.set(keys::MESSAGE_ID, id);
-            }
-            unfolded
-        }
-        None => attributes.clone(),
-    };
-    for key in [
-        keys::DEAD_LETTER_REASON,
-        keys::ATTEMPTS,
-        keys::SOURCE,
-        keys::ATTRIBUTES,
-    ] {
-        restored.remove(key);
-    }
-    Ok(restored)
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 /// Whether `attributes` match every `key=value` filter.
 fn matches(filters: &[(String, String)], attributes: &Attributes) -> bool {
     filters
@@ -246,7 +187,7 @@ async fn replay(args: ReplayArgs) -> Result<(), Error> {
                 skipped.fetch_add(1, Ordering::SeqCst);
                 return Ok(Disposition::Leave);
             }
-            let attributes = match original(&msg.attributes) {
+            let attributes = match keys::original_attributes(&msg.attributes) {
                 Ok(a) => a,
                 Err(e) => {
                     eprintln!("msgio: dead letter {id}: {e}; left in place");
@@ -299,31 +240,4 @@ async fn replay(args: ReplayArgs) -> Result<(), Error> {
         )));
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_original_attributes_come_back() {
-        let mut a = Attributes::new();
-        a.add("X-Multi", "1");
-        a.add("X-Multi", "2");
-        a.set(keys::DEAD_LETTER_REASON, "boom");
-        a.set(keys::ATTEMPTS, "3");
-        a.set(keys::SOURCE, "orders");
-        a.set(keys::MESSAGE_ID, "42");
-        let o = original(&a).unwrap();
-        assert_eq!(o.get_all("X-Multi").collect::<Vec<_>>(), ["1", "2"]);
-        assert_eq!(o.get(keys::MESSAGE_ID), Some("42"));
-        assert!(o.get(keys::DEAD_LETTER_REASON).is_none() && o.get(keys::SOURCE).is_none());
-
-        let mut folded = Attributes::new();
-        folded.set(keys::ATTRIBUTES, "k%20y=v%C3%A9&k%20y=2");
-        folded.set(keys::DEAD_LETTER_REASON, "r");
-        let o = original(&folded).unwrap();
-        assert_eq!(o.get_all("k y").collect::<Vec<_>>(), ["vé", "2"]);
-        assert!(o.get(keys::ATTRIBUTES).is_none());
-    }
 }
