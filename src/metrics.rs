@@ -23,7 +23,7 @@
 //! |---|---|---|
 //! | `msgio_topic_published_total` | counter | messages published (the writer closed without an error) |
 //! | `msgio_topic_failed_total` | counter | messages whose publish failed |
-//! | `msgio_topic_publish_seconds` | histogram | from a writer's creation (or `publish`) to the broker's acknowledgement |
+//! | `msgio_topic_publish_seconds` | histogram | from a writer's creation (or `publish`) to the broker's acknowledgement; one value for a whole `publish_batch` |
 //!
 //! ```
 //! use msgio::metrics::MeteredTopic;

@@ -107,8 +107,9 @@
 //!   settlement is not committed by this member), and records read but not started are
 //!   dropped: the next owner reads them again from the commit. It also runs again what had
 //!   finished past a record still waiting (behind its key, say), since the commit cannot
-//!   move past that record: at least once, as with Kafka's own clients. Nothing is
-//!   committed by two members.
+//!   move past that record: at least once, as with Kafka's own clients. Once its revoke
+//!   has committed, a member commits nothing more for those partitions (a settlement
+//!   that comes later is dropped), so it never moves the next owner's offsets.
 //! - **Backpressure.** Records waiting for their key are held in memory, up to 10,000;
 //!   then the server stops reading until some are released. A receiver that runs longer
 //!   than `max.poll.interval.ms` (5 minutes) with every slot full makes the member leave
@@ -430,7 +431,7 @@ impl Kafka {
             .map(|(k, v)| (k.to_owned(), v.to_owned())),
         );
         producer_settings.extend(options.producer);
-        let producer: FutureProducer = client_config(&producer_settings, &shown)
+        let producer: FutureProducer = client_config(&producer_settings)
             .create()
             .map_err(|e| config_error(&shown, e))?;
         let kafka = Kafka {
@@ -559,7 +560,7 @@ impl Kafka {
     }
 
     fn admin(&self) -> Result<AdminClient<DefaultClientContext>, Error> {
-        client_config(&self.inner.settings, &self.inner.shown)
+        client_config(&self.inner.settings)
             .create()
             .map_err(|e| config_error(&self.inner.shown, e))
     }
@@ -582,8 +583,8 @@ impl Kafka {
     }
 }
 
-/// A client configuration from `settings`, librdkafka's own logging kept to warnings.
-pub(crate) fn client_config(settings: &[(String, String)], _shown: &str) -> ClientConfig {
+/// A client configuration from `settings`.
+pub(crate) fn client_config(settings: &[(String, String)]) -> ClientConfig {
     let mut config = ClientConfig::new();
     for (key, value) in settings {
         config.set(key, value);
@@ -613,7 +614,8 @@ pub(crate) fn error(shown: &str, e: KafkaError) -> Error {
     }
 }
 
-fn config_error(shown: &str, e: KafkaError) -> Error {
+/// librdkafka refusing a setting, as msgio's [`Error::InvalidConfig`].
+pub(crate) fn config_error(shown: &str, e: KafkaError) -> Error {
     Error::invalid_config("kafka settings", format!("{shown}: {e}"))
 }
 

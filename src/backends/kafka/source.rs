@@ -187,23 +187,18 @@ impl State {
         next
     }
 
-    /// Moves the commit point of `partition` past its settled prefix; the new offset to
-    /// commit, when it moved.
-    fn advance(&mut self, partition: i32) -> Option<i64> {
-        let part = self.parts.get_mut(&partition)?;
-        let mut next = None;
+    /// Moves the commit point of `partition` past its settled prefix.
+    fn advance(&mut self, partition: i32) {
+        let Some(part) = self.parts.get_mut(&partition) else {
+            return;
+        };
         while let Some(entry) = part.offsets.first_entry() {
             if !*entry.get() {
                 break;
             }
-            next = Some(*entry.key() + 1);
+            part.committed = part.committed.max(*entry.key() + 1);
             entry.remove();
         }
-        let next = next?;
-        (next > part.committed).then(|| {
-            part.committed = next;
-            next
-        })
     }
 
     /// Drops the records of `partitions` that wait (ready, held behind their key, or
@@ -390,11 +385,11 @@ pub(super) async fn server(
         wake: Notify::new(),
         closing: AtomicBool::new(false),
     });
-    let consumer: StreamConsumer<Group> = client_config(&settings, kafka.shown())
+    let consumer: StreamConsumer<Group> = client_config(&settings)
         .create_with_context(Group {
             shared: shared.clone(),
         })
-        .map_err(|e| Error::invalid_config("kafka settings", format!("{}: {e}", kafka.shown())))?;
+        .map_err(|e| super::config_error(kafka.shown(), e))?;
     consumer
         .subscribe(&[&options.topic])
         .map_err(|e| kafka.error(e))?;
@@ -429,36 +424,32 @@ impl KafkaSource {
             .ok_or(Error::ServerClosed)
     }
 
-    /// A record as read from the broker, or `None` when its partition is not (or no
-    /// longer) this member's.
-    fn record(&self, state: &State, message: &BorrowedMessage<'_>) -> Option<Record> {
-        let part = state.parts.get(&message.partition())?;
-        if part.offsets.contains_key(&message.offset()) || message.offset() < part.committed {
-            return None;
-        }
-        let key = message.key();
-        let (attributes, malformed) = encoding::decode(message.headers(), key, &self.key_attribute);
-        Some(Record {
-            partition: message.partition(),
-            offset: message.offset(),
-            epoch: part.epoch,
-            key: key.map(Bytes::copy_from_slice),
-            attempt: 1,
-            attributes,
-            body: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
-            malformed,
-        })
-    }
-
-    /// Takes in a record read from the broker.
-    fn take(&self, message: &BorrowedMessage<'_>) {
+    /// Takes in a record read from the broker (unless its partition is not, or no longer,
+    /// this member's, or it was read already); whether fewer than [`HOLD_LIMIT`] records
+    /// now wait for their key, so that reading may go on.
+    fn take(&self, message: &BorrowedMessage<'_>) -> bool {
         let mut state = self.shared.lock();
-        if let Some(record) = self.record(&state, message) {
-            if let Some(part) = state.parts.get_mut(&record.partition) {
-                part.offsets.insert(record.offset, false);
+        let (partition, offset) = (message.partition(), message.offset());
+        if let Some(part) = state.parts.get_mut(&partition) {
+            if !part.offsets.contains_key(&offset) && offset >= part.committed {
+                part.offsets.insert(offset, false);
+                let epoch = part.epoch;
+                let key = message.key();
+                let (attributes, malformed) =
+                    encoding::decode(message.headers(), key, &self.key_attribute);
+                state.accept(Record {
+                    partition,
+                    offset,
+                    epoch,
+                    key: key.map(Bytes::copy_from_slice),
+                    attempt: 1,
+                    attributes,
+                    body: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+                    malformed,
+                });
             }
-            state.accept(record);
         }
+        state.held_count < HOLD_LIMIT
     }
 
     /// Joins the group: reads until the group assigns this member its partitions (none,
@@ -484,7 +475,9 @@ impl KafkaSource {
             let step = Instant::now() + Duration::from_millis(100);
             tokio::select! {
                 received = consumer.recv() => match received {
-                    Ok(message) => self.take(&message),
+                    Ok(message) => {
+                        self.take(&message);
+                    }
                     Err(e) => {
                         crate::log::notice!(
                             "msgio: kafka topic {:?}: while joining the group: {e}",
@@ -604,9 +597,10 @@ impl Source for KafkaSource {
         let mut stream = consumer.stream();
         loop {
             let mut taken = 0;
-            while taken < max && self.may_read() {
+            let mut may_read = self.may_read();
+            while taken < max && may_read {
                 match stream.next().now_or_never() {
-                    Some(Some(Ok(message))) => self.take(&message),
+                    Some(Some(Ok(message))) => may_read = self.take(&message),
                     Some(Some(Err(e))) => return Err(self.consumer_error(e)),
                     Some(None) | None => break,
                 }
@@ -619,7 +613,9 @@ impl Source for KafkaSource {
             let wake = next.map_or(deadline, |n| n.min(deadline));
             tokio::select! {
                 received = stream.next(), if self.may_read() => match received {
-                    Some(Ok(message)) => self.take(&message),
+                    Some(Ok(message)) => {
+                        self.take(&message);
+                    }
                     Some(Err(e)) => return Err(self.consumer_error(e)),
                     None => {}
                 },
