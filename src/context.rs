@@ -181,17 +181,19 @@ impl Context {
     /// assert!(matches!(ctx.unless_cancelled(never).await, Err(Error::Cancelled)));
     /// # }
     /// ```
-    pub async fn unless_cancelled<T>(
-        &self,
-        work: impl Future<Output = Result<T, Error>>,
-    ) -> Result<T, Error> {
-        if self.is_cancelled() {
-            return Err(Error::Cancelled);
-        }
-        tokio::select! {
-            biased;
-            result = work => result,
-            _ = self.cancelled() => Err(Error::Cancelled),
+    pub fn unless_cancelled<'a, T, F>(&'a self, work: F) -> impl Future<Output = Result<T, Error>>
+    where
+        F: Future<Output = Result<T, Error>>,
+    {
+        // A future of its own rather than an `async fn` around `select!`: that one moved
+        // `work` twice more before polling it (a transport's send is a large future, and
+        // copying it cost more than watching the token did).
+        UnlessCancelled {
+            ctx: self,
+            work,
+            token: None,
+            timer: None,
+            started: false,
         }
     }
 
@@ -281,6 +283,53 @@ impl fmt::Debug for Context {
             .field("attempt", &self.attempt)
             .field("source", &self.origin.source)
             .finish_non_exhaustive()
+    }
+}
+
+/// The future of [`Context::unless_cancelled`]: `work`, raced against the context's
+/// token (registered only once `work` has waited) and deadline.
+#[pin_project::pin_project]
+struct UnlessCancelled<'a, F> {
+    ctx: &'a Context,
+    #[pin]
+    work: F,
+    #[pin]
+    token: Option<tokio_util::sync::WaitForCancellationFuture<'a>>,
+    #[pin]
+    timer: Option<tokio::time::Sleep>,
+    started: bool,
+}
+
+impl<T, F: Future<Output = Result<T, Error>>> Future for UnlessCancelled<'_, F> {
+    type Output = Result<T, Error>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        let mut this = self.project();
+        if !*this.started {
+            *this.started = true;
+            if this.ctx.is_cancelled() {
+                return Poll::Ready(Err(Error::Cancelled));
+            }
+        }
+        if let Poll::Ready(result) = this.work.poll(cx) {
+            return Poll::Ready(result);
+        }
+        if this.token.is_none() {
+            this.token.set(Some(this.ctx.origin.token.cancelled()));
+            if let Some(deadline) = this.ctx.deadline {
+                this.timer.set(Some(tokio::time::sleep_until(deadline)));
+            }
+        }
+        let token = this.token.as_pin_mut().map(|t| t.poll(cx).is_ready());
+        let timer = this.timer.as_pin_mut().map(|t| t.poll(cx).is_ready());
+        if token == Some(true) || timer == Some(true) {
+            return Poll::Ready(Err(Error::Cancelled));
+        }
+        Poll::Pending
     }
 }
 
@@ -447,6 +496,56 @@ mod tests {
         parent.cancel();
         child2.cancelled().await;
         assert!(child2.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn unless_cancelled_stops_waiting_work_when_cancelled_meanwhile() {
+        let ctx = Context::background();
+        let canceller = ctx.clone();
+        tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            canceller.cancel();
+        });
+        let never = std::future::pending::<Result<(), Error>>();
+        assert!(matches!(
+            ctx.unless_cancelled(never).await,
+            Err(Error::Cancelled)
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unless_cancelled_stops_waiting_work_at_the_deadline() {
+        let ctx = Context::background().with_timeout(Duration::from_millis(50));
+        let started = Instant::now();
+        let never = std::future::pending::<Result<(), Error>>();
+        assert!(matches!(
+            ctx.unless_cancelled(never).await,
+            Err(Error::Cancelled)
+        ));
+        assert_eq!(started.elapsed(), Duration::from_millis(50));
+        // Work that finishes first wins, even when it waited.
+        let ctx = Context::background().with_timeout(Duration::from_secs(5));
+        let work = async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Ok(3)
+        };
+        assert_eq!(ctx.unless_cancelled(work).await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn unless_cancelled_does_not_start_work_on_a_cancelled_context() {
+        let ctx = Context::background();
+        ctx.cancel();
+        let started = std::sync::atomic::AtomicBool::new(false);
+        let work = async {
+            started.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        };
+        assert!(matches!(
+            ctx.unless_cancelled(work).await,
+            Err(Error::Cancelled)
+        ));
+        assert!(!started.load(std::sync::atomic::Ordering::SeqCst));
     }
 
     #[test]
