@@ -123,6 +123,10 @@
 //! that came due, expired leases, rows whose transaction committed after a higher id was
 //! claimed — runs every [`QueueOptions::poll_interval`], or every ten times its own
 //! duration when that is longer, so that sweeping costs at most a tenth of the time.
+//! Rows committed behind the cursor are the common case under concurrent publishers (ids
+//! are drawn at insert, rows appear at commit): a topic's notification names the lowest
+//! id it inserted, and a server that already claimed past it goes back for it at its next
+//! claim instead of at the sweep.
 //! `MSGIO_BENCH_ONLY=long_tx cargo bench --bench postgres` measures it.
 //!
 //! # Publishing
@@ -153,8 +157,9 @@
 //!
 //! # Waking up
 //!
-//! A topic sends `NOTIFY` on the channel `<schema>.msgio` with the queue's name in the
-//! same statement as its insert, and a server `LISTEN`s on a connection of its own, so an
+//! A topic sends `NOTIFY` on the channel `<schema>.msgio` with the queue's name, a space
+//! and the lowest id it inserted as the payload (a payload of the queue's name alone, as a
+//! hand-written `NOTIFY` may send, wakes servers too) in the same statement as its insert, and a server `LISTEN`s on a connection of its own, so an
 //! idle server hears of a message when its transaction commits; it also polls every
 //! [`QueueOptions::poll_interval`] (for delayed messages, retries, expired leases, and a
 //! lost `LISTEN` connection). The trade-off: a transaction that ran `NOTIFY` takes a lock

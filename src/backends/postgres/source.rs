@@ -66,8 +66,16 @@ struct Shared {
 /// that came due, expired leases of dead consumers, and rows whose transaction committed
 /// after a higher id was claimed — runs every poll interval, or ten times its own duration
 /// when that is longer, so that sweeping never takes more than a tenth of the time.
+///
+/// A row that committed after a higher id was claimed is common under concurrent
+/// publishers (ids are drawn at insert, rows become visible at commit). Rather than wait
+/// for the sweep, a claim goes back to it when its notification says so: a topic's
+/// `NOTIFY` carries the lowest id it inserted, and the next claim starts there when that
+/// is behind the cursor.
 struct Scan {
     cursor: i64,
+    /// The lowest id a notification named behind the cursor since the last claim started.
+    rewind: Option<i64>,
     next_sweep: tokio::time::Instant,
     /// How long the last sweep took.
     sweep_cost: Duration,
@@ -77,11 +85,21 @@ struct Scan {
 
 impl Scan {
     /// Where the next claim starts, and whether it is a sweep.
-    fn start(&self, now: tokio::time::Instant) -> (i64, bool) {
+    fn start(&mut self, now: tokio::time::Instant) -> (i64, bool) {
+        let rewind = self.rewind.take();
         if now >= self.next_sweep {
             (0, true)
         } else {
-            (self.cursor, false)
+            // `id > from`: one below the notified id.
+            let from = rewind.map_or(self.cursor, |id| self.cursor.min(id.saturating_sub(1)));
+            (from, false)
+        }
+    }
+
+    /// A notification said rows from `id` on were committed.
+    fn committed(&mut self, id: i64) {
+        if id <= self.cursor {
+            self.rewind = Some(self.rewind.map_or(id, |r| r.min(id)));
         }
     }
 
@@ -229,6 +247,7 @@ pub(super) async fn server(
         wake: Notify::new(),
         scan: Mutex::new(Scan {
             cursor: 0,
+            rewind: None,
             next_sweep: tokio::time::Instant::now(),
             sweep_cost: Duration::ZERO,
             swept_at: tokio::time::Instant::now(),
@@ -630,6 +649,17 @@ async fn keep_leases(shared: std::sync::Weak<Shared>) {
     }
 }
 
+/// Whether a notification's payload is for `queue`, and the lowest id it names if it does:
+/// a topic sends the queue's name, a space and the lowest id it inserted; the queue's name
+/// alone (as a hand-written `NOTIFY` may send) names none.
+fn notified(payload: &str, queue: &str) -> Option<Option<i64>> {
+    if payload == queue {
+        return Some(None);
+    }
+    let (name, id) = payload.rsplit_once(' ')?;
+    (name == queue).then(|| id.parse().ok())?.map(Some)
+}
+
 /// `LISTEN`s on a connection of its own and wakes the source for each notification of
 /// its queue, reconnecting when the connection is lost; polling covers the gaps.
 async fn listen(shared: std::sync::Weak<Shared>) {
@@ -669,15 +699,21 @@ async fn listen(shared: std::sync::Weak<Shared>) {
                         strong.wake.notify_one();
                     }
                     while let Some(notification) = rx.next().await {
-                        if notification.payload() == queue {
-                            match shared.upgrade() {
-                                Some(strong) => strong.wake.notify_one(),
-                                None => {
-                                    driver.abort();
-                                    return;
-                                }
-                            }
+                        let Some(lowest) = notified(notification.payload(), &queue) else {
+                            continue;
+                        };
+                        let Some(strong) = shared.upgrade() else {
+                            driver.abort();
+                            return;
+                        };
+                        if let Some(id) = lowest {
+                            strong
+                                .scan
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .committed(id);
                         }
+                        strong.wake.notify_one();
                     }
                 }
                 driver.abort();
@@ -690,5 +726,47 @@ async fn listen(shared: std::sync::Weak<Shared>) {
             Err(_) => {}
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_notification_names_its_queue_and_maybe_the_lowest_id() {
+        assert_eq!(notified("orders", "orders"), Some(None));
+        assert_eq!(notified("orders 42", "orders"), Some(Some(42)));
+        assert_eq!(notified("orders 42", "billing"), None);
+        assert_eq!(notified("order", "orders"), None);
+        // A queue whose name has a space, notified by name alone or with an id.
+        assert_eq!(notified("big orders", "big orders"), Some(None));
+        assert_eq!(notified("big orders 7", "big orders"), Some(Some(7)));
+        assert_eq!(notified("big orders", "big"), None);
+    }
+
+    #[test]
+    fn a_claim_goes_back_to_a_row_committed_behind_the_cursor() {
+        let now = tokio::time::Instant::now();
+        let mut scan = Scan {
+            cursor: 0,
+            rewind: None,
+            next_sweep: now + Duration::from_secs(60),
+            sweep_cost: Duration::ZERO,
+            swept_at: now,
+        };
+        scan.claimed(false, now, Some(100), Duration::from_secs(1));
+        assert_eq!(scan.start(now), (100, false));
+        // Rows 97 and 95 committed after 100 was claimed; 120 is ahead anyway.
+        scan.committed(97);
+        scan.committed(120);
+        scan.committed(95);
+        assert_eq!(scan.start(now), (94, false));
+        // Once: the claim that started there found them.
+        assert_eq!(scan.start(now), (100, false));
+        // A sweep starts at the front whatever was notified.
+        scan.committed(50);
+        assert_eq!(scan.start(now + Duration::from_secs(61)), (0, true));
+        assert_eq!(scan.start(now), (100, false));
     }
 }

@@ -86,7 +86,12 @@ impl PostgresSender {
                   AS t(first, last, body, key, delay)"
         );
         let insert = if notify {
-            format!("WITH ins AS ({insert} RETURNING 1) SELECT pg_notify($8, $1)")
+            // The lowest id inserted goes with the queue's name: a server whose claims went
+            // past it (a transaction with a higher id committed first) goes back for it.
+            format!(
+                "WITH ins AS ({insert} RETURNING id)
+                 SELECT pg_notify($8, $1::text || ' ' || min(id)::text) FROM ins"
+            )
         } else {
             insert
         };
