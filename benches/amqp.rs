@@ -16,7 +16,8 @@
 //! Latency: at half of msgio's peak rate (the slower of its publish and consume medians),
 //! messages published one by one on a steady pace (each publish spawned, waiting for its
 //! confirm) to a running consumer; the p50 and p99 from publish to receive of msgio and of
-//! raw lapin doing the same (prefetch 128, acked inline).
+//! raw lapin doing the same (prefetch 128, acked inline); a second of messages a run, runs alternating,
+//! medians (see `common::compare_latency`).
 //!
 //! Batch: 50 publishers each sending `publish_batch` of 16 (every publish out before the
 //! confirms are awaited), against raw lapin doing the same.
@@ -456,9 +457,15 @@ fn main() {
             }
             let rate = common::latency_rate(peak);
             let count = common::latency_count(rate);
-            let ours = msgio_latency(&amqp, &admin, count, rate).await;
-            let raw = raw_latency(&connection, &publisher, &admin, count, rate).await;
-            common::print_latency("amqp", rate, count, ours, raw, "raw lapin publish + consume");
+            common::compare_latency(
+                "amqp",
+                rate,
+                count,
+                "raw lapin publish + consume",
+                async || msgio_latency(&amqp, &admin, count, rate).await,
+                async || raw_latency(&connection, &publisher, &admin, count, rate).await,
+            )
+            .await;
         }
     });
 }

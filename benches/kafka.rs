@@ -18,7 +18,12 @@
 //! of its own (64 at once), as a server does, storing offsets as tasks finish (out of
 //! order: no contiguity kept).
 //!
-//! `MSGIO_BENCH_ONLY=produce|consume` runs one part; `MSGIO_BENCH_MESSAGES` sets the
+//! Latency: at half of msgio's peak (the slower of its produce and consume medians), a
+//! second of records a run on a new 4-partition topic, consumers joined before the first
+//! record is sent; msgio's `KafkaTopic` + `KafkaServer` against raw `FutureProducer::send`
+//! + a `StreamConsumer` reading inline; runs alternating (see `common::compare_latency`).
+//!
+//! `MSGIO_BENCH_ONLY=produce|consume|latency` runs one part; `MSGIO_BENCH_MESSAGES` sets the
 //! count (20,000).
 //!
 //! ```sh
@@ -245,6 +250,80 @@ async fn raw_consume_tasks(topic: &str, n: usize) -> f64 {
     rate
 }
 
+/// msgio: a server with concurrency 64 on a new topic of 4 partitions (joined before
+/// publishing starts), and publishes at `rate` a second, each spawned; the p50 and p99
+/// from publish to receive.
+async fn msgio_latency(kafka: &Kafka, n: usize, rate: f64) -> (Duration, Duration) {
+    let topic = unique("latency");
+    kafka.create_topic(&topic, 4).await.unwrap();
+    let options = ConsumerOptions::new(&topic, unique("group")).session_timeout(SESSION);
+    let server = kafka
+        .server(options, ServerConfig::new().concurrency(CONCURRENCY))
+        .await
+        .unwrap();
+    common::msgio_latency(kafka.topic(&topic), server, n, rate).await
+}
+
+/// Raw rdkafka: a consumer reading inline (recording each record's latency, storing its
+/// offset, committing asynchronously every 1,000), joined before publishing starts, and
+/// the same records sent at `rate` a second through `FutureProducer::send`, each spawned.
+async fn raw_latency(
+    kafka: &Kafka,
+    producer: &FutureProducer,
+    n: usize,
+    rate: f64,
+) -> (Duration, Duration) {
+    let topic = unique("latency");
+    kafka.create_topic(&topic, 4).await.unwrap();
+    let consumer = Arc::new(raw_consumer("rawlatency", &topic));
+    let lat = common::Latencies::new(n);
+    let reader = {
+        let (consumer, lat) = (consumer.clone(), lat.clone());
+        tokio::spawn(async move {
+            for i in 0..n {
+                let message = consumer.recv().await.unwrap();
+                lat.record(message.payload().unwrap_or_default());
+                consumer.store_offset_from_message(&message).unwrap();
+                if (i + 1) % 1000 == 0 {
+                    let _ = consumer.commit_consumer_state(CommitMode::Async);
+                }
+            }
+        })
+    };
+    // As msgio's server does before it returns: wait until the group gave partitions.
+    while consumer.assignment().map_or(0, |a| a.count()) == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let topic = Arc::new(topic);
+    common::paced(n, rate, |seq| {
+        let (producer, topic, body) = (producer.clone(), topic.clone(), lat.stamped());
+        tokio::spawn(async move {
+            let seq = seq.to_string();
+            let headers = OwnedHeaders::new_with_capacity(2)
+                .insert(Header {
+                    key: "Content-Type",
+                    value: Some("text/plain"),
+                })
+                .insert(Header {
+                    key: "X-Seq",
+                    value: Some(seq.as_str()),
+                });
+            let record = FutureRecord::<(), _>::to(&topic)
+                .payload(&body[..])
+                .headers(headers);
+            producer.send(record, Timeout::Never).await.unwrap();
+        });
+    })
+    .await;
+    let figures = lat.wait().await;
+    reader.await.unwrap();
+    let _ = consumer.commit_consumer_state(CommitMode::Sync);
+    tokio::task::spawn_blocking(move || drop(consumer))
+        .await
+        .unwrap();
+    figures
+}
+
 fn main() {
     let runtime = common::runtime();
     let n = common::messages(20_000);
@@ -265,6 +344,7 @@ fn main() {
         msgio_produce(&kafka, &produce_topic, n / 10).await;
         raw_produce(&producer, &produce_topic, n / 10).await;
         common::reset_cpu();
+        let mut peak = f64::INFINITY;
         if part("produce") {
             let (ours, raw, ratios) = common::alternate(
                 ROUNDS,
@@ -275,6 +355,7 @@ fn main() {
             println!("kafka produce, {n} records x {ROUNDS} rounds, {PUBLISHERS} concurrent publishers, 100-byte body, 2 headers, acks=all");
             common::print_pair("msgio KafkaTopic", "raw rdkafka FutureProducer", &ours, &raw, &ratios);
             common::print_cpu("msgio produce", "raw produce");
+            peak = peak.min(median(ours));
         }
         if part("consume") {
             let n = n * 5;
@@ -302,6 +383,7 @@ fn main() {
                 joins_ours.push(jo.as_secs_f64());
                 joins_raw.push(jr.as_secs_f64());
             }
+            peak = peak.min(median(ours.clone()));
             println!("kafka consume + commit, {n} records on 4 partitions x {ROUNDS} rounds, a new group each round");
             println!("  msgio KafkaServer, concurrency {CONCURRENCY}   {:>10.0} msgs/s (median)", median(ours));
             println!("  raw rdkafka StreamConsumer, inline  {:>10.0} msgs/s (median)", median(raw));
@@ -316,6 +398,24 @@ fn main() {
                 median(joins_ours),
                 median(joins_raw)
             );
+        }
+        if part("latency") {
+            // Half of msgio's peak: the slower of its produce and consume rates, measured
+            // above (or a quick produce round when only latency runs).
+            if peak == f64::INFINITY {
+                peak = msgio_produce(&kafka, &produce_topic, n / 2).await;
+            }
+            let rate = common::latency_rate(peak);
+            let count = common::latency_count(rate);
+            common::compare_latency(
+                "kafka",
+                rate,
+                count,
+                "raw rdkafka send + StreamConsumer",
+                async || msgio_latency(&kafka, count, rate).await,
+                async || raw_latency(&kafka, &producer, count, rate).await,
+            )
+            .await;
         }
     });
 }

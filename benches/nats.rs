@@ -16,7 +16,8 @@
 //! messages published one by one on a steady pace (each publish spawned, awaiting its
 //! PubAck) to a running consumer; the p50 and p99 from publish to receive of msgio and of
 //! raw async-nats doing the same (a durable pull consumer's message stream, batches of
-//! 128, acked inline).
+//! 128, acked inline); a second of messages a run, runs alternating,
+//! medians (see `common::compare_latency`).
 //!
 //! Batch: 50 publishers each sending `publish_batch` of 16 (every publish out before the
 //! PubAcks are awaited), against raw async-nats doing the same.
@@ -400,9 +401,15 @@ fn main() {
             }
             let rate = common::latency_rate(peak);
             let count = common::latency_count(rate);
-            let ours = msgio_latency(&nats, &js, count, rate).await;
-            let raw = raw_latency(&js, count, rate).await;
-            common::print_latency("nats", rate, count, ours, raw, "raw async-nats publish + pull");
+            common::compare_latency(
+                "nats",
+                rate,
+                count,
+                "raw async-nats publish + pull",
+                async || msgio_latency(&nats, &js, count, rate).await,
+                async || raw_latency(&js, count, rate).await,
+            )
+            .await;
         }
     });
 }

@@ -15,14 +15,19 @@
 //!
 //! Wake-up: an idle consumer, one message published every 20 ms; the p50 and p99 from
 //! publish to receive, of a msgio server woken by `NOTIFY` and of a raw loop that
-//! `LISTEN`s and claims on each notification.
+//! `LISTEN`s and claims (up to 128) on each notification. Both sides publish through
+//! `PostgresTopic`, so the consumers are what differs.
+//!
+//! Latency: the same two consumers at half of msgio's peak (the slower of its publish and
+//! consume medians), a second of messages a run, runs alternating (see
+//! `common::compare_latency`).
 //!
 //! Long transaction (`MSGIO_BENCH_ONLY=long_tx`, not in the default run: it takes about
 //! two minutes): consume throughput in 5 s windows while a publisher keeps the queue
 //! full, before, during a 60 s `REPEATABLE READ` transaction held open on another
 //! connection, and for 30 s after it ends; with the table's dead tuples and size.
 //!
-//! `MSGIO_BENCH_ONLY=publish|consume|wakeup|long_tx` runs one part.
+//! `MSGIO_BENCH_ONLY=publish|consume|wakeup|latency|long_tx` runs one part.
 //!
 //! ```sh
 //! cargo bench --bench postgres --features postgres,testing  # POSTGRES_URL overrides the default
@@ -220,20 +225,24 @@ async fn raw_consume(postgres: &Postgres, client: &tokio_postgres::Client, n: us
     started.finish(n, "raw consume")
 }
 
-/// msgio: an idle server woken by `NOTIFY`; the p50 and p99 of `n` messages sent every
-/// 20 ms.
-async fn msgio_wakeup(postgres: &Postgres, n: usize) -> (Duration, Duration) {
+/// msgio: a server woken by `NOTIFY`; the p50 and p99 of `n` messages sent at `rate` a
+/// second (idle between them at 50 a second).
+async fn msgio_wakeup(postgres: &Postgres, n: usize, rate: f64) -> (Duration, Duration) {
     let queue = queue_name();
     let server = postgres
-        .server(QueueOptions::new(&queue), ServerConfig::new())
+        .server(
+            QueueOptions::new(&queue),
+            ServerConfig::new().concurrency(CONCURRENCY),
+        )
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    common::msgio_latency(postgres.topic(&queue), server, n, 50.0).await
+    common::msgio_latency(postgres.topic(&queue), server, n, rate).await
 }
 
-/// Raw tokio-postgres: `LISTEN`, and on each notification of the queue, claim and delete.
-async fn raw_wakeup(postgres: &Postgres, n: usize) -> (Duration, Duration) {
+/// Raw tokio-postgres: `LISTEN`, and on each notification of the queue, claim (up to 128)
+/// and delete; `n` messages published at `rate` a second.
+async fn raw_wakeup(postgres: &Postgres, n: usize, rate: f64) -> (Duration, Duration) {
     use futures::StreamExt;
     let queue = queue_name();
     let (listener, mut connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
@@ -263,7 +272,8 @@ async fn raw_wakeup(postgres: &Postgres, n: usize) -> (Duration, Duration) {
             let Some(payload) = rx.next().await else {
                 break;
             };
-            if payload != q {
+            // msgio's topic notifies "<queue> <lowest id>".
+            if payload.split(' ').next() != Some(q.as_str()) {
                 continue;
             }
             let rows = client.query(&claim, &[&q, &CLAIM, &0i64]).await.unwrap();
@@ -279,7 +289,7 @@ async fn raw_wakeup(postgres: &Postgres, n: usize) -> (Duration, Duration) {
     });
     let topic = postgres.topic(&queue);
     let ctx = Context::background();
-    common::paced(n, 50.0, |seq| {
+    common::paced(n, rate, |seq| {
         let (topic, ctx) = (topic.clone(), ctx.clone());
         let mut msg = common::message(seq);
         msg.body = lat.stamped().into();
@@ -439,6 +449,7 @@ fn main() {
         msgio_consume(&postgres, &client, n / 10).await;
         raw_consume(&postgres, &client, n / 10).await;
         common::reset_cpu();
+        let mut peak = f64::INFINITY;
         if only.as_deref().is_none_or(|o| o == "publish") {
             // A commit per message makes the raw side slow (each waits for its WAL flush):
             // a quarter of the messages keeps the bench under two minutes.
@@ -452,6 +463,7 @@ fn main() {
             println!("postgres publish, {n} messages x {ROUNDS} rounds, {PUBLISHERS} concurrent publishers, 100-byte body, 2 attributes, NOTIFY on");
             common::print_pair("msgio PostgresTopic", "raw tokio-postgres, 8 connections", &ours, &raw, &ratios);
             common::print_cpu("msgio publish", "raw publish");
+            peak = peak.min(median(ours));
         }
         if only.as_deref().is_none_or(|o| o == "consume") {
             let (ours, raw, ratios) = common::alternate(
@@ -463,12 +475,37 @@ fn main() {
             println!("postgres consume + ack, {n} messages x {ROUNDS} rounds");
             common::print_pair(&format!("msgio PostgresServer, concurrency {CONCURRENCY}"), &format!("raw SKIP LOCKED loop, claims of {CLAIM}"), &ours, &raw, &ratios);
             common::print_cpu("msgio consume", "raw consume");
+            peak = peak.min(median(ours));
         }
         if only.as_deref().is_none_or(|o| o == "wakeup") {
-            let count = 200;
-            let ours = msgio_wakeup(&postgres, count).await;
-            let raw = raw_wakeup(&postgres, count).await;
-            common::print_latency("postgres idle wake-up (NOTIFY)", 50.0, count, ours, raw, "raw LISTEN + claim");
+            let count = 100;
+            common::compare_latency(
+                "postgres idle wake-up (NOTIFY, one message every 20 ms)",
+                50.0,
+                count,
+                "raw LISTEN + claim",
+                async || msgio_wakeup(&postgres, count, 50.0).await,
+                async || raw_wakeup(&postgres, count, 50.0).await,
+            )
+            .await;
+        }
+        if only.as_deref().is_none_or(|o| o == "latency") {
+            // Half of msgio's peak: the slower of its publish and consume rates, measured
+            // above (or a quick publish round when only latency runs).
+            if peak == f64::INFINITY {
+                peak = msgio_publish(&postgres, &client, n / 8).await;
+            }
+            let rate = common::latency_rate(peak);
+            let count = common::latency_count(rate);
+            common::compare_latency(
+                "postgres",
+                rate,
+                count,
+                "raw LISTEN + claim",
+                async || msgio_wakeup(&postgres, count, rate).await,
+                async || raw_wakeup(&postgres, count, rate).await,
+            )
+            .await;
         }
     });
 }

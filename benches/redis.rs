@@ -16,7 +16,8 @@
 //! Latency: at half of msgio's peak rate (the slower of its publish and consume medians),
 //! messages published one by one on a steady pace (each publish spawned) to a running
 //! consumer; the p50 and p99 from publish to receive of msgio and of raw redis-rs doing
-//! the same (`XADD`, and `XREADGROUP COUNT 128 BLOCK 100` with an `XACK` per read).
+//! the same (`XADD`, and `XREADGROUP COUNT 128 BLOCK 100` with an `XACK` per read); a
+//! second of messages a run, runs alternating, medians (see `common::compare_latency`).
 //! Batch: the same publishers each sending `publish_batch` of 16 (one pipeline), against raw
 //! redis-rs pipelines of 16 XADDs, and `redis-benchmark -P 16` sending the same XADD when installed.
 //! `MSGIO_BENCH_ONLY=publish|consume|batch|latency` runs one part.
@@ -561,9 +562,15 @@ fn main() {
             }
             let rate = common::latency_rate(peak);
             let count = common::latency_count(rate);
-            let ours = msgio_latency(&redis, count, rate).await;
-            let raw = raw_latency(count, rate).await;
-            common::print_latency("redis", rate, count, ours, raw, "raw redis-rs XADD + XREADGROUP");
+            common::compare_latency(
+                "redis",
+                rate,
+                count,
+                "raw redis-rs XADD + XREADGROUP",
+                async || msgio_latency(&redis, count, rate).await,
+                async || raw_latency(count, rate).await,
+            )
+            .await;
         }
     });
 }

@@ -42,7 +42,12 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 
 /// The message count, from `MSGIO_BENCH_MESSAGES` or `default`.
 pub fn messages(default: usize) -> usize {
-    std::env::var("MSGIO_BENCH_MESSAGES")
+    env_count("MSGIO_BENCH_MESSAGES", default)
+}
+
+/// A count from the environment variable `var`, or `default`.
+pub fn env_count(var: &str, default: usize) -> usize {
+    std::env::var(var)
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(default)
@@ -140,35 +145,76 @@ pub fn latency_rate(peak: f64) -> f64 {
         .unwrap_or(peak / 2.0)
 }
 
-/// How many messages a latency run at `rate` sends: about two seconds' worth.
+/// How many messages a latency run at `rate` sends: about a second's worth.
 pub fn latency_count(rate: f64) -> usize {
-    ((rate * 2.0) as usize).clamp(5_000, 400_000)
+    (rate as usize).clamp(2_000, 200_000)
 }
 
-/// Prints a latency comparison.
-pub fn print_latency(
+/// How many runs a side a latency comparison makes (`MSGIO_BENCH_LATENCY_ROUNDS`, 7 by
+/// default).
+pub fn latency_rounds() -> usize {
+    env_count("MSGIO_BENCH_LATENCY_ROUNDS", 7).max(1)
+}
+
+/// A p50 and a p99.
+pub type Percentiles = (std::time::Duration, std::time::Duration);
+
+/// Runs msgio's and the raw client's latency runs in turn, [`latency_rounds`] of each,
+/// alternating which goes first, and prints the medians of their p50s and p99s and the
+/// median of the rounds' p99 ratios. One run's p99 is its few slowest messages, which a
+/// stall of this shared machine decides; the median of several rounds is what the two
+/// sides are told apart by.
+pub async fn compare_latency(
     what: &str,
     rate: f64,
     count: usize,
-    ours: (std::time::Duration, std::time::Duration),
-    raw: (std::time::Duration, std::time::Duration),
     raw_name: &str,
+    mut ours: impl AsyncFnMut() -> Percentiles,
+    mut raw: impl AsyncFnMut() -> Percentiles,
 ) {
+    let (mut o, mut r) = (Vec::new(), Vec::new());
+    for round in 0..latency_rounds() {
+        if round % 2 == 0 {
+            o.push(ours().await);
+            r.push(raw().await);
+        } else {
+            r.push(raw().await);
+            o.push(ours().await);
+        }
+    }
+    let secs = |v: &[Percentiles], p99: bool| -> Vec<f64> {
+        v.iter()
+            .map(|(a, b)| if p99 { b } else { a }.as_secs_f64())
+            .collect()
+    };
+    let ratios: Vec<f64> = o
+        .iter()
+        .zip(&r)
+        .map(|(a, b)| a.1.as_secs_f64() / b.1.as_secs_f64())
+        .collect();
+    let spread = |v: &[f64]| {
+        let (lo, hi) = v.iter().fold((f64::INFINITY, 0f64), |(lo, hi), x| {
+            (lo.min(*x), hi.max(*x))
+        });
+        format!("{lo:.2}..{hi:.2}")
+    };
+    let d = |x: f64| std::time::Duration::from_secs_f64(x);
     println!(
-        "{what} latency, publish to receive, at {rate:.0} msgs/s ({count} messages; half of msgio's peak unless MSGIO_BENCH_LATENCY_RATE says)"
+        "{what} latency, publish to receive, at {rate:.0} msgs/s ({count} messages a run, {} runs a side, alternating; medians)",
+        o.len()
     );
+    for (name, v) in [("msgio", &o), (raw_name, &r)] {
+        println!(
+            "  {name:<34} p50 {:>10.1?}  p99 {:>10.1?}",
+            d(median(secs(v, false))),
+            d(median(secs(v, true)))
+        );
+    }
     println!(
-        "  msgio {:<28} p50 {:>10.1?}  p99 {:>10.1?}",
-        "", ours.0, ours.1
-    );
-    println!(
-        "  {raw_name:<34} p50 {:>10.1?}  p99 {:>10.1?}",
-        raw.0, raw.1
-    );
-    println!(
-        "  ratio msgio/raw                    p50 {:>10.2}  p99 {:>10.2}",
-        ours.0.as_secs_f64() / raw.0.as_secs_f64(),
-        ours.1.as_secs_f64() / raw.1.as_secs_f64()
+        "  ratio msgio/raw                    p50 {:>10.2}  p99 {:>10.2}  (rounds' p99 ratios {})",
+        median(secs(&o, false)) / median(secs(&r, false)),
+        median(ratios.clone()),
+        spread(&ratios)
     );
 }
 
