@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
@@ -102,8 +102,10 @@ pub(super) enum PublishError {
 
 pub(super) struct Link {
     target: Target,
-    /// The publishing channel (confirm mode), cloned by each publication.
-    channel: Mutex<Option<Channel>>,
+    /// The publishing channel (confirm mode). Shared behind an `Arc`: a lapin `Channel`
+    /// clone is a dozen reference counts, which every concurrent publish would move
+    /// between the cores twice.
+    channel: Mutex<Option<Arc<Channel>>>,
     /// The connection, and the lock that makes one task at a time remake it.
     connection: tokio::sync::Mutex<Option<Connection>>,
     /// Wait queues declared, and when (see [`Link::publish_delayed`]).
@@ -138,7 +140,7 @@ impl Link {
 
     /// The publishing channel, remade (with the connection, when that is lost too) after a
     /// failure.
-    pub(super) async fn channel(&self) -> Result<Channel, Error> {
+    pub(super) async fn channel(&self) -> Result<Arc<Channel>, Error> {
         if let Some(channel) = self.current() {
             return Ok(channel);
         }
@@ -155,11 +157,12 @@ impl Link {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(|e| error("turning on publisher confirms", e))?;
+        let channel = Arc::new(channel);
         *self.channel.lock().unwrap_or_else(|p| p.into_inner()) = Some(channel.clone());
         Ok(channel)
     }
 
-    fn current(&self) -> Option<Channel> {
+    fn current(&self) -> Option<Arc<Channel>> {
         let channel = self.channel.lock().unwrap_or_else(|p| p.into_inner());
         channel.as_ref().filter(|c| c.status().connected()).cloned()
     }
@@ -242,8 +245,21 @@ impl Link {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), PublishError> {
-        self.publish_many(exchange, routing_key, mandatory, [(body, properties)])
+        let channel = self.channel().await.map_err(PublishError::Failed)?;
+        let confirm = channel
+            .basic_publish(
+                exchange.clone(),
+                routing_key.clone(),
+                BasicPublishOptions {
+                    mandatory,
+                    immediate: false,
+                },
+                body,
+                properties,
+            )
             .await
+            .map_err(|e| published_error(exchange, routing_key, e))?;
+        confirmed(exchange, routing_key, confirm.await)
     }
 
     /// Publishes several messages in order on the shared channel, then waits for their
@@ -256,13 +272,6 @@ impl Link {
         messages: impl IntoIterator<Item = (&'a [u8], BasicProperties)>,
     ) -> Result<(), PublishError> {
         let channel = self.channel().await.map_err(PublishError::Failed)?;
-        let what = || {
-            format!(
-                "publishing to exchange {:?} with routing key {:?}",
-                exchange.as_str(),
-                routing_key.as_str()
-            )
-        };
         let mut confirms = Vec::new();
         for (body, properties) in messages {
             confirms.push(
@@ -278,23 +287,11 @@ impl Link {
                         properties,
                     )
                     .await
-                    .map_err(|e| PublishError::Failed(error(what(), e)))?,
+                    .map_err(|e| published_error(exchange, routing_key, e))?,
             );
         }
         for confirm in confirms {
-            match confirm
-                .await
-                .map_err(|e| PublishError::Failed(error(what(), e)))?
-            {
-                Confirmation::Ack(None) | Confirmation::NotRequested => {}
-                Confirmation::Ack(Some(_)) => return Err(PublishError::Unroutable),
-                Confirmation::Nack(_) => {
-                    return Err(PublishError::Failed(Error::other(format!(
-                        "{}: RabbitMQ could not take the message (nack)",
-                        what()
-                    ))));
-                }
-            }
+            confirmed(exchange, routing_key, confirm.await)?;
         }
         Ok(())
     }
@@ -481,6 +478,39 @@ pub(super) fn wait_queue(exchange: &str, routing_key: &str, band: u64) -> String
         hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
     }
     format!("msgio.wait.{band}ms.{hash:016x}")
+}
+
+/// What a publish that the channel refused is reported as.
+fn published_error(
+    exchange: &ShortString,
+    routing_key: &ShortString,
+    e: lapin::Error,
+) -> PublishError {
+    PublishError::Failed(error(publishing(exchange, routing_key), e))
+}
+
+fn publishing(exchange: &ShortString, routing_key: &ShortString) -> String {
+    format!(
+        "publishing to exchange {:?} with routing key {:?}",
+        exchange.as_str(),
+        routing_key.as_str()
+    )
+}
+
+/// What RabbitMQ's confirmation of a publish says.
+fn confirmed(
+    exchange: &ShortString,
+    routing_key: &ShortString,
+    confirmation: Result<Confirmation, lapin::Error>,
+) -> Result<(), PublishError> {
+    match confirmation.map_err(|e| published_error(exchange, routing_key, e))? {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable),
+        Confirmation::Nack(_) => Err(PublishError::Failed(Error::other(format!(
+            "{}: RabbitMQ could not take the message (nack)",
+            publishing(exchange, routing_key)
+        )))),
+    }
 }
 
 #[cfg(test)]
