@@ -74,7 +74,7 @@ struct Shared {
 /// is behind the cursor.
 struct Scan {
     cursor: i64,
-    /// The lowest id a notification named behind the cursor since the last claim started.
+    /// The lowest id a notification named since the last claim started.
     rewind: Option<i64>,
     next_sweep: tokio::time::Instant,
     /// How long the last sweep took.
@@ -96,11 +96,11 @@ impl Scan {
         }
     }
 
-    /// A notification said rows from `id` on were committed.
+    /// A notification said rows from `id` on were committed. Kept even when `id` is ahead
+    /// of the cursor: a claim running now may pass it without seeing it (it started
+    /// before that commit) and move the cursor beyond.
     fn committed(&mut self, id: i64) {
-        if id <= self.cursor {
-            self.rewind = Some(self.rewind.map_or(id, |r| r.min(id)));
-        }
+        self.rewind = Some(self.rewind.map_or(id, |r| r.min(id)));
     }
 
     /// After a claim from `from` that started at `started`, found rows up to `highest`.
@@ -758,6 +758,8 @@ mod tests {
         scan.claimed(false, now, Some(100), Duration::from_secs(1));
         assert_eq!(scan.start(now), (100, false));
         // Rows 97 and 95 committed after 100 was claimed; 120 is ahead anyway.
+        scan.committed(120);
+        assert_eq!(scan.start(now), (100, false));
         scan.committed(97);
         scan.committed(120);
         scan.committed(95);
@@ -768,5 +770,10 @@ mod tests {
         scan.committed(50);
         assert_eq!(scan.start(now + Duration::from_secs(61)), (0, true));
         assert_eq!(scan.start(now), (100, false));
+        // Notified of 105 while a claim from 100 ran that saw only 110: the next claim
+        // goes back for 105.
+        scan.committed(105);
+        scan.claimed(false, now, Some(110), Duration::from_secs(1));
+        assert_eq!(scan.start(now), (104, false));
     }
 }
