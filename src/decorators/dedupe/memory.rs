@@ -12,10 +12,11 @@ use crate::Error;
 /// An in-memory [`DedupeStore`], bounded: expired keys are dropped when met, and the store
 /// keeps at most about `capacity` keys, forgetting the oldest half at a time when full.
 ///
-/// Keys are kept as 87-bit fingerprints, a randomly keyed 64-bit SipHash and 23 bits of an
-/// FNV-1a hash, so a key costs no allocation and 16 bytes. A new key is taken for a stored
-/// one by chance about once in 2^67 lookups against a million stored keys, and the random
-/// SipHash key keeps crafted collisions out of reach.
+/// Keys are kept as 87-bit fingerprints, 64 bits and 23 bits of two hashes with secret
+/// seeds of the store's own (a multiply-fold hash over two independent lanes), so a key
+/// costs no allocation and 16 bytes. A new key is taken for a stored one by chance about
+/// once in 2^67 lookups against a million stored keys, and the secret seeds keep crafted
+/// collisions out of reach of anyone who cannot read the process's memory.
 ///
 /// Keys are spread over shards with a lock each, so concurrent deliveries rarely wait on
 /// one another. A new key costs one cache line of its shard's current table and a word of
@@ -76,9 +77,9 @@ struct Keys {
 /// A key as the store keeps it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Fingerprint {
-    /// The keyed SipHash: chooses the shard (low bits) and the bucket (high bits).
+    /// The first keyed hash: chooses the shard (low bits) and the bucket (high bits).
     hash: u64,
-    /// The FNV-1a bits, already in their place in [`Slot::meta`].
+    /// Bits of the second keyed hash, already in their place in [`Slot::meta`].
     check: u64,
 }
 
