@@ -81,6 +81,25 @@ async fn msgio_produce(kafka: &Kafka, topic: &str, n: usize) -> f64 {
     meter.finish(n, "msgio produce")
 }
 
+/// Raw rdkafka: sends one record as msgio's topic would (the two headers, the body) and
+/// waits for its acknowledgement.
+async fn raw_send(producer: &FutureProducer, topic: &str, body: &[u8], seq: usize) {
+    let seq = seq.to_string();
+    let headers = OwnedHeaders::new_with_capacity(2)
+        .insert(Header {
+            key: "Content-Type",
+            value: Some("text/plain"),
+        })
+        .insert(Header {
+            key: "X-Seq",
+            value: Some(seq.as_str()),
+        });
+    let record = FutureRecord::<(), _>::to(topic)
+        .payload(body)
+        .headers(headers);
+    producer.send(record, Timeout::Never).await.unwrap();
+}
+
 async fn raw_produce(producer: &FutureProducer, topic: &str, n: usize) -> f64 {
     let meter = common::Meter::start();
     let (producer, topic) = (producer.clone(), Arc::new(topic.to_owned()));
@@ -89,20 +108,7 @@ async fn raw_produce(producer: &FutureProducer, topic: &str, n: usize) -> f64 {
         async move {
             let body = [b'x'; 100];
             for seq in chunk {
-                let seq = seq.to_string();
-                let headers = OwnedHeaders::new_with_capacity(2)
-                    .insert(Header {
-                        key: "Content-Type",
-                        value: Some("text/plain"),
-                    })
-                    .insert(Header {
-                        key: "X-Seq",
-                        value: Some(seq.as_str()),
-                    });
-                let record = FutureRecord::<(), _>::to(&topic)
-                    .payload(&body[..])
-                    .headers(headers);
-                producer.send(record, Timeout::Never).await.unwrap();
+                raw_send(&producer, &topic, &body, seq).await;
             }
         }
     })
@@ -297,22 +303,7 @@ async fn raw_latency(
     let topic = Arc::new(topic);
     common::paced(n, rate, |seq| {
         let (producer, topic, body) = (producer.clone(), topic.clone(), lat.stamped());
-        tokio::spawn(async move {
-            let seq = seq.to_string();
-            let headers = OwnedHeaders::new_with_capacity(2)
-                .insert(Header {
-                    key: "Content-Type",
-                    value: Some("text/plain"),
-                })
-                .insert(Header {
-                    key: "X-Seq",
-                    value: Some(seq.as_str()),
-                });
-            let record = FutureRecord::<(), _>::to(&topic)
-                .payload(&body[..])
-                .headers(headers);
-            producer.send(record, Timeout::Never).await.unwrap();
-        });
+        tokio::spawn(async move { raw_send(&producer, &topic, &body, seq).await });
     })
     .await;
     let figures = lat.wait().await;

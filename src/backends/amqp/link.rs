@@ -246,19 +246,7 @@ impl Link {
         properties: BasicProperties,
     ) -> Result<(), PublishError> {
         let channel = self.channel().await.map_err(PublishError::Failed)?;
-        let confirm = channel
-            .basic_publish(
-                exchange.clone(),
-                routing_key.clone(),
-                BasicPublishOptions {
-                    mandatory,
-                    immediate: false,
-                },
-                body,
-                properties,
-            )
-            .await
-            .map_err(|e| published_error(exchange, routing_key, e))?;
+        let confirm = send(&channel, exchange, routing_key, mandatory, body, properties).await?;
         confirmed(exchange, routing_key, confirm.await)
     }
 
@@ -274,21 +262,8 @@ impl Link {
         let channel = self.channel().await.map_err(PublishError::Failed)?;
         let mut confirms = Vec::new();
         for (body, properties) in messages {
-            confirms.push(
-                channel
-                    .basic_publish(
-                        exchange.clone(),
-                        routing_key.clone(),
-                        BasicPublishOptions {
-                            mandatory,
-                            immediate: false,
-                        },
-                        body,
-                        properties,
-                    )
-                    .await
-                    .map_err(|e| published_error(exchange, routing_key, e))?,
-            );
+            confirms
+                .push(send(&channel, exchange, routing_key, mandatory, body, properties).await?);
         }
         for confirm in confirms {
             confirmed(exchange, routing_key, confirm.await)?;
@@ -478,6 +453,30 @@ pub(super) fn wait_queue(exchange: &str, routing_key: &str, band: u64) -> String
         hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
     }
     format!("msgio.wait.{band}ms.{hash:016x}")
+}
+
+/// Sends one publish on `channel`; the confirmation to await.
+async fn send(
+    channel: &Channel,
+    exchange: &ShortString,
+    routing_key: &ShortString,
+    mandatory: bool,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<lapin::PublisherConfirm, PublishError> {
+    channel
+        .basic_publish(
+            exchange.clone(),
+            routing_key.clone(),
+            BasicPublishOptions {
+                mandatory,
+                immediate: false,
+            },
+            body,
+            properties,
+        )
+        .await
+        .map_err(|e| published_error(exchange, routing_key, e))
 }
 
 /// What a publish that the channel refused is reported as.
