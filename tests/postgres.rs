@@ -352,8 +352,11 @@ async fn a_receiver_slower_than_the_lease_is_not_run_twice() {
         return;
     };
     let queue = queue_name();
+    // A receiver that runs through two and a half leases. The lease is extended every
+    // third of it, so a stall of this 2-core machine under a parallel build of up to two
+    // thirds of a lease is survived; 600 ms once was not, under load.
     let options = QueueOptions::new(&queue)
-        .lease(Duration::from_millis(600))
+        .lease(Duration::from_millis(1000))
         .poll_interval(Duration::from_millis(50));
     let topic = postgres.topic(&queue);
     for n in 0..4 {
@@ -379,7 +382,7 @@ async fn a_receiver_slower_than_the_lease_is_not_run_twice() {
                     seen.lock()
                         .unwrap()
                         .push(String::from_utf8_lossy(&body).into_owned());
-                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    tokio::time::sleep(Duration::from_millis(2500)).await;
                     Ok(())
                 }
             }),
