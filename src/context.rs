@@ -181,7 +181,7 @@ impl Context {
     /// assert!(matches!(ctx.unless_cancelled(never).await, Err(Error::Cancelled)));
     /// # }
     /// ```
-    pub fn unless_cancelled<'a, T, F>(&'a self, work: F) -> impl Future<Output = Result<T, Error>>
+    pub fn unless_cancelled<T, F>(&self, work: F) -> impl Future<Output = Result<T, Error>>
     where
         F: Future<Output = Result<T, Error>>,
     {
