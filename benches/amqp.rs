@@ -16,12 +16,13 @@
 //! Latency: at half of msgio's peak rate (the slower of its publish and consume medians),
 //! messages published one by one on a steady pace (each publish spawned, waiting for its
 //! confirm) to a running consumer; the p50 and p99 from publish to receive of msgio and of
-//! raw lapin doing the same (prefetch 128, acked inline); a second of messages a run, runs alternating,
-//! medians (see `common::compare_latency`).
+//! raw lapin doing the same (prefetch 128, acked inline); a second of messages a run,
+//! runs alternating, medians (see `common::compare_latency`).
 //!
 //! Batch: 50 publishers each sending `publish_batch` of 16 (every publish out before the
 //! confirms are awaited), against raw lapin doing the same.
-//! `MSGIO_BENCH_ONLY=publish|consume|batch|latency` runs one part.
+//! `MSGIO_BENCH_ONLY=publish|consume|batch|latency` runs one part; `MSGIO_BENCH_MESSAGES`
+//! sets the messages a round (25,000).
 //!
 //! ```sh
 //! cargo bench --bench amqp --features amqp,testing   # AMQP_URL overrides the local broker
@@ -383,7 +384,9 @@ async fn raw_latency(
 
 fn main() {
     let runtime = common::runtime();
-    let n = common::messages(50_000);
+    // RabbitMQ takes 13-20k persistent confirmed publishes a second here: 25,000 a round
+    // keeps the whole bench near two minutes (`MSGIO_BENCH_MESSAGES` sets it).
+    let n = common::messages(25_000);
     runtime.block_on(async {
         let (amqp, connection) = match (
             Amqp::connect(&url()).await,
