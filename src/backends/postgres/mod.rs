@@ -159,8 +159,9 @@
 //!
 //! A topic sends `NOTIFY` on the channel `<schema>.msgio` with the queue's name, a space
 //! and the lowest id it inserted as the payload (a payload of the queue's name alone, as a
-//! hand-written `NOTIFY` may send, wakes servers too) in the same statement as its insert, and a server `LISTEN`s on a connection of its own, so an
-//! idle server hears of a message when its transaction commits; it also polls every
+//! hand-written `NOTIFY` may send, wakes servers too) in the same statement as its
+//! insert, and a server `LISTEN`s on a connection of its own, so an idle server hears of
+//! a message when its transaction commits; it also polls every
 //! [`QueueOptions::poll_interval`] (for delayed messages, retries, expired leases, and a
 //! lost `LISTEN` connection). The trade-off: a transaction that ran `NOTIFY` takes a lock
 //! global to the database while it commits, so many small concurrent publishing
