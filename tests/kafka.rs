@@ -54,13 +54,14 @@ async fn fresh(kafka: &Kafka, partitions: i32) -> String {
     topic
 }
 
-/// How many records of `topic` the group `group` has not committed past, as the broker
-/// counts them.
-async fn uncommitted(topic: String, group: String) -> Result<u64, Error> {
-    uncommitted_at(brokers(), topic, group).await
+/// How many records of `topic` its group (`<topic>.group`, as every test here names it)
+/// has not committed past, as the broker counts them.
+async fn uncommitted(topic: &str) -> Result<u64, Error> {
+    uncommitted_at(brokers(), topic).await
 }
 
-async fn uncommitted_at(brokers: String, topic: String, group: String) -> Result<u64, Error> {
+async fn uncommitted_at(brokers: String, topic: &str) -> Result<u64, Error> {
+    let (topic, group) = (topic.to_owned(), format!("{topic}.group"));
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
@@ -124,9 +125,7 @@ impl Transport for Cluster {
     }
 
     async fn unsettled(&self, topic: &String) -> Result<Option<u64>, Error> {
-        uncommitted(topic.clone(), format!("{topic}.group"))
-            .await
-            .map(Some)
+        uncommitted(topic).await.map(Some)
     }
 }
 
@@ -346,12 +345,7 @@ async fn per_key_order_holds_at_concurrency_64() {
             s.concurrent_max
         );
     }
-    assert_eq!(
-        uncommitted(topic_name.clone(), format!("{topic_name}.group"))
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(uncommitted(&topic_name).await.unwrap(), 0);
 }
 
 /// Attributes are headers, multi-valued in order, any UTF-8 byte for byte; the key
@@ -504,12 +498,7 @@ async fn an_unreadable_header_is_dead_lettered_not_looped() {
     );
     assert_eq!(letter.attributes.get("Good"), Some("yes"));
     assert!(letter.attributes.get(keys::RAW_HEADERS).is_some());
-    assert_eq!(
-        uncommitted(topic_name.clone(), format!("{topic_name}.group"))
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(uncommitted(&topic_name).await.unwrap(), 0);
 }
 
 // ---- A member killed with SIGKILL, and a rebalance mid-stream. ----
@@ -714,12 +703,7 @@ async fn rebalances_move_partitions_and_lose_nothing() {
         "{} of {N} processed twice: more than the read-ahead past a held record",
         twice.len()
     );
-    assert_eq!(
-        uncommitted(topic_name.clone(), format!("{topic_name}.group"))
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(uncommitted(&topic_name).await.unwrap(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -953,12 +937,7 @@ async fn a_cut_connection_is_rejoined_without_loss_or_repeats() {
         stored - N as i64,
         repeated.len()
     );
-    assert_eq!(
-        uncommitted_at(through, topic_name.clone(), format!("{topic_name}.group"))
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(uncommitted_at(through, &topic_name).await.unwrap(), 0);
     drop(proxy);
     drop(broker);
 }
