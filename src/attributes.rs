@@ -274,6 +274,13 @@ impl Table {
         self.str(entry.value)
     }
 
+    /// Whether `entry`'s key is `key`: lengths first, so that most keys are told apart
+    /// without comparing their bytes (and no character boundary is checked).
+    fn has_key(&self, entry: &Entry, key: &str) -> bool {
+        let (start, end) = entry.key;
+        end - start == key.len() && self.text.as_bytes().get(start..end) == Some(key.as_bytes())
+    }
+
     fn push(&mut self, s: &str) -> (usize, usize) {
         let start = self.text.len();
         self.text.push_str(s);
@@ -352,7 +359,7 @@ impl Attributes {
     fn group(&self, key: &str) -> Option<std::ops::Range<usize>> {
         let table = self.table.as_deref()?;
         let entries = &table.entries;
-        let start = entries.iter().position(|e| table.key(e) == key)?;
+        let start = entries.iter().position(|e| table.has_key(e, key))?;
         // A group's entries share their key's bytes.
         let len = entries[start..]
             .iter()
@@ -374,7 +381,7 @@ impl Attributes {
         table
             .entries
             .iter()
-            .find(|e| table.key(e) == key)
+            .find(|e| table.has_key(e, key))
             .map(|e| table.value(e))
     }
 

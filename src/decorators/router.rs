@@ -1,7 +1,10 @@
 //! Routing on an attribute's value.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
+
+use futures::future::Either;
 
 use crate::{BoxReceiver, Context, Error, Message, Receiver, canonical_key};
 
@@ -139,14 +142,20 @@ impl Router {
 }
 
 impl Receiver for Router {
-    async fn receive(&self, ctx: Context, msg: Message) -> Result<(), Error> {
+    /// The chosen receiver's (boxed) future itself, not an `async fn` around it: the
+    /// message and context move once, into that future.
+    fn receive(
+        &self,
+        ctx: Context,
+        msg: Message,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
         let value = msg.attributes.get_canonical(&self.inner.key);
         match self.pick(value) {
-            Some(receiver) => receiver.receive(ctx, msg).await,
-            None => Err(Error::reject(match value {
+            Some(receiver) => Either::Left(receiver.receive(ctx, msg)),
+            None => Either::Right(std::future::ready(Err(Error::reject(match value {
                 Some(v) => format!("no route for {} {v:?}", self.inner.key),
                 None => format!("no route: the message has no {} attribute", self.inner.key),
-            })),
+            })))),
         }
     }
 }
