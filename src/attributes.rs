@@ -190,7 +190,7 @@ impl Text {
         }
     }
 
-    fn as_bytes(&self) -> &[u8] {
+    fn bytes(&self) -> &[u8] {
         match self {
             Text::Inline { len, bytes } => &bytes[..usize::from(*len)],
             Text::Heap(s) => s.as_bytes(),
@@ -198,7 +198,7 @@ impl Text {
     }
 
     fn len(&self) -> usize {
-        self.as_bytes().len()
+        self.bytes().len()
     }
 
     /// The text between two boundaries of appended strings.
@@ -207,7 +207,7 @@ impl Text {
             Text::Heap(s) => &s[start..end],
             // Whole strings were copied in, so this is valid UTF-8: checking it is what
             // keeps this module free of `unsafe`, and costs about a cycle a byte.
-            Text::Inline { .. } => std::str::from_utf8(&self.as_bytes()[start..end]).unwrap_or(""),
+            Text::Inline { .. } => std::str::from_utf8(&self.bytes()[start..end]).unwrap_or(""),
         }
     }
 
@@ -353,7 +353,7 @@ impl Table {
     /// without comparing their bytes (and no character boundary is checked).
     fn has_key(&self, entry: &Entry, key: &str) -> bool {
         let (start, end) = entry.key;
-        end - start == key.len() && self.text.as_bytes().get(start..end) == Some(key.as_bytes())
+        end - start == key.len() && self.text.bytes().get(start..end) == Some(key.as_bytes())
     }
 
     fn push(&mut self, s: &str) -> (usize, usize) {
