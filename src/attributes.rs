@@ -201,13 +201,26 @@ impl Text {
         self.bytes().len()
     }
 
-    /// The text between two boundaries of appended strings.
-    fn get(&self, start: usize, end: usize) -> &str {
+    /// All the text. Inline, it is checked to be UTF-8 (it always is: whole strings were
+    /// copied in), which keeps this module free of `unsafe`; a whole text of at most
+    /// [`INLINE_TEXT`] bytes is checked a word at a time, faster than most single values.
+    fn as_str(&self) -> &str {
         match self {
-            Text::Heap(s) => &s[start..end],
-            // Whole strings were copied in, so this is valid UTF-8: checking it is what
-            // keeps this module free of `unsafe`, and costs about a cycle a byte.
-            Text::Inline { .. } => std::str::from_utf8(&self.bytes()[start..end]).unwrap_or(""),
+            Text::Heap(s) => s,
+            Text::Inline { .. } => std::str::from_utf8(self.bytes()).unwrap_or(""),
+        }
+    }
+
+    /// The text at `range`, between two boundaries of appended strings: checked alone when
+    /// inline, cheaper than the whole text for one value.
+    fn get(&self, range: (usize, usize)) -> &str {
+        match self {
+            Text::Heap(s) => slice(s, range),
+            Text::Inline { .. } => self
+                .bytes()
+                .get(range.0..range.1)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .unwrap_or(""),
         }
     }
 
@@ -232,6 +245,11 @@ impl Text {
             Text::Heap(heap) => heap.push_str(s),
         }
     }
+}
+
+/// The part of a table's `text` at `range` (a key's or a value's).
+fn slice(text: &str, (start, end): (usize, usize)) -> &str {
+    text.get(start..end).unwrap_or("")
 }
 
 /// Where an entry's key and value are in [`Table::text`].
@@ -337,16 +355,9 @@ impl std::ops::DerefMut for Entries {
 }
 
 impl Table {
-    fn str(&self, (start, end): (usize, usize)) -> &str {
-        self.text.get(start, end)
-    }
-
-    fn key(&self, entry: &Entry) -> &str {
-        self.str(entry.key)
-    }
-
+    /// An entry's value (checking only its own bytes when the text is inline).
     fn value(&self, entry: &Entry) -> &str {
-        self.str(entry.value)
+        self.text.get(entry.value)
     }
 
     /// Whether `entry`'s key is `key`: lengths first, so that most keys are told apart
@@ -386,19 +397,20 @@ impl Table {
     fn compact(&mut self) {
         let mut text = Text::with_capacity(self.text.len() - self.garbage);
         let mut last_key: Option<((usize, usize), (usize, usize))> = None;
+        let old = self.text.as_str();
         for e in self.entries.as_mut_slice() {
             let key = match last_key {
                 Some((old, new)) if old == e.key => new,
                 _ => {
                     let start = text.len();
-                    text.push_str(self.text.get(e.key.0, e.key.1));
+                    text.push_str(slice(old, e.key));
                     let new = (start, text.len());
                     last_key = Some((e.key, new));
                     new
                 }
             };
             let start = text.len();
-            text.push_str(self.text.get(e.value.0, e.value.1));
+            text.push_str(slice(old, e.value));
             *e = Entry {
                 key,
                 value: (start, text.len()),
@@ -413,6 +425,11 @@ impl Attributes {
     /// Empty attributes. Does not allocate.
     pub fn new() -> Self {
         Attributes { table: None }
+    }
+
+    /// The text every entry points into, checked once for an iterator's whole walk.
+    fn text(&self) -> &str {
+        self.table.as_deref().map_or("", |t| t.text.as_str())
     }
 
     fn entries(&self) -> &[Entry] {
@@ -458,7 +475,7 @@ impl Attributes {
     pub fn get_all(&self, key: &str) -> GetAll<'_> {
         let range = self.group(&canonical_key(key)).unwrap_or(0..0);
         GetAll {
-            table: self.table.as_deref(),
+            text: self.text(),
             inner: self.entries()[range].iter(),
         }
     }
@@ -533,7 +550,7 @@ impl Attributes {
     /// Every `(key, value)` pair; a key with several values appears once per value.
     pub fn iter(&self) -> Iter<'_> {
         Iter {
-            table: self.table.as_deref(),
+            text: self.text(),
             inner: self.entries().iter(),
         }
     }
@@ -541,7 +558,7 @@ impl Attributes {
     /// The distinct keys, in the order they were first added.
     pub fn keys(&self) -> Keys<'_> {
         Keys {
-            table: self.table.as_deref(),
+            text: self.text(),
             inner: self.entries(),
         }
     }
@@ -701,15 +718,15 @@ impl TryFrom<&HeaderMap> for Attributes {
 /// Iterator over the `(key, value)` pairs of [`Attributes`].
 #[derive(Clone)]
 pub struct Iter<'a> {
-    table: Option<&'a Table>,
+    text: &'a str,
     inner: std::slice::Iter<'a, Entry>,
 }
 
 impl<'a> Iterator for Iter<'a> {
     type Item = (&'a str, &'a str);
     fn next(&mut self) -> Option<Self::Item> {
-        let (table, e) = (self.table?, self.inner.next()?);
-        Some((table.key(e), table.value(e)))
+        let e = self.inner.next()?;
+        Some((slice(self.text, e.key), slice(self.text, e.value)))
     }
     fn size_hint(&self) -> (usize, Option<usize>) {
         self.inner.size_hint()
@@ -727,15 +744,14 @@ impl fmt::Debug for Iter<'_> {
 /// Iterator over the values of one key, from [`Attributes::get_all`].
 #[derive(Clone)]
 pub struct GetAll<'a> {
-    table: Option<&'a Table>,
+    text: &'a str,
     inner: std::slice::Iter<'a, Entry>,
 }
 
 impl<'a> Iterator for GetAll<'a> {
     type Item = &'a str;
     fn next(&mut self) -> Option<&'a str> {
-        let (table, e) = (self.table?, self.inner.next()?);
-        Some(table.value(e))
+        Some(slice(self.text, self.inner.next()?.value))
     }
     fn size_hint(&self) -> (usize, Option<usize>) {
         self.inner.size_hint()
@@ -753,17 +769,17 @@ impl fmt::Debug for GetAll<'_> {
 /// Iterator over the distinct keys of [`Attributes`], from [`Attributes::keys`].
 #[derive(Clone)]
 pub struct Keys<'a> {
-    table: Option<&'a Table>,
+    text: &'a str,
     inner: &'a [Entry],
 }
 
 impl<'a> Iterator for Keys<'a> {
     type Item = &'a str;
     fn next(&mut self) -> Option<&'a str> {
-        let (table, first) = (self.table?, self.inner.first()?);
+        let first = self.inner.first()?;
         let len = self.inner.iter().take_while(|e| e.key == first.key).count();
         self.inner = &self.inner[len..];
-        Some(table.key(first))
+        Some(slice(self.text, first.key))
     }
 }
 
