@@ -563,6 +563,28 @@ impl Attributes {
         }
     }
 
+    /// Each distinct key with its values, in the order the keys were first added: one walk,
+    /// where [`keys`](Attributes::keys) then [`get_all`](Attributes::get_all) would
+    /// canonicalize and look up every key again (what a transport encoding attributes
+    /// uses).
+    pub(crate) fn groups(&self) -> impl Iterator<Item = (&str, GetAll<'_>)> {
+        let text = self.text();
+        let mut rest = self.entries();
+        std::iter::from_fn(move || {
+            let first = rest.first()?;
+            let len = rest.iter().take_while(|e| e.key == first.key).count();
+            let (group, after) = rest.split_at(len);
+            rest = after;
+            Some((
+                slice(text, first.key),
+                GetAll {
+                    text,
+                    inner: group.iter(),
+                },
+            ))
+        })
+    }
+
     /// Converts to an `http::HeaderMap` (names lower-cased, as HTTP/2 requires).
     ///
     /// # Errors

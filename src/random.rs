@@ -11,5 +11,47 @@ pub(crate) fn u64() -> u64 {
 /// A fresh random 16-digit lower-case hex string.
 #[cfg_attr(not(any(feature = "_broker", feature = "testing")), allow(dead_code))]
 pub(crate) fn hex() -> String {
-    format!("{:016x}", u64())
+    hex_words(1)
+}
+
+/// `words` fresh random `u64`s as one string of `16 * words` lower-case hex digits, in one
+/// allocation and without the formatting machinery: some transports name every message
+/// they publish with one.
+#[cfg_attr(not(any(feature = "_broker", feature = "testing")), allow(dead_code))]
+pub(crate) fn hex_words(words: usize) -> String {
+    let mut out = String::with_capacity(16 * words);
+    for _ in 0..words {
+        push_hex(&mut out, u64());
+    }
+    out
+}
+
+/// Appends `n` as 16 lower-case hex digits (what `format!("{n:016x}")` gives).
+#[cfg_attr(not(any(feature = "_broker", feature = "testing")), allow(dead_code))]
+fn push_hex(out: &mut String, n: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.extend(
+        (0..16)
+            .rev()
+            .map(|i| char::from(DIGITS[(n >> (4 * i)) as usize & 0xf])),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hex_is_sixteen_lower_case_digits_as_format_gives_them() {
+        for n in [0, 1, 0xabc, u64::MAX, 0x0123_4567_89ab_cdef, super::u64()] {
+            let mut out = String::from("x");
+            super::push_hex(&mut out, n);
+            assert_eq!(out, format!("x{n:016x}"));
+        }
+        assert_ne!(super::hex(), super::hex());
+        let two = super::hex_words(2);
+        assert_eq!(two.len(), 32);
+        assert!(
+            two.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+    }
 }

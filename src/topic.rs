@@ -186,9 +186,9 @@ pub async fn publish_through_writer<T: Topic + ?Sized>(
     if target.is_empty() {
         *target = attributes;
     } else {
-        for key in attributes.keys() {
+        for (key, values) in attributes.groups() {
             target.remove(key);
-            for value in attributes.get_all(key) {
+            for value in values {
                 target.add(key, value);
             }
         }

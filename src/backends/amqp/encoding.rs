@@ -62,8 +62,8 @@ pub(super) fn properties(attributes: &Attributes) -> Result<BasicProperties, Err
     let (mut content_type, mut content_encoding, mut message_id, mut timestamp) =
         (None, None, None, None);
     let mut headers = FieldTable::default();
-    for key in attributes.keys() {
-        let mut values = attributes.get_all(key);
+    for (key, mut values) in attributes.groups() {
+        let all = values.clone();
         let first = values.next().unwrap_or_default();
         let single = values.next().is_none();
         if single {
@@ -94,9 +94,7 @@ pub(super) fn properties(attributes: &Attributes) -> Result<BasicProperties, Err
             AMQPValue::LongString(LongString::from(first))
         } else {
             AMQPValue::FieldArray(FieldArray::from(
-                attributes
-                    .get_all(key)
-                    .map(|v| AMQPValue::LongString(LongString::from(v)))
+                all.map(|v| AMQPValue::LongString(LongString::from(v)))
                     .collect::<Vec<_>>(),
             ))
         };

@@ -62,7 +62,7 @@ pub(super) fn headers(attributes: &Attributes, msg_id: Option<&str>) -> Result<H
     let id = match msg_id {
         Some(id) => id,
         None => {
-            generated = format!("{}{}", crate::random::hex(), crate::random::hex());
+            generated = crate::random::hex_words(2);
             &generated
         }
     };
