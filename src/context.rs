@@ -513,6 +513,65 @@ mod tests {
         ));
     }
 
+    /// One context shared by tasks on every worker thread: cancelling it, through the context or through the token it
+    /// was made from, stops every wait, and every thread sees it cancelled.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_context_shared_across_threads_stops_every_wait_when_cancelled() {
+        for through_token in [false, true] {
+            let token = CancellationToken::new();
+            let ctx = Context::from_cancellation_token(token.clone());
+            let started = Arc::new(tokio::sync::Barrier::new(65));
+            let waits: Vec<_> = (0..64)
+                .map(|i| {
+                    let (ctx, started) = (ctx.clone(), started.clone());
+                    tokio::spawn(async move {
+                        started.wait().await;
+                        let waited = if i % 2 == 0 {
+                            let never = std::future::pending::<Result<(), Error>>();
+                            matches!(ctx.unless_cancelled(never).await, Err(Error::Cancelled))
+                        } else {
+                            ctx.cancelled().await;
+                            true
+                        };
+                        waited && ctx.is_cancelled()
+                    })
+                })
+                .collect();
+            started.wait().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if through_token {
+                token.cancel();
+            } else {
+                ctx.cancel();
+            }
+            for wait in waits {
+                let done = tokio::time::timeout(Duration::from_secs(10), wait).await;
+                assert!(done.expect("a wait outlived the cancel").unwrap());
+            }
+            assert!(ctx.is_cancelled() && token.is_cancelled());
+        }
+    }
+
+    /// A child of a shared context is cancelled with it, and cancelling the child leaves
+    /// the shared parent (and its other waiters) alone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_child_of_a_shared_context_does_not_cancel_its_parent() {
+        let parent = Context::background();
+        let shared = parent.clone();
+        let waiting = tokio::spawn(async move {
+            let never = std::future::pending::<Result<(), Error>>();
+            shared.unless_cancelled(never).await
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let child = parent.child();
+        child.cancel();
+        assert!(child.is_cancelled() && !parent.is_cancelled());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished());
+        parent.cancel();
+        assert!(matches!(waiting.await.unwrap(), Err(Error::Cancelled)));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn unless_cancelled_stops_waiting_work_at_the_deadline() {
         let ctx = Context::background().with_timeout(Duration::from_millis(50));
