@@ -202,8 +202,8 @@ impl Text {
     }
 
     /// All the text. Inline, it is checked to be UTF-8 (it always is: whole strings were
-    /// copied in), which keeps this module free of `unsafe`; a whole text of at most
-    /// [`INLINE_TEXT`] bytes is checked a word at a time, faster than most single values.
+    /// copied in), which keeps this module free of `unsafe`: an iterator asks once for its
+    /// whole walk rather than once a key and once a value.
     fn as_str(&self) -> &str {
         match self {
             Text::Heap(s) => s,
