@@ -471,6 +471,16 @@ impl Attributes {
             .map(|e| table.value(e))
     }
 
+    /// The bytes of the first value of `key`, already canonical: what
+    /// [`get_canonical`](Attributes::get_canonical) gives, without checking them for UTF-8
+    /// (they always are), for a caller that compares bytes.
+    pub(crate) fn get_canonical_bytes(&self, key: &str) -> Option<&[u8]> {
+        debug_assert_eq!(canonical_key(key), key);
+        let table = self.table.as_deref()?;
+        let e = table.entries.iter().find(|e| table.has_key(e, key))?;
+        table.text.bytes().get(e.value.0..e.value.1)
+    }
+
     /// Every value of `key` (any case), in the order they were added.
     pub fn get_all(&self, key: &str) -> GetAll<'_> {
         let range = self.group(&canonical_key(key)).unwrap_or(0..0);

@@ -68,11 +68,13 @@ impl Pattern {
         Pattern { text, kind }
     }
 
-    fn matches(&self, value: &str) -> bool {
+    /// Whether the value's bytes match: a plain value or a prefix compares bytes, so that
+    /// only a glob needs the value as text.
+    fn matches(&self, value: &[u8]) -> bool {
         match self.kind {
-            Kind::Exact => self.text == value,
-            Kind::Prefix(n) => value.as_bytes().starts_with(&self.text.as_bytes()[..n]),
-            Kind::Glob => glob_match(&self.text, value),
+            Kind::Exact => self.text.as_bytes() == value,
+            Kind::Prefix(n) => value.starts_with(&self.text.as_bytes()[..n]),
+            Kind::Glob => std::str::from_utf8(value).is_ok_and(|v| glob_match(&self.text, v)),
         }
     }
 }
@@ -127,7 +129,7 @@ impl Router {
         self
     }
 
-    fn pick(&self, value: Option<&str>) -> Option<&BoxReceiver> {
+    fn pick(&self, value: Option<&[u8]>) -> Option<&BoxReceiver> {
         let routes = &*self.inner;
         value
             .and_then(|v| {
@@ -149,13 +151,15 @@ impl Receiver for Router {
         ctx: Context,
         msg: Message,
     ) -> impl Future<Output = Result<(), Error>> + Send {
-        let value = msg.attributes.get_canonical(&self.inner.key);
+        let value = msg.attributes.get_canonical_bytes(&self.inner.key);
         match self.pick(value) {
             Some(receiver) => Either::Left(receiver.receive(ctx, msg)),
-            None => Either::Right(std::future::ready(Err(Error::reject(match value {
-                Some(v) => format!("no route for {} {v:?}", self.inner.key),
-                None => format!("no route: the message has no {} attribute", self.inner.key),
-            })))),
+            None => Either::Right(std::future::ready(Err(Error::reject(
+                match value.map(String::from_utf8_lossy) {
+                    Some(v) => format!("no route for {} {v:?}", self.inner.key),
+                    None => format!("no route: the message has no {} attribute", self.inner.key),
+                },
+            )))),
         }
     }
 }
@@ -232,7 +236,7 @@ mod tests {
         for p in patterns {
             for t in texts {
                 assert_eq!(
-                    Pattern::new(p.to_owned()).matches(t),
+                    Pattern::new(p.to_owned()).matches(t.as_bytes()),
                     glob_match(p, t),
                     "pattern {p:?} on {t:?}"
                 );
