@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -55,18 +56,38 @@ pub struct Context {
 pub(crate) struct Origin {
     token: CancellationToken,
     source: Option<Arc<str>>,
+    /// Set once a context of this origin was cancelled, or let its token out (handed a
+    /// reference to it, or shared it with another origin): the token may then be cancelled
+    /// at any time, by whoever kept it.
+    exposed: AtomicBool,
 }
 
 impl Origin {
     pub(crate) fn new(token: CancellationToken, source: Option<Arc<str>>) -> Arc<Self> {
-        Arc::new(Origin { token, source })
+        Arc::new(Origin {
+            token,
+            source,
+            exposed: AtomicBool::new(false),
+        })
+    }
+
+    fn expose(&self) {
+        self.exposed.store(true, Ordering::Relaxed);
     }
 
     /// Whether a context made from this origin may have been cancelled, or may still be
-    /// (a clone of it outlived the message it was made for): then it must not be handed to
-    /// another message, whose context would be cancelled with it.
+    /// (a clone of it, or of its token, outlived the message it was made for): then it must
+    /// not be handed to another message, whose context would be cancelled with it. Reads
+    /// no lock: a token is only cancelled through a context (which marks the origin) or
+    /// through a reference a context handed out (which marked it too).
     pub(crate) fn is_spent(self: &Arc<Self>) -> bool {
-        Arc::strong_count(self) > 1 || self.token.is_cancelled()
+        if Arc::strong_count(self) > 1 {
+            return true;
+        }
+        // Pairs with the release of the last other clone's drop: what that clone's holder
+        // did (marking this origin) is seen here.
+        fence(Ordering::Acquire);
+        self.exposed.load(Ordering::Relaxed)
     }
 }
 
@@ -113,6 +134,7 @@ impl Context {
 
     /// The token that cancels this context.
     pub fn cancellation_token(&self) -> &CancellationToken {
+        self.origin.expose();
         &self.origin.token
     }
 
@@ -127,6 +149,7 @@ impl Context {
 
     /// Cancels this context and every context derived from it with [`child`](Context::child).
     pub fn cancel(&self) {
+        self.origin.expose();
         self.origin.token.cancel();
     }
 
@@ -245,6 +268,8 @@ impl Context {
 
     /// This context with the given source name (set by servers).
     pub fn with_source(mut self, source: impl Into<Arc<str>>) -> Self {
+        // The token now lives in another origin too, beyond this one's count.
+        self.origin.expose();
         self.origin = Origin::new(self.origin.token.clone(), Some(source.into()));
         self
     }

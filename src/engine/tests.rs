@@ -1214,6 +1214,46 @@ async fn a_context_kept_past_its_message_and_cancelled_later_cancels_no_other() 
     stop(&engine, task).await;
 }
 
+#[tokio::test]
+async fn a_token_taken_from_a_context_and_cancelled_later_cancels_no_other_message() {
+    // One worker runs every message. The first message's receiver hands a clone of its
+    // context's token to a task that cancels it while the next message runs: the context
+    // itself is long gone by then, and no other message's context may go with it.
+    let source = Scripted::with(vec![Step::Deliver(vec![1]), Step::Deliver(vec![2])]);
+    let engine = Engine::new(source.clone(), fast().concurrency(1)).unwrap();
+    let cancelled_seen = Arc::new(Mutex::new(Vec::new()));
+    let c = cancelled_seen.clone();
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(move |ctx: Context, msg: Message| {
+            let c = c.clone();
+            async move {
+                let id = msg.attributes.get("X-Id").unwrap_or("").to_owned();
+                if id == "1" {
+                    let token = ctx.cancellation_token().clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(30)).await;
+                        token.cancel();
+                    });
+                } else {
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                }
+                if ctx.is_cancelled() {
+                    c.lock().unwrap().push(id);
+                }
+                Ok(())
+            }
+        }),
+    );
+    eventually("both settled", || source.settled().len() == 2).await;
+    assert!(
+        cancelled_seen.lock().unwrap().is_empty(),
+        "messages {:?} got a context another message's leftover token cancelled",
+        cancelled_seen.lock().unwrap()
+    );
+    stop(&engine, task).await;
+}
+
 #[cfg(feature = "mem")]
 #[tokio::test]
 async fn a_dead_letter_topic_that_cancels_its_context_does_not_abort_the_server() {
