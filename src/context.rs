@@ -78,8 +78,9 @@ impl Origin {
     /// Whether a context made from this origin may have been cancelled, or may still be
     /// (a clone of it, or of its token, outlived the message it was made for): then it must
     /// not be handed to another message, whose context would be cancelled with it. Reads
-    /// no lock: a token is only cancelled through a context (which marks the origin) or
-    /// through a reference a context handed out (which marked it too).
+    /// no lock: a token is only cancelled through a context (which marks the origin),
+    /// through a reference a context handed out (which marked it too), or with its parent
+    /// when the server aborts (and then a new token would be cancelled as well).
     pub(crate) fn is_spent(self: &Arc<Self>) -> bool {
         if Arc::strong_count(self) > 1 {
             return true;
@@ -538,8 +539,9 @@ mod tests {
         ));
     }
 
-    /// One context shared by tasks on every worker thread: cancelling it, through the context or through the token it
-    /// was made from, stops every wait, and every thread sees it cancelled.
+    /// One context shared by tasks on every worker thread: cancelling it, through the
+    /// context or through the token it was made from, stops every wait, and every thread
+    /// sees it cancelled.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_context_shared_across_threads_stops_every_wait_when_cancelled() {
         for through_token in [false, true] {
