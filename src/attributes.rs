@@ -462,23 +462,24 @@ impl Attributes {
     /// The first value of `key`, which the caller has already canonicalized (a decorator's
     /// configured key): no canonicalization on the hot path.
     pub(crate) fn get_canonical(&self, key: &str) -> Option<&str> {
-        debug_assert_eq!(canonical_key(key), key);
-        let table = self.table.as_deref()?;
-        table
-            .entries
-            .iter()
-            .find(|e| table.has_key(e, key))
-            .map(|e| table.value(e))
+        let (table, entry) = self.first_canonical(key)?;
+        Some(table.value(entry))
     }
 
     /// The bytes of the first value of `key`, already canonical: what
     /// [`get_canonical`](Attributes::get_canonical) gives, without checking them for UTF-8
     /// (they always are), for a caller that compares bytes.
     pub(crate) fn get_canonical_bytes(&self, key: &str) -> Option<&[u8]> {
+        let (table, entry) = self.first_canonical(key)?;
+        table.text.bytes().get(entry.value.0..entry.value.1)
+    }
+
+    /// The table and the first entry of the canonical key `key`.
+    fn first_canonical(&self, key: &str) -> Option<(&Table, &Entry)> {
         debug_assert_eq!(canonical_key(key), key);
         let table = self.table.as_deref()?;
-        let e = table.entries.iter().find(|e| table.has_key(e, key))?;
-        table.text.bytes().get(e.value.0..e.value.1)
+        let entry = table.entries.iter().find(|e| table.has_key(e, key))?;
+        Some((table, entry))
     }
 
     /// Every value of `key` (any case), in the order they were added.
@@ -578,17 +579,13 @@ impl Attributes {
     /// canonicalize and look up every key again (what a transport encoding attributes
     /// uses).
     pub(crate) fn groups(&self) -> impl Iterator<Item = (&str, GetAll<'_>)> {
-        let text = self.text();
-        let mut rest = self.entries();
+        let mut keys = self.keys();
         std::iter::from_fn(move || {
-            let first = rest.first()?;
-            let len = rest.iter().take_while(|e| e.key == first.key).count();
-            let (group, after) = rest.split_at(len);
-            rest = after;
+            let (key, group) = keys.next_group()?;
             Some((
-                slice(text, first.key),
+                key,
                 GetAll {
-                    text,
+                    text: keys.text,
                     inner: group.iter(),
                 },
             ))
@@ -805,13 +802,21 @@ pub struct Keys<'a> {
     inner: &'a [Entry],
 }
 
+impl<'a> Keys<'a> {
+    /// The next key and the entries of its values (a group's entries share its key).
+    fn next_group(&mut self) -> Option<(&'a str, &'a [Entry])> {
+        let first = self.inner.first()?;
+        let len = self.inner.iter().take_while(|e| e.key == first.key).count();
+        let (group, rest) = self.inner.split_at(len);
+        self.inner = rest;
+        Some((slice(self.text, first.key), group))
+    }
+}
+
 impl<'a> Iterator for Keys<'a> {
     type Item = &'a str;
     fn next(&mut self) -> Option<&'a str> {
-        let first = self.inner.first()?;
-        let len = self.inner.iter().take_while(|e| e.key == first.key).count();
-        self.inner = &self.inner[len..];
-        Some(slice(self.text, first.key))
+        self.next_group().map(|(key, _)| key)
     }
 }
 
@@ -944,6 +949,25 @@ mod tests {
             a.remove(&format!("k{i}"));
         }
         assert_eq!(a.iter().collect::<Vec<_>>(), [("K0", "x")]);
+    }
+
+    /// `groups` walks what `keys` then `get_all` give, in one pass.
+    #[test]
+    fn groups_are_the_keys_with_their_values() {
+        let mut a = Attributes::new();
+        a.add("b", "1");
+        a.add("a", "2");
+        a.add("B", "3");
+        a.set("c", "4");
+        let groups: Vec<(&str, Vec<&str>)> = a.groups().map(|(k, v)| (k, v.collect())).collect();
+        let expected: Vec<(&str, Vec<&str>)> =
+            a.keys().map(|k| (k, a.get_all(k).collect())).collect();
+        assert_eq!(groups, expected);
+        assert_eq!(
+            groups,
+            [("B", vec!["1", "3"]), ("A", vec!["2"]), ("C", vec!["4"])]
+        );
+        assert_eq!(Attributes::new().groups().count(), 0);
     }
 
     #[test]
