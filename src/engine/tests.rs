@@ -1222,21 +1222,27 @@ async fn a_token_taken_from_a_context_and_cancelled_later_cancels_no_other_messa
     let source = Scripted::with(vec![Step::Deliver(vec![1]), Step::Deliver(vec![2])]);
     let engine = Engine::new(source.clone(), fast().concurrency(1)).unwrap();
     let cancelled_seen = Arc::new(Mutex::new(Vec::new()));
-    let c = cancelled_seen.clone();
+    // Told once the kept token was cancelled: the second message looks only after that.
+    let was_cancelled = Arc::new(tokio::sync::Notify::new());
+    let (c, done) = (cancelled_seen.clone(), was_cancelled.clone());
     let task = serve_in_background(
         &engine,
         ReceiverFunc::new(move |ctx: Context, msg: Message| {
-            let c = c.clone();
+            let (c, done) = (c.clone(), done.clone());
             async move {
                 let id = msg.attributes.get("X-Id").unwrap_or("").to_owned();
                 if id == "1" {
                     let token = ctx.cancellation_token().clone();
                     tokio::spawn(async move {
+                        // After this message was settled and the next one started.
                         tokio::time::sleep(Duration::from_millis(30)).await;
                         token.cancel();
+                        done.notify_one();
                     });
                 } else {
-                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    tokio::time::timeout(Duration::from_secs(10), done.notified())
+                        .await
+                        .expect("the kept token was cancelled");
                 }
                 if ctx.is_cancelled() {
                     c.lock().unwrap().push(id);
