@@ -1,6 +1,7 @@
 //! The in-memory dedupe store.
 
 use std::fmt;
+use std::future::{Future, ready};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -25,6 +26,9 @@ use crate::Error;
 /// up to about 33 bytes per key of capacity; a store that filled once allocates no more.
 /// Times are kept in milliseconds since the store was made, for up to about 17 years.
 /// Clones share the store.
+///
+/// Nothing here waits: `claim`, `complete` and `release` do their work when called and
+/// return a future that is already ready (no state to poll through).
 ///
 /// ```
 /// use msgio::decorators::{Claim, DedupeStore, MemoryDedupeStore};
@@ -134,17 +138,31 @@ impl Table {
         let mut used = 0;
         for slot in old.0.iter().flat_map(|b| &b.0) {
             if slot.meta != 0 && slot.meta != USED {
-                let fp = Fingerprint {
-                    hash: slot.hash,
-                    check: slot.meta & CHECK,
-                };
-                if let Err((b, i)) = self.find(fp, 0) {
-                    self.0[b].0[i] = *slot;
-                    used += 1;
-                }
+                self.place(*slot);
+                used += 1;
             }
         }
         used
+    }
+
+    /// The bucket a key's search starts at: the high bits of its hash, scaled to the table
+    /// (the low ones chose the shard).
+    fn home(&self, hash: u64) -> usize {
+        ((u128::from(hash) * self.0.len() as u128) >> 64) as usize
+    }
+
+    /// Puts `slot` in the first never-used slot on its key's way: for keys known to be
+    /// absent (a table being filled from another), so no slot is compared.
+    fn place(&mut self, slot: Slot) {
+        let n = self.0.len();
+        let mut b = self.home(slot.hash);
+        loop {
+            if let Some(free) = self.0[b].0.iter_mut().find(|s| s.meta == 0) {
+                *free = slot;
+                return;
+            }
+            b = if b + 1 == n { 0 } else { b + 1 };
+        }
     }
 
     /// The slot holding `fp` (`Ok`, live or not), or the slot it would take (`Err`): the
@@ -152,8 +170,7 @@ impl Table {
     /// search. A table always has a never-used slot, so the search ends.
     fn find(&self, fp: Fingerprint, now: u64) -> Result<At, At> {
         let n = self.0.len();
-        // The high bits of the hash, scaled to the table (the low ones chose the shard).
-        let mut b = ((u128::from(fp.hash) * n as u128) >> 64) as usize;
+        let mut b = self.home(fp.hash);
         let mut reusable = None;
         loop {
             for (i, slot) in self.0[b].0.iter().enumerate() {
@@ -459,9 +476,7 @@ impl MemoryDedupeStore {
 
     /// Milliseconds since the store was made.
     fn now(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis())
-            .unwrap_or(u64::MAX)
-            .min(EXPIRY)
+        millis(self.epoch.elapsed()).min(EXPIRY)
     }
 
     /// How many keys are remembered (some may have expired). Counts every slot: meant for
@@ -477,8 +492,15 @@ impl MemoryDedupeStore {
 }
 
 fn expiry(now: u64, ttl: Duration) -> u64 {
-    now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
-        .min(EXPIRY)
+    now.saturating_add(millis(ttl)).min(EXPIRY)
+}
+
+/// Whole milliseconds of `d`, saturating: in 64 bits, where `Duration::as_millis` works in
+/// 128.
+fn millis(d: Duration) -> u64 {
+    d.as_secs()
+        .saturating_mul(1000)
+        .saturating_add(u64::from(d.subsec_millis()))
 }
 
 /// A claim on a [`MemoryDedupeStore`] key: where it is and when it was made.
@@ -494,13 +516,18 @@ pub struct MemoryClaim {
 impl DedupeStore for MemoryDedupeStore {
     type Claimed = MemoryClaim;
 
-    async fn claim(&self, key: &str, ttl: Duration) -> Result<Claim<MemoryClaim>, Error> {
+    /// Answers at once: the future is ready when made (no state machine to poll).
+    fn claim(
+        &self,
+        key: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Claim<MemoryClaim>, Error>> + Send {
         let (shard, fingerprint) = self.locate(key);
         let now = self.now();
         let state = self
             .lock(shard)
             .claim_at(fingerprint, now, expiry(now, ttl));
-        Ok(match state {
+        ready(Ok(match state {
             Err(true) => Claim::Done,
             Err(false) => Claim::InProgress,
             Ok(slot) => Claim::Acquired(MemoryClaim {
@@ -509,24 +536,28 @@ impl DedupeStore for MemoryDedupeStore {
                 at: now,
                 slot,
             }),
-        })
+        }))
     }
 
     /// Done keys are remembered for `ttl` from when they were claimed (a delivery is short
     /// next to a dedupe window; this saves reading the clock twice a message).
-    async fn complete(&self, claimed: MemoryClaim, ttl: Duration) -> Result<(), Error> {
+    fn complete(
+        &self,
+        claimed: MemoryClaim,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
         self.lock(claimed.shard).complete_at(
             claimed.fingerprint,
             claimed.slot,
             claimed.at,
             expiry(claimed.at, ttl),
         );
-        Ok(())
+        ready(Ok(()))
     }
 
-    async fn release(&self, claimed: MemoryClaim) -> Result<(), Error> {
+    fn release(&self, claimed: MemoryClaim) -> impl Future<Output = Result<(), Error>> + Send {
         self.lock(claimed.shard).release(claimed.fingerprint);
-        Ok(())
+        ready(Ok(()))
     }
 }
 
