@@ -436,6 +436,18 @@ impl Attributes {
         self.table.as_deref().map_or(&[], |t| t.entries.as_slice())
     }
 
+    /// How many values there are, and the bytes of their keys and values together (a key
+    /// counted once per value): what a transport sizes a message's encoding by, without
+    /// reading the text.
+    pub(crate) fn sizes(&self) -> (usize, usize) {
+        let entries = self.entries();
+        let bytes = entries
+            .iter()
+            .map(|e| (e.key.1 - e.key.0) + (e.value.1 - e.value.0))
+            .sum();
+        (entries.len(), bytes)
+    }
+
     /// The table, to change (copied first if a clone shares it).
     fn table_mut(&mut self) -> &mut Table {
         Arc::make_mut(self.table.get_or_insert_with(|| Arc::new(Table::default())))

@@ -38,8 +38,42 @@ fn each_field<'a>(
     }
 }
 
+/// The `XADD` adding a message to `stream` (trimmed to about `max_len` entries).
+pub(super) fn xadd(
+    stream: &str,
+    max_len: Option<usize>,
+    attributes: &Attributes,
+    body: &[u8],
+) -> redis::Cmd {
+    let (args, bytes) = xadd_capacity(stream, attributes, body);
+    let mut cmd = redis::Cmd::with_capacity(args, bytes);
+    cmd.arg("XADD").arg(stream);
+    if let Some(n) = max_len {
+        cmd.arg("MAXLEN").arg("~").arg(n);
+    }
+    cmd.arg("*");
+    add_fields(&mut cmd, attributes, body);
+    cmd
+}
+
+/// The arguments and bytes an `XADD` of the message takes at most, so that its command
+/// is built without growing its buffers (`MAXLEN`'s count counted as 20 digits).
+fn xadd_capacity(stream: &str, attributes: &Attributes, body: &[u8]) -> (usize, usize) {
+    let (values, bytes) = attributes.sizes();
+    (
+        8 + 2 * values,
+        "XADDMAXLEN~*".len()
+            + 20
+            + stream.len()
+            + BODY.len()
+            + body.len()
+            + values * ATTR.len()
+            + bytes,
+    )
+}
+
 /// Appends the entry's fields and values to an XADD command.
-pub(super) fn add_fields(cmd: &mut redis::Cmd, attributes: &Attributes, body: &[u8]) {
+fn add_fields(cmd: &mut redis::Cmd, attributes: &Attributes, body: &[u8]) {
     each_field(attributes, body, |prefix, name, value| {
         cmd.arg(Concat(prefix, name)).arg(value);
     });
@@ -220,6 +254,48 @@ mod tests {
         assert_eq!(got.as_ref(), &body);
         assert_eq!(attributes.get_all("X-Tag").collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(attributes, attrs);
+    }
+
+    #[test]
+    fn an_xadd_is_sized_for_every_field_it_carries() {
+        let mut attrs = Attributes::new();
+        attrs.add("x-tag", "a");
+        attrs.add("X-Tag", "bb");
+        attrs.set("Content-Type", "application/octet-stream");
+        attrs.set("X-Long", "v".repeat(300));
+        // Replaced values leave bytes behind in the table that no field carries.
+        attrs.set("X-Long", "short");
+        for (max_len, body) in [(None, &b""[..]), (Some(usize::MAX), &[7u8; 1000][..])] {
+            let (arg_room, byte_room) = xadd_capacity("orders", &attrs, body);
+            let cmd = xadd("orders", max_len, &attrs, body);
+            let args: Vec<Vec<u8>> = cmd
+                .args_iter()
+                .map(|arg| match arg {
+                    redis::Arg::Simple(bytes) => bytes.to_vec(),
+                    _ => panic!("an XADD has no cursor"),
+                })
+                .collect();
+            // The room asked for holds every argument: the buffers never grew.
+            assert!(args.len() <= arg_room, "{} > {arg_room}", args.len());
+            let bytes: usize = args.iter().map(Vec::len).sum();
+            assert!(bytes <= byte_room, "{bytes} > {byte_room}");
+            let fields = if max_len.is_some() { 6 } else { 3 };
+            assert_eq!(args[0], b"XADD");
+            assert_eq!(args[fields - 1], b"*");
+            let flat = args[fields..]
+                .iter()
+                .map(|a| Value::BulkString(a.clone()))
+                .collect();
+            let Decoded::Ok {
+                attributes,
+                body: got,
+            } = decode(flat)
+            else {
+                panic!("decodes");
+            };
+            assert_eq!(attributes, attrs);
+            assert_eq!(got.as_ref(), body);
+        }
     }
 
     #[test]

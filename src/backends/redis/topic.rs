@@ -82,14 +82,7 @@ pub(super) fn delayed_key(stream: &str) -> String {
 impl RedisSender {
     /// The `XADD` of one message.
     fn xadd(&self, attributes: &crate::Attributes, body: &[u8]) -> redis::Cmd {
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(&self.stream);
-        if let Some(n) = self.max_len {
-            cmd.arg("MAXLEN").arg("~").arg(n);
-        }
-        cmd.arg("*");
-        encoding::add_fields(&mut cmd, attributes, body);
-        cmd
+        encoding::xadd(&self.stream, self.max_len, attributes, body)
     }
 }
 
