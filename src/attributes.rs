@@ -439,6 +439,7 @@ impl Attributes {
     /// How many values there are, and the bytes of their keys and values together (a key
     /// counted once per value): what a transport sizes a message's encoding by, without
     /// reading the text.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn sizes(&self) -> (usize, usize) {
         let entries = self.entries();
         let bytes = entries
@@ -961,6 +962,26 @@ mod tests {
             a.remove(&format!("k{i}"));
         }
         assert_eq!(a.iter().collect::<Vec<_>>(), [("K0", "x")]);
+    }
+
+    /// `sizes` counts what iterating gives: a value each, a key once per value, and
+    /// nothing of replaced values.
+    #[test]
+    fn sizes_are_the_values_and_their_bytes_as_iterated() {
+        let mut attrs = Attributes::new();
+        assert_eq!(attrs.sizes(), (0, 0));
+        attrs.add("x-tag", "a");
+        attrs.add("X-Tag", "bb");
+        attrs.set("Content-Type", "text/plain");
+        attrs.set("X-Long", "é".repeat(100));
+        attrs.set("X-Long", "short");
+        attrs.remove("content-type");
+        attrs.set("Ünïcode-Wert", "ü");
+        let (values, bytes) = attrs
+            .iter()
+            .fold((0, 0), |(n, b), (k, v)| (n + 1, b + k.len() + v.len()));
+        assert_eq!(attrs.sizes(), (values, bytes));
+        assert_eq!(values, 4);
     }
 
     /// `groups` walks what `keys` then `get_all` give, in one pass.
