@@ -439,7 +439,7 @@ impl Attributes {
     /// How many values there are, and the bytes of their keys and values together (a key
     /// counted once per value): what a transport sizes a message's encoding by, without
     /// reading the text.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "redis", feature = "kafka")), allow(dead_code))]
     pub(crate) fn sizes(&self) -> (usize, usize) {
         let entries = self.entries();
         let bytes = entries

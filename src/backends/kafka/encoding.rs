@@ -17,7 +17,8 @@ pub(super) fn encode<'a>(
     key_attribute: &str,
 ) -> Result<(OwnedHeaders, Option<&'a str>), Error> {
     let mut key = None;
-    let mut headers = OwnedHeaders::new_with_capacity(attributes.len());
+    // One header a value (`len` counts keys, and reads the whole text to do it).
+    let mut headers = OwnedHeaders::new_with_capacity(attributes.sizes().0);
     for (name, value) in attributes.iter() {
         if name.eq_ignore_ascii_case(key_attribute) {
             if key.is_some() {
