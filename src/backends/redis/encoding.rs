@@ -225,6 +225,14 @@ pub(super) fn delayed_member(
 mod tests {
     use super::*;
 
+    /// The attributes and body of fields that decode.
+    fn decode_ok(fields: Vec<Value>) -> (Attributes, Bytes) {
+        match decode(fields) {
+            Decoded::Ok { attributes, body } => (attributes, body),
+            Decoded::Malformed { reason, .. } => panic!("does not decode: {reason}"),
+        }
+    }
+
     fn bulk(parts: &[&[u8]]) -> Vec<Value> {
         parts
             .iter()
@@ -244,13 +252,7 @@ mod tests {
             flat.push(Value::BulkString([prefix, name].concat()));
             flat.push(Value::BulkString(value.to_vec()));
         });
-        let Decoded::Ok {
-            attributes,
-            body: got,
-        } = decode(flat)
-        else {
-            panic!("decodes");
-        };
+        let (attributes, got) = decode_ok(flat);
         assert_eq!(got.as_ref(), &body);
         assert_eq!(attributes.get_all("X-Tag").collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(attributes, attrs);
@@ -286,13 +288,7 @@ mod tests {
                 .iter()
                 .map(|a| Value::BulkString(a.clone()))
                 .collect();
-            let Decoded::Ok {
-                attributes,
-                body: got,
-            } = decode(flat)
-            else {
-                panic!("decodes");
-            };
+            let (attributes, got) = decode_ok(flat);
             assert_eq!(attributes, attrs);
             assert_eq!(got.as_ref(), body);
         }
@@ -307,9 +303,7 @@ mod tests {
             Value::SimpleString("body".into()),
             Value::SimpleString("hello".into()),
         ];
-        let Decoded::Ok { attributes, body } = decode(fields) else {
-            panic!("decodes");
-        };
+        let (attributes, body) = decode_ok(fields);
         assert_eq!(attributes.get("X-Count"), Some("42"));
         assert_eq!(body.as_ref(), b"hello");
     }
