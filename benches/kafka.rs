@@ -392,9 +392,14 @@ fn main() {
         }
         if part("latency") {
             // Half of msgio's peak: the slower of its produce and consume rates, measured
-            // above (or a quick produce round when only latency runs).
+            // above (or in a quick round of each when only latency runs).
             if peak == f64::INFINITY {
-                peak = msgio_produce(&kafka, &produce_topic, n / 2).await;
+                let topic = unique("latency-peak");
+                kafka.create_topic(&topic, 4).await.unwrap();
+                common::publish_from(kafka.topic(&topic), n / 2, PUBLISHERS, 256).await;
+                peak = msgio_produce(&kafka, &produce_topic, n / 2)
+                    .await
+                    .min(msgio_consume(&kafka, &topic, n / 2).await.0);
             }
             let rate = common::latency_rate(peak);
             let count = common::latency_count(rate);

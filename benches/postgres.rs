@@ -491,9 +491,11 @@ fn main() {
         }
         if only.as_deref().is_none_or(|o| o == "latency") {
             // Half of msgio's peak: the slower of its publish and consume rates, measured
-            // above (or a quick publish round when only latency runs).
+            // above (or in a quick round of each when only latency runs).
             if peak == f64::INFINITY {
-                peak = msgio_publish(&postgres, &client, n / 8).await;
+                peak = msgio_publish(&postgres, &client, n / 8)
+                    .await
+                    .min(msgio_consume(&postgres, &client, n / 8).await);
             }
             let rate = common::latency_rate(peak);
             let count = common::latency_count(rate);

@@ -556,9 +556,11 @@ fn main() {
         }
         if std::env::var("MSGIO_BENCH_ONLY").map_or(true, |o| o == "latency") {
             // Half of msgio's peak: the slower of its publish and consume rates, measured
-            // above (or a quick publish round when only latency runs).
+            // above (or in a quick round of each when only latency runs).
             if peak == f64::INFINITY {
-                peak = msgio_publish(&redis, n / 2).await;
+                peak = msgio_publish(&redis, n / 2)
+                    .await
+                    .min(msgio_consume(&redis, n / 2).await);
             }
             let rate = common::latency_rate(peak);
             let count = common::latency_count(rate);
