@@ -354,6 +354,34 @@ impl std::ops::DerefMut for Entries {
     }
 }
 
+/// Whether `entry`'s key in `text` is `key`: lengths first, so that most keys are told
+/// apart without comparing their bytes (and no character boundary is checked).
+fn key_is(text: &[u8], entry: &Entry, key: &[u8]) -> bool {
+    let (start, end) = entry.key;
+    end.wrapping_sub(start) == key.len() && text.get(start..end).is_some_and(|k| same_bytes(k, key))
+}
+
+/// Whether `a` and `b` hold the same bytes. Keys and routed values are short: up to 16
+/// bytes they are compared as two overlapping words each (loads and a compare), where
+/// slice equality calls `memcmp`, several times the instructions at these lengths.
+pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    fn word(s: &[u8], at: usize) -> Option<u64> {
+        Some(u64::from_ne_bytes(s.get(at..at + 8)?.try_into().ok()?))
+    }
+    fn half(s: &[u8], at: usize) -> Option<u32> {
+        Some(u32::from_ne_bytes(s.get(at..at + 4)?.try_into().ok()?))
+    }
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    match n {
+        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        4..=7 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
+        _ => a == b,
+    }
+}
+
 impl Table {
     /// An entry's value (checking only its own bytes when the text is inline).
     fn value(&self, entry: &Entry) -> &str {
@@ -363,8 +391,15 @@ impl Table {
     /// Whether `entry`'s key is `key`: lengths first, so that most keys are told apart
     /// without comparing their bytes (and no character boundary is checked).
     fn has_key(&self, entry: &Entry, key: &str) -> bool {
-        let (start, end) = entry.key;
-        end - start == key.len() && self.text.bytes().get(start..end) == Some(key.as_bytes())
+        key_is(self.text.bytes(), entry, key.as_bytes())
+    }
+
+    /// The first entry whose key is `key`: the text is found once for the whole walk.
+    fn find(&self, key: &str) -> Option<&Entry> {
+        let text = self.text.bytes();
+        self.entries
+            .iter()
+            .find(|e| key_is(text, e, key.as_bytes()))
     }
 
     fn push(&mut self, s: &str) -> (usize, usize) {
@@ -491,8 +526,7 @@ impl Attributes {
     fn first_canonical(&self, key: &str) -> Option<(&Table, &Entry)> {
         debug_assert_eq!(canonical_key(key), key);
         let table = self.table.as_deref()?;
-        let entry = table.entries.iter().find(|e| table.has_key(e, key))?;
-        Some((table, entry))
+        Some((table, table.find(key)?))
     }
 
     /// Every value of `key` (any case), in the order they were added.
@@ -841,6 +875,23 @@ impl fmt::Debug for Keys<'_> {
 
 #[cfg(test)]
 mod tests {
+    /// The word-wise compare agrees with slice equality at every length it special-cases
+    /// and past them, whichever byte differs (first, last, middle) or none.
+    #[test]
+    fn same_bytes_is_slice_equality() {
+        for n in 0..=24 {
+            let a: Vec<u8> = (0..n).map(|i| b'a' + i as u8).collect();
+            assert!(super::same_bytes(&a, &a.clone()), "equal at {n}");
+            for at in 0..n {
+                let mut b = a.clone();
+                b[at] ^= 0x20;
+                assert!(!super::same_bytes(&a, &b), "length {n}, byte {at} differs");
+            }
+            let longer = [a.as_slice(), b"x"].concat();
+            assert!(!super::same_bytes(&a, &longer), "lengths {n} and {}", n + 1);
+        }
+    }
+
     /// Random sequences of set, add and remove over a few keys, so that tables cross the
     /// inline size both ways, checked against the fuzz target's model.
     #[test]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use futures::future::Either;
 
+use crate::attributes::same_bytes;
 use crate::{BoxReceiver, Context, Error, Message, Receiver, canonical_key};
 
 /// Dispatches each message to a receiver chosen by one attribute's value: an exact value or
@@ -72,8 +73,11 @@ impl Pattern {
     /// only a glob needs the value as text.
     fn matches(&self, value: &[u8]) -> bool {
         match self.kind {
-            Kind::Exact => self.text.as_bytes() == value,
-            Kind::Prefix(n) => value.starts_with(&self.text.as_bytes()[..n]),
+            Kind::Exact => same_bytes(self.text.as_bytes(), value),
+            Kind::Prefix(n) => match (value.get(..n), self.text.as_bytes().get(..n)) {
+                (Some(start), Some(prefix)) => same_bytes(start, prefix),
+                _ => false,
+            },
             Kind::Glob => std::str::from_utf8(value).is_ok_and(|v| glob_match(&self.text, v)),
         }
     }
