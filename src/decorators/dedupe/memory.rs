@@ -288,6 +288,16 @@ impl Keys {
     /// full (its table is reused, so a store that filled once allocates no more), and a
     /// table that would be more than half used grows.
     fn make_room(&mut self) {
+        if self.used >= self.half || 2 * (self.used as usize + 1) > self.current.slots() {
+            self.rotate_or_grow();
+        }
+    }
+
+    /// [`make_room`](Keys::make_room)'s work, once a generation or a doubling: out of line,
+    /// so that the check every claim makes stays a pair of compares in its caller.
+    #[cold]
+    #[inline(never)]
+    fn rotate_or_grow(&mut self) {
         if self.used >= self.half {
             std::mem::swap(&mut self.previous, &mut self.current);
             self.bloom.build(&self.previous, self.used as usize);
