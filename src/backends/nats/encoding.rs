@@ -23,7 +23,7 @@ use crate::{Attributes, Error, keys};
 /// The header JetStream dedupes on.
 pub(super) const MSG_ID: &str = "Nats-Msg-Id";
 
-/// The headers for `attributes`, with `msg_id` (or a random one) as `Nats-Msg-Id`.
+/// The headers for `attributes`, with `msg_id` (or a unique one) as `Nats-Msg-Id`.
 ///
 /// # Errors
 ///
@@ -58,20 +58,16 @@ pub(super) fn headers(attributes: &Attributes, msg_id: Option<&str>) -> Result<H
         }
         headers.append(name, value);
     }
-    let generated;
     let id = match msg_id {
-        Some(id) => id,
-        None => {
-            generated = crate::random::hex_words(2);
-            &generated
-        }
+        Some(id) => HeaderValue::from_str(id).map_err(|_| {
+            Error::invalid_attribute(
+                MSG_ID,
+                "the idempotency attribute's value cannot hold a line break",
+            )
+        })?,
+        // Hex digits, which a header value always takes: the string moves in as it is.
+        None => HeaderValue::from(crate::random::unique_id()),
     };
-    let id = HeaderValue::from_str(id).map_err(|_| {
-        Error::invalid_attribute(
-            MSG_ID,
-            "the idempotency attribute's value cannot hold a line break",
-        )
-    })?;
     headers.insert(HeaderName::from_static(MSG_ID), id);
     Ok(headers)
 }

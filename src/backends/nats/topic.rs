@@ -44,7 +44,8 @@ impl NatsTopic {
     }
 
     /// The attribute whose value becomes `Nats-Msg-Id` (default `Idempotency-Key`); a
-    /// message without it gets a random id.
+    /// message without it gets an id unique to it (a random name of the publishing thread and
+    /// a count).
     pub fn msg_id_attribute(self, key: impl AsRef<str>) -> Self {
         let sender = self.sender();
         SenderTopic::new(NatsSender {
