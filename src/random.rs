@@ -29,9 +29,9 @@ pub(crate) fn hex_words(words: usize) -> String {
 /// A 32-digit lower-case hex id unique to this call: 16 digits naming the calling thread
 /// (drawn at random once per thread) and 16 of a count of the thread's ids (from a random
 /// start). Ids from one thread differ until its count wraps (2^64 ids); two threads, or two
-/// processes, share a name with a chance of about one in 2^64 per pair. Several times
-/// cheaper than [`hex_words`]`(2)`, which draws two fresh hash keys and hashes with each:
-/// for transports that name every message they publish.
+/// processes, share a name with a chance of about one in 2^64 per pair. The digits are
+/// written as [`hex_words`] writes them, without its two fresh hash keys and the hashing
+/// with each: for transports that name every message they publish.
 #[cfg_attr(not(feature = "nats"), allow(dead_code))]
 pub(crate) fn unique_id() -> String {
     use std::cell::Cell;
@@ -43,24 +43,20 @@ pub(crate) fn unique_id() -> String {
         next.set((name, count.wrapping_add(1)));
         (name, count)
     });
-    let mut digits = [0u8; 32];
-    for (i, digit) in digits.iter_mut().enumerate() {
-        let word = if i < 16 { name } else { count };
-        *digit = HEX_DIGITS[(word >> (60 - 4 * (i % 16))) as usize & 0xf];
-    }
-    // Hex digits are ASCII: the check cannot fail.
-    String::from_utf8(digits.to_vec()).unwrap_or_default()
+    let mut out = String::with_capacity(32);
+    push_hex(&mut out, name);
+    push_hex(&mut out, count);
+    out
 }
-
-const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// Appends `n` as 16 lower-case hex digits (what `format!("{n:016x}")` gives).
 #[cfg_attr(not(any(feature = "_broker", feature = "testing")), allow(dead_code))]
 fn push_hex(out: &mut String, n: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     out.extend(
         (0..16)
             .rev()
-            .map(|i| char::from(HEX_DIGITS[(n >> (4 * i)) as usize & 0xf])),
+            .map(|i| char::from(DIGITS[(n >> (4 * i)) as usize & 0xf])),
     );
 }
 
