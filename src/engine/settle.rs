@@ -52,10 +52,15 @@ pub(crate) fn settle_channel<T>(batch_size: usize) -> (SettleSender<T>, SettleRe
 impl<T> SettleSender<T> {
     /// Queues a settlement. Fails only once the settler has finished (after receivers were
     /// abandoned at shutdown); the delivery is then left to the broker's redelivery.
+    ///
+    /// Counted before it is queued: the settler subtracts what it took as soon as it took
+    /// it, so a settlement counted after being queued could be subtracted first and wrap
+    /// the count below zero.
     pub(crate) fn send(&self, settlement: Settlement<T>) {
-        if self.tx.send(settlement).is_ok()
-            && self.shared.waiting.fetch_add(1, Ordering::AcqRel) + 1 == self.shared.batch_size
-        {
+        let waiting = self.shared.waiting.fetch_add(1, Ordering::AcqRel);
+        if self.tx.send(settlement).is_err() {
+            self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
+        } else if waiting + 1 == self.shared.batch_size {
             self.shared.batch_full.notify_one();
         }
     }

@@ -1431,3 +1431,52 @@ async fn shutdown_does_not_wait_out_the_backoff_after_a_failed_fetch_or_reconnec
         );
     }
 }
+
+/// Settlements sent from several threads while the settler takes them as they come (a
+/// batch of one): the settler may take a settlement before its sender has counted it, and
+/// that must neither panic the sender (which would lose the worker and its slot, and stall
+/// a server with concurrency 1) nor lose a settlement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settlements_counted_after_the_settler_took_them_are_neither_lost_nor_a_panic() {
+    use super::health::HealthCell;
+    use super::settle::{Settler, settle_channel};
+    const THREADS: u64 = 2;
+    const EACH: u64 = 20_000;
+    let source = Scripted::default();
+    let (tx, rx) = settle_channel::<u64>(1);
+    let settler = tokio::spawn(
+        Settler {
+            source: Arc::new(source.clone()),
+            health: Arc::new(HealthCell::new()),
+            batch_size: 1,
+            interval: Duration::from_secs(3600),
+            retries: 0,
+            backoff: Backoff::default(),
+        }
+        .run(rx, tokio_util::sync::CancellationToken::new()),
+    );
+    let tx = Arc::new(tx);
+    let senders: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for i in 0..EACH {
+                    tx.send(Settlement {
+                        token: t * EACH + i,
+                        action: Settle::Ack,
+                    });
+                    // Now and then, let the settler go idle before the next one.
+                    if i % 4 == 0 {
+                        std::thread::sleep(Duration::from_micros(20));
+                    }
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.join().expect("a sender panicked");
+    }
+    drop(tx);
+    settler.await.unwrap();
+    assert_eq!(source.settled().len() as u64, THREADS * EACH);
+}
