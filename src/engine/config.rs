@@ -58,9 +58,9 @@ impl Default for ServerConfig {
 
 impl ServerConfig {
     /// The defaults: concurrency 64, prefetch equal to the concurrency, 10 attempts, no
-    /// dead-letter topic, settlements batched by 128 or every 5 ms, reconnect backoff from
-    /// 100 ms doubling to 30 s, and 1 s for receivers to stop after a shutdown deadline
-    /// cancelled them.
+    /// dead-letter topic, settlements batched by 128 (at most half the in-flight limit) or
+    /// every 5 ms, reconnect backoff from 100 ms doubling to 30 s, and 1 s for receivers to
+    /// stop after a shutdown deadline cancelled them.
     pub fn new() -> Self {
         ServerConfig::default()
     }
@@ -102,7 +102,12 @@ impl ServerConfig {
         self
     }
 
-    /// Settlements are applied as soon as this many are waiting.
+    /// Settlements are applied as soon as this many are waiting, or half the
+    /// [in-flight limit](Self::in_flight_limit) if that is fewer: a broker that stops
+    /// delivering once that many messages are unacknowledged (RabbitMQ's prefetch count)
+    /// would otherwise hold back the next deliveries while a batch that cannot fill waits
+    /// out the [interval](Self::ack_interval). A server with concurrency 1 acknowledges
+    /// each message when it is done.
     pub fn ack_batch_size(mut self, n: usize) -> Self {
         self.ack_batch_size = n;
         self
@@ -176,6 +181,12 @@ impl ServerConfig {
     #[deprecated(since = "0.1.0", note = "renamed `attempt_limit`")]
     pub fn get_max_attempts(&self) -> Option<u32> {
         self.attempt_limit()
+    }
+
+    /// The settlements a batch waits for: [`ack_batch_size`](Self::ack_batch_size), at most
+    /// half the in-flight limit (and at least one).
+    pub(crate) fn settle_batch_size(&self) -> usize {
+        self.ack_batch_size.min((self.in_flight_limit() / 2).max(1))
     }
 
     pub(crate) fn prefetch_or_default(&self) -> usize {

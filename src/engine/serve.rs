@@ -181,13 +181,14 @@ impl<S: Source> Server for Engine<S> {
 
 impl<S: Source> Inner<S> {
     async fn run<R: Receiver + 'static>(&self, receiver: R) {
-        let (settle_tx, settle_rx) = settle_channel(self.config.ack_batch_size);
+        let batch_size = self.config.settle_batch_size();
+        let (settle_tx, settle_rx) = settle_channel(batch_size);
         let finish_settling = CancellationToken::new();
         let settler = tokio::spawn(
             Settler {
                 source: self.source.clone(),
                 health: self.health.clone(),
-                batch_size: self.config.ack_batch_size,
+                batch_size,
                 interval: self.config.ack_interval,
                 retries: self.config.settle_retries,
                 backoff: self.config.reconnect,

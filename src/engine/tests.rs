@@ -563,6 +563,33 @@ async fn settlements_are_batched_by_count_and_flushed_by_interval() {
     stop(&engine, task).await;
 }
 
+/// A broker that delivers no more than the in-flight limit unacknowledged (RabbitMQ's
+/// prefetch count) never sees a batch of 128 from a server with concurrency 1: the batch
+/// is capped at half the limit, so each settlement goes out when it is made, not after
+/// the interval (an hour here).
+#[tokio::test]
+async fn a_batch_never_waits_for_more_settlements_than_can_be_in_flight() {
+    let source = Scripted::with(vec![Step::Deliver(vec![1]), Step::Deliver(vec![2])]);
+    let engine = Engine::new(
+        source.clone(),
+        fast()
+            .concurrency(1)
+            .ack_batch_size(128)
+            .ack_interval(Duration::from_secs(3600)),
+    )
+    .unwrap();
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
+    );
+    eventually("both acked without waiting out the interval", || {
+        source.settled().len() == 2
+    })
+    .await;
+    assert_eq!(*source.0.batch_sizes.lock().unwrap(), [1, 1]);
+    stop(&engine, task).await;
+}
+
 #[tokio::test]
 async fn concurrency_and_prefetch_are_bounded() {
     let source = Scripted::with(
