@@ -67,7 +67,12 @@ impl Recorder {
         Recorder::with(|_, _| Ok(()))
     }
 
-    /// Records every message, then returns what `behavior` says.
+    /// Records every message and returns what `behavior` says of it.
+    ///
+    /// `behavior` runs before the message is recorded, outside the recorder's lock, so
+    /// that it may block or look at the recorder itself. Under concurrency the record's
+    /// order can therefore differ from the order `behavior` was called in: a case that
+    /// needs to know which deliveries succeeded should have `behavior` note them itself.
     pub fn with(
         behavior: impl Fn(&Received, &Context) -> Result<(), Error> + Send + Sync + 'static,
     ) -> Self {
@@ -78,7 +83,7 @@ impl Recorder {
         }
     }
 
-    /// Every delivery so far, in the order they arrived.
+    /// Every delivery so far, in the order they were recorded (see [`with`](Self::with)).
     pub fn received(&self) -> Vec<Received> {
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
