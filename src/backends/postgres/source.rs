@@ -27,6 +27,9 @@ type Claim = JoinHandle<Result<Vec<Row>, Error>>;
 pub struct PostgresToken {
     id: i64,
     attempts: i32,
+    /// Which of this server's claims delivered it (a row released without counting an
+    /// attempt is claimed again with the same attempts).
+    claim: u64,
 }
 
 /// The engine [`Source`] of a [`PostgresServer`]: claims due rows of a queue under a lease,
@@ -47,8 +50,10 @@ struct Shared {
     /// This server's name in `lease_owner`.
     owner: String,
     sql: Sql,
-    /// Rows handed to the engine and not settled yet: id → attempts.
-    in_flight: Mutex<HashMap<i64, i32>>,
+    /// Rows handed to the engine and not settled yet: id → the claim that delivered it.
+    in_flight: Mutex<HashMap<i64, u64>>,
+    /// Numbers the rows this server claims.
+    claims: std::sync::atomic::AtomicU64,
     /// Woken by a notification, or by a row this server put back.
     wake: Notify,
     /// Where claims start (see [`Scan`]).
@@ -244,6 +249,7 @@ pub(super) async fn server(
         ),
         options,
         in_flight: Mutex::new(HashMap::new()),
+        claims: std::sync::atomic::AtomicU64::new(0),
         wake: Notify::new(),
         scan: Mutex::new(Scan {
             cursor: 0,
@@ -354,9 +360,17 @@ impl PostgresSource {
         for row in rows {
             let id: i64 = row.get(0);
             let attempts: i32 = row.get(1);
-            in_flight.insert(id, attempts);
+            let claim = self
+                .shared
+                .claims
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            in_flight.insert(id, claim);
             let body = Bytes::copy_from_slice(row.get::<_, &[u8]>(3));
-            let token = PostgresToken { id, attempts };
+            let token = PostgresToken {
+                id,
+                attempts,
+                claim,
+            };
             let attempt = u32::try_from(attempts).unwrap_or(1);
             let attributes = row
                 .try_get::<_, Vec<Option<String>>>(2)
@@ -487,7 +501,7 @@ impl Source for PostgresSource {
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut letters = Vec::new();
         for settlement in batch.iter() {
-            let PostgresToken { id, attempts } = settlement.token;
+            let PostgresToken { id, attempts, .. } = settlement.token;
             let mut requeue = |delay: Option<Duration>, uncount: i32| {
                 requeues.push(id);
                 requeue_attempts.push(attempts);
@@ -560,7 +574,7 @@ impl Source for PostgresSource {
         }
         let mut in_flight = shared.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         for settlement in batch.drain(..) {
-            in_flight.remove(&settlement.token.id);
+            forget(&mut in_flight, &settlement.token);
         }
         Ok(())
     }
@@ -600,6 +614,15 @@ impl Source for PostgresSource {
             }
         }
         Ok(())
+    }
+}
+
+/// Stops extending the lease of a settled delivery, unless its row was claimed again
+/// since (a requeued row can be, before its settlement gets here): that claim's lease is
+/// still to be kept.
+fn forget(in_flight: &mut HashMap<i64, u64>, token: &PostgresToken) {
+    if in_flight.get(&token.id) == Some(&token.claim) {
+        in_flight.remove(&token.id);
     }
 }
 
@@ -743,6 +766,24 @@ mod tests {
         assert_eq!(notified("big orders", "big orders"), Some(None));
         assert_eq!(notified("big orders 7", "big orders"), Some(Some(7)));
         assert_eq!(notified("big orders", "big"), None);
+    }
+
+    #[test]
+    fn a_settlement_keeps_the_lease_of_a_later_claim_of_its_row() {
+        let token = |id, attempts, claim| PostgresToken {
+            id,
+            attempts,
+            claim,
+        };
+        let mut in_flight = HashMap::from([(7, 12), (8, 11)]);
+        // Row 7, released (which does not count an attempt), was claimed again with the
+        // same attempts by claim 12 before the release of claim 10 got here: the new
+        // claim's lease must still be kept.
+        forget(&mut in_flight, &token(7, 2, 10));
+        assert_eq!(in_flight.get(&7), Some(&12));
+        forget(&mut in_flight, &token(7, 2, 12));
+        forget(&mut in_flight, &token(8, 1, 11));
+        assert!(in_flight.is_empty());
     }
 
     #[test]
