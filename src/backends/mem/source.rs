@@ -132,9 +132,17 @@ impl Source for MemSource {
             for (item, delay) in back {
                 state.enqueue(item, delay);
             }
-            // Back to the front, in the order they were fetched.
-            for item in released.into_iter().rev() {
-                state.ready.push_front(item);
+            // Back to the front, in the order they were fetched: a server may release what
+            // it fetched in several batches, so each goes before the first message with a
+            // higher id rather than simply at the front.
+            released.sort_unstable_by_key(|item| item.id);
+            let mut at = 0;
+            for item in released {
+                while state.ready.get(at).is_some_and(|next| next.id < item.id) {
+                    at += 1;
+                }
+                state.ready.insert(at, item);
+                at += 1;
             }
         }
         queue.notify.notify_one();
