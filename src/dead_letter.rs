@@ -25,7 +25,10 @@ pub(crate) fn fate(error: &Error, attempt: u32, max_attempts: Option<u32>) -> Fa
         return Fate::GiveUp(reason(error));
     }
     match max_attempts.filter(|max| attempt >= *max) {
-        Some(max) => Fate::GiveUp(format!("attempt {attempt} of {max} failed: {error}")),
+        Some(max) => Fate::GiveUp(format!(
+            "attempt {attempt} of {max} failed: {}",
+            shown(error)
+        )),
         None => Fate::Retry(error.retry_delay()),
     }
 }
@@ -93,7 +96,8 @@ pub(crate) async fn publish(topic: &BoxTopic, ctx: &Context, letter: Letter<'_>)
         source,
         message_id,
     );
-    let refused = match topic.publish(ctx, first).await {
+    // The topic is user code: a panic in it is a failed publication, retried later.
+    let refused = match crate::receiver::catch_panic(|| topic.publish(ctx, first)).await {
         Ok(()) => return Published::Done,
         Err(e @ Error::InvalidAttribute { .. }) => e,
         Err(e @ Error::BodyTooLarge { .. }) => return Published::Refused(e),
@@ -102,11 +106,12 @@ pub(crate) async fn publish(topic: &BoxTopic, ctx: &Context, letter: Letter<'_>)
     let mut attributes = Attributes::new();
     attributes.set(keys::ATTRIBUTES, folded);
     let reason = format!(
-        "{reason} (attributes folded into {}: {refused})",
-        keys::ATTRIBUTES
+        "{reason} (attributes folded into {}: {})",
+        keys::ATTRIBUTES,
+        shown(&refused)
     );
     let second = message(attributes, body, &reason, attempt, source, message_id);
-    match topic.publish(ctx, second).await {
+    match crate::receiver::catch_panic(|| topic.publish(ctx, second)).await {
         Ok(()) => Published::Done,
         Err(e @ (Error::InvalidAttribute { .. } | Error::BodyTooLarge { .. })) => {
             Published::Refused(e)
@@ -179,9 +184,16 @@ pub(crate) fn original_attributes(dead_letter: &Attributes) -> Result<Attributes
 /// [`Error::reject`] itself.
 fn reason(error: &Error) -> String {
     match error {
-        Error::Rejected(reason) => reason.to_string(),
-        other => other.to_string(),
+        Error::Rejected(reason) => shown(reason),
+        other => shown(other),
     }
+}
+
+/// `error` written out. An error is user code: one whose `Display` panics is named as such
+/// instead of panicking the server's worker (or the decorator) deciding its fate.
+fn shown(error: &dyn std::fmt::Display) -> String {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| error.to_string()))
+        .unwrap_or_else(|_| "(an error that panicked when written out)".to_owned())
 }
 
 /// A reason fit for any transport's headers: one line, at most 1024 characters.

@@ -63,6 +63,10 @@ impl<S: Source, R: Receiver> Dispatch<S, R> {
             malformed,
             ..
         } = delivery;
+        let mut token = Unsettled {
+            dispatch: self,
+            token: Some(token),
+        };
         let action = match malformed {
             None => {
                 self.handle(origin, message_id, attempt, attributes, body)
@@ -75,7 +79,9 @@ impl<S: Source, R: Receiver> Dispatch<S, R> {
                 Box::pin(self.give_up(reason, message_id, attempt, kept)).await
             }
         };
-        self.settle(token, action);
+        if let Some(token) = token.token.take() {
+            self.settle(token, action);
+        }
     }
 
     /// Runs the receiver and decides the message's fate.
@@ -229,6 +235,34 @@ impl<S: Source, R: Receiver> Dispatch<S, R> {
                     self.name
                 );
                 Settle::Reject
+            }
+        }
+    }
+}
+
+/// The token of a message being run. A panic the engine could not catch (in user code it
+/// runs outside the receiver's guard, or its own bug) settles it as a failed attempt on
+/// the way out, rather than leave it unacknowledged while the server goes on (holding a
+/// RabbitMQ prefetch place, or a PostgreSQL lease kept alive).
+struct Unsettled<'a, S: Source, R> {
+    dispatch: &'a Dispatch<S, R>,
+    token: Option<S::Token>,
+}
+
+impl<S: Source, R> Drop for Unsettled<'_, S, R> {
+    fn drop(&mut self) {
+        // Not when the runtime drops the task (shutting down): the source gives back what
+        // it did not settle when it closes.
+        if let Some(token) = self.token.take() {
+            if std::thread::panicking() {
+                log::error!(
+                    "msgio: a panic in {:?} outside the receiver; the message counts a failed attempt",
+                    self.dispatch.name
+                );
+                self.dispatch.settle_tx.send(Settlement {
+                    token,
+                    action: Settle::Nack { delay: None },
+                });
             }
         }
     }

@@ -1507,3 +1507,111 @@ async fn settlements_counted_after_the_settler_took_them_are_neither_lost_nor_a_
     settler.await.unwrap();
     assert_eq!(source.settled().len() as u64, THREADS * EACH);
 }
+
+/// A receiver's error whose `Display` panics (user code the engine runs outside the
+/// receiver's own panic guard, to word the reason).
+#[derive(Debug)]
+struct PanicsWhenShown;
+
+impl std::fmt::Display for PanicsWhenShown {
+    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        panic!("this error panics when shown, on purpose")
+    }
+}
+
+impl std::error::Error for PanicsWhenShown {}
+
+/// An error that panics when dropped, which the engine does after deciding its fate: a
+/// panic no guard in the engine catches.
+#[derive(Debug)]
+struct PanicsWhenDropped;
+
+impl std::fmt::Display for PanicsWhenDropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("panics when dropped")
+    }
+}
+
+impl std::error::Error for PanicsWhenDropped {}
+
+impl Drop for PanicsWhenDropped {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("this error panics when dropped, on purpose");
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_error_that_panics_when_shown_is_retried_then_given_up_and_serving_goes_on() {
+    let source = Scripted::with(vec![Step::Deliver(vec![1, 2])]);
+    source.set_attempt(1, 3);
+    let engine = Engine::new(source.clone(), fast().concurrency(1).max_attempts(3)).unwrap();
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(|ctx: Context, _: Message| async move {
+            match ctx.message_id().and_then(MessageId::as_u64) {
+                Some(1) => Err(Error::reject(PanicsWhenShown)),
+                _ => Err(Error::other(PanicsWhenShown)),
+            }
+        }),
+    );
+    eventually("both settled", || source.settled().len() == 2).await;
+    // 1 was a reject: given up (no dead-letter topic: rejected), with the reason worded
+    // without the error. 2, at its first attempt of three, is retried.
+    assert_eq!(
+        source.settled(),
+        [(1, Settle::Reject), (2, Settle::Nack { delay: None })]
+    );
+    stop(&engine, task).await;
+}
+
+#[tokio::test]
+async fn a_dead_letter_topic_that_panics_is_a_failed_dead_letter_retried_later() {
+    let source = Scripted::with(vec![Step::Deliver(vec![1, 2])]);
+    let panics = TopicFunc::new(|_: &Context| -> Result<BufferedWriter<Down>, Error> {
+        panic!("the dead-letter topic panics, on purpose")
+    });
+    let engine = Engine::new(source.clone(), fast().concurrency(1).dead_letter(panics)).unwrap();
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(|_: Context, _: Message| async { Err(Error::reject("poison")) }),
+    );
+    eventually("both settled", || source.settled().len() == 2).await;
+    assert!(
+        source
+            .settled()
+            .iter()
+            .all(|(_, s)| matches!(s, Settle::Nack { delay: Some(_) })),
+        "{:?}",
+        source.settled()
+    );
+    stop(&engine, task).await;
+}
+
+/// A panic the engine cannot catch ends the worker running that message, but not the
+/// server: another worker takes the deliveries queued behind it (with concurrency 1 and
+/// nothing else to start one, they used to wait for ever), and the message counts a
+/// failed attempt.
+#[tokio::test]
+async fn a_worker_lost_to_a_panic_is_replaced_for_the_work_queued_behind_it() {
+    let source = Scripted::with(vec![Step::Deliver(vec![1, 2])]);
+    let engine = Engine::new(source.clone(), fast().concurrency(1).prefetch(1)).unwrap();
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(|ctx: Context, _: Message| async move {
+            match ctx.message_id().and_then(MessageId::as_u64) {
+                Some(1) => Err(Error::other(PanicsWhenDropped)),
+                _ => Ok(()),
+            }
+        }),
+    );
+    eventually("both settled", || source.settled().len() == 2).await;
+    // The message whose worker was lost counts a failed attempt rather than stay
+    // unacknowledged while the server goes on.
+    assert_eq!(
+        source.settled(),
+        [(1, Settle::Nack { delay: None }), (2, Settle::Ack)]
+    );
+    stop(&engine, task).await;
+}

@@ -189,6 +189,23 @@ impl Drop for Holding<'_> {
     }
 }
 
+/// Replaces a worker that a panic ends (one the engine could not catch: its own bug, or
+/// user code it runs outside the receiver's guard). Without it, the deliveries queued
+/// behind that worker's message would wait for a worker that never comes when the others
+/// are idle, or when there are no others (concurrency 1): the server would stall. The
+/// message it was running is not settled: the broker redelivers it as it does for a
+/// consumer that died (a lease runs out, a channel closes).
+struct Replaced<'a, S: Source, R: Receiver + 'static>(&'a Arc<Workers<S, R>>);
+
+impl<S: Source, R: Receiver + 'static> Drop for Replaced<'_, S, R> {
+    fn drop(&mut self) {
+        // Not when the runtime drops the task (shutting down): only when unwinding.
+        if std::thread::panicking() {
+            self.0.replace();
+        }
+    }
+}
+
 /// The workers of one serve: the pool, and what running a message takes.
 pub(super) struct Workers<S: Source, R> {
     dispatch: Arc<Dispatch<S, R>>,
@@ -235,6 +252,8 @@ impl<S: Source, R: Receiver + 'static> Workers<S, R> {
 
     /// A worker: runs queued deliveries until serving ends.
     async fn work(self: Arc<Self>) {
+        // Declared before `me`, so dropped after it has counted this worker out.
+        let _replaced = Replaced(&self);
         let signal = Arc::new(Notify::new());
         let mut me = Leaving {
             pool: &self.pool,
@@ -267,6 +286,21 @@ impl<S: Source, R: Receiver + 'static> Workers<S, R> {
                     return;
                 }
             }
+        }
+    }
+
+    /// Starts a worker for what is queued, when no other is on its way or free to come
+    /// back for it: after a worker was lost to a panic.
+    fn replace(self: &Arc<Self>) {
+        let start = {
+            let mut shared = self.pool.lock();
+            if shared.closed || shared.queue.is_empty() {
+                return;
+            }
+            shared.start(self.pool.limit)
+        };
+        if let Some(start) = start {
+            self.start(start);
         }
     }
 
