@@ -79,7 +79,12 @@ pub struct Latencies {
     epoch: std::time::Instant,
     samples: std::sync::Mutex<Vec<u64>>,
     done: Arc<Done>,
+    /// Told when the warm-up message (see [`Latencies::warm_up`]) arrives.
+    warm: tokio::sync::Notify,
 }
+
+/// The stamp of the warm-up message, which is not a latency.
+const WARM_UP: u64 = u64::MAX;
 
 impl Latencies {
     pub fn new(n: usize) -> Arc<Self> {
@@ -87,7 +92,23 @@ impl Latencies {
             epoch: std::time::Instant::now(),
             samples: std::sync::Mutex::new(Vec::with_capacity(n)),
             done: Done::new(n),
+            warm: tokio::sync::Notify::new(),
         })
+    }
+
+    /// A body that is not timed: [`record`](Self::record) only tells [`warmed`](Self::warmed)
+    /// it came. Sent and waited for before the timed messages, so that they are timed from
+    /// a consumer that is receiving, as the raw clients' are (they subscribe before they
+    /// publish), and not from one still connecting.
+    pub fn warm_up(&self) -> bytes::Bytes {
+        let mut body = vec![b'x'; 100];
+        body[..8].copy_from_slice(&WARM_UP.to_le_bytes());
+        body.into()
+    }
+
+    /// Waits until the warm-up message has been received.
+    pub async fn warmed(&self) {
+        self.warm.notified().await;
     }
 
     /// A 100-byte body stamped with the time now.
@@ -101,6 +122,10 @@ impl Latencies {
     /// Records the latency of a received body.
     pub fn record(&self, body: &[u8]) {
         let sent = u64::from_le_bytes(body[..8].try_into().unwrap());
+        if sent == WARM_UP {
+            self.warm.notify_one();
+            return;
+        }
         let now = self.epoch.elapsed().as_nanos() as u64;
         self.samples.lock().unwrap().push(now.saturating_sub(sent));
         self.done.one();
@@ -216,6 +241,13 @@ pub async fn compare_latency(
         median(ratios.clone()),
         spread(&ratios)
     );
+    // Each side's p99s, slowest last: how many rounds a stall of the machine decided.
+    for (name, v) in [("msgio", &o), (raw_name, &r)] {
+        let mut p99: Vec<f64> = secs(v, true);
+        p99.sort_by(f64::total_cmp);
+        let ms: Vec<String> = p99.iter().map(|s| format!("{:.1}", s * 1e3)).collect();
+        println!("  {name:<34} rounds' p99 ms: {}", ms.join(" "));
+    }
 }
 
 /// CPU per message samples (nanoseconds), by what was measured.
@@ -434,6 +466,11 @@ where
     let serving = server.clone();
     let task = tokio::spawn(async move { serving.serve(receiver).await });
     let ctx = Context::background();
+    // Timed from a server that is receiving: the raw clients subscribe before publishing.
+    let mut warm_up = message(0);
+    warm_up.body = lat.warm_up().into();
+    topic.publish(&ctx, warm_up).await.unwrap();
+    lat.warmed().await;
     paced(n, rate, |seq| {
         let (topic, ctx) = (topic.clone(), ctx.clone());
         let mut msg = message(seq);
