@@ -93,6 +93,10 @@ impl ServerConfig {
 
     /// The topic that receives rejected messages and those out of attempts, with the reason,
     /// attempt count, source and message id in [`keys`](crate::keys) attributes.
+    ///
+    /// When publishing to it fails (or the topic panics), the message is not lost: it goes
+    /// back to its source and is tried again after the first delay of the
+    /// [reconnect backoff](Self::reconnect_backoff).
     pub fn dead_letter<T>(mut self, topic: T) -> Self
     where
         T: Topic + 'static,
