@@ -64,8 +64,10 @@
 //!   ASCII or holds a space or a colon, a value with a line break, a value that starts or
 //!   ends with whitespace (readers trim it), and `Nats-Msg-Id` (see below).
 //! - `Nats-Msg-Id` comes from the [`idempotency attribute`](NatsTopic::msg_id_attribute)
-//!   (`Idempotency-Key` by default) or is generated, so the stream's duplicate window drops
-//!   a message published twice. It is not an attribute on delivery.
+//!   (`Idempotency-Key` by default), so the stream's duplicate window drops a message
+//!   published twice with the same key. Without that attribute each publish gets a new,
+//!   unique id: publishing the same message again is then a second message, not a
+//!   duplicate. It is not an attribute on delivery.
 //! - Headers are read in wire order under their canonical keys (a foreign publisher's
 //!   `x-multi: 1` and `X-MULTI: 2` arrive as `X-Multi: [1, 2]`), as Go's `textproto`
 //!   reads them.
