@@ -499,7 +499,6 @@ impl Source for PostgresSource {
         let (mut rejects, mut reject_attempts) = (Vec::new(), Vec::new());
         let (mut requeues, mut requeue_attempts, mut delays, mut uncounts) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut letters = Vec::new();
         for settlement in batch.iter() {
             let PostgresToken { id, attempts, .. } = settlement.token;
             let mut requeue = |delay: Option<Duration>, uncount: i32| {
@@ -516,9 +515,8 @@ impl Source for PostgresSource {
                 Settle::Nack { delay } => requeue(*delay, 0),
                 Settle::Release => requeue(None, 1),
                 Settle::Defer { delay } => requeue(Some(*delay), 1),
-                Settle::DeadLetter { reason } if shared.dead_letter_queue.is_some() => {
-                    letters.push((&settlement.token, reason.as_str()));
-                }
+                // Moved one at a time below, once the statements are done.
+                Settle::DeadLetter { .. } if shared.dead_letter_queue.is_some() => {}
                 _ => {
                     rejects.push(id);
                     reject_attempts.push(attempts);
@@ -559,11 +557,6 @@ impl Source for PostgresSource {
                     .map_err(error)?;
             }
         }
-        if let Some(queue) = &shared.dead_letter_queue {
-            for (token, reason) in letters {
-                self.dead_letter(queue, token, reason).await?;
-            }
-        }
         if !requeues.is_empty() {
             shared
                 .scan
@@ -572,9 +565,35 @@ impl Source for PostgresSource {
                 .requeued();
             shared.wake.notify_one();
         }
-        let mut in_flight = shared.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        for settlement in batch.drain(..) {
-            forget(&mut in_flight, &settlement.token);
+        // What the statements settled leaves the batch now: when a dead letter below fails
+        // the engine retries the batch, and a release applied twice could give back a row
+        // this server has claimed again since (with the same attempts).
+        let letter = |s: &Settlement<PostgresToken>| {
+            shared.dead_letter_queue.is_some() && matches!(s.action, Settle::DeadLetter { .. })
+        };
+        {
+            let mut in_flight = shared.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            batch.retain(|s| {
+                let keep = letter(s);
+                if !keep {
+                    forget(&mut in_flight, &s.token);
+                }
+                keep
+            });
+        }
+        if let Some(queue) = &shared.dead_letter_queue {
+            // One at a time, each out of the batch once moved.
+            while let Some(settlement) = batch.last() {
+                if let Settle::DeadLetter { reason } = &settlement.action {
+                    self.dead_letter(queue, &settlement.token, reason).await?;
+                }
+                if let Some(done) = batch.pop() {
+                    forget(
+                        &mut shared.in_flight.lock().unwrap_or_else(|p| p.into_inner()),
+                        &done.token,
+                    );
+                }
+            }
         }
         Ok(())
     }
