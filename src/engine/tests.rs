@@ -184,6 +184,31 @@ fn fast() -> ServerConfig {
         .cancel_grace(Duration::from_millis(100))
 }
 
+/// A settler over `source` alone, batching by `batch_size` or every `interval`, and the
+/// queue's sending side.
+fn spawn_settler(
+    source: &Scripted,
+    batch_size: usize,
+    interval: Duration,
+) -> (
+    super::settle::SettleSender<u64>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = super::settle::settle_channel::<u64>(batch_size);
+    let settler = tokio::spawn(
+        super::settle::Settler {
+            source: Arc::new(source.clone()),
+            health: Arc::new(super::health::HealthCell::new()),
+            batch_size,
+            interval,
+            retries: 0,
+            backoff: Backoff::default(),
+        }
+        .run(rx, tokio_util::sync::CancellationToken::new()),
+    );
+    (tx, settler)
+}
+
 /// Waits until `cond` holds; fails the test after 10 s so nothing hangs.
 async fn eventually(what: &str, cond: impl Fn() -> bool) {
     let wait = async {
@@ -1339,21 +1364,8 @@ async fn without_waiting(cond: impl Fn() -> bool) -> bool {
 
 #[tokio::test(start_paused = true)]
 async fn a_full_batch_goes_at_once_and_a_partial_one_when_the_interval_passes() {
-    use super::health::HealthCell;
-    use super::settle::{Settler, settle_channel};
     let source = Scripted::default();
-    let (tx, rx) = settle_channel::<u64>(4);
-    let settler = tokio::spawn(
-        Settler {
-            source: Arc::new(source.clone()),
-            health: Arc::new(HealthCell::new()),
-            batch_size: 4,
-            interval: Duration::from_secs(10),
-            retries: 0,
-            backoff: Backoff::default(),
-        }
-        .run(rx, tokio_util::sync::CancellationToken::new()),
-    );
+    let (tx, settler) = spawn_settler(&source, 4, Duration::from_secs(10));
     let start = tokio::time::Instant::now();
     let ack = |token| Settlement {
         token,
@@ -1385,22 +1397,9 @@ async fn a_full_batch_goes_at_once_and_a_partial_one_when_the_interval_passes() 
 
 #[tokio::test(start_paused = true)]
 async fn held_nacks_due_at_the_same_instant_are_all_settled_when_due() {
-    use super::health::HealthCell;
-    use super::settle::{Settler, settle_channel};
     let source = Scripted::default();
     source.0.no_nack_delay.store(true, Ordering::SeqCst);
-    let (tx, rx) = settle_channel::<u64>(8);
-    let settler = tokio::spawn(
-        Settler {
-            source: Arc::new(source.clone()),
-            health: Arc::new(HealthCell::new()),
-            batch_size: 8,
-            interval: Duration::ZERO,
-            retries: 0,
-            backoff: Backoff::default(),
-        }
-        .run(rx, tokio_util::sync::CancellationToken::new()),
-    );
+    let (tx, settler) = spawn_settler(&source, 8, Duration::ZERO);
     // One batch, one clock reading: both due at the very same instant.
     for token in [1, 2] {
         tx.send(Settlement {
@@ -1465,23 +1464,10 @@ async fn shutdown_does_not_wait_out_the_backoff_after_a_failed_fetch_or_reconnec
 /// a server with concurrency 1) nor lose a settlement.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settlements_counted_after_the_settler_took_them_are_neither_lost_nor_a_panic() {
-    use super::health::HealthCell;
-    use super::settle::{Settler, settle_channel};
     const THREADS: u64 = 2;
     const EACH: u64 = 20_000;
     let source = Scripted::default();
-    let (tx, rx) = settle_channel::<u64>(1);
-    let settler = tokio::spawn(
-        Settler {
-            source: Arc::new(source.clone()),
-            health: Arc::new(HealthCell::new()),
-            batch_size: 1,
-            interval: Duration::from_secs(3600),
-            retries: 0,
-            backoff: Backoff::default(),
-        }
-        .run(rx, tokio_util::sync::CancellationToken::new()),
-    );
+    let (tx, settler) = spawn_settler(&source, 1, Duration::from_secs(3600));
     let tx = Arc::new(tx);
     let senders: Vec<_> = (0..THREADS)
         .map(|t| {
