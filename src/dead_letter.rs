@@ -79,6 +79,8 @@ pub(crate) enum Published {
 /// attribute folded into [`keys::ATTRIBUTES`], form-encoded: nothing is lost, and a
 /// letter the topic will never take is not retried for ever.
 pub(crate) async fn publish(topic: &BoxTopic, ctx: &Context, letter: Letter<'_>) -> Published {
+    use crate::receiver::catch_panic_of;
+    const PANICKED: &str = "the dead-letter topic";
     let Letter {
         attributes,
         body,
@@ -97,7 +99,7 @@ pub(crate) async fn publish(topic: &BoxTopic, ctx: &Context, letter: Letter<'_>)
         message_id,
     );
     // The topic is user code: a panic in it is a failed publication, retried later.
-    let refused = match crate::receiver::catch_panic(|| topic.publish(ctx, first)).await {
+    let refused = match catch_panic_of(PANICKED, || topic.publish(ctx, first)).await {
         Ok(()) => return Published::Done,
         Err(e @ Error::InvalidAttribute { .. }) => e,
         Err(e @ Error::BodyTooLarge { .. }) => return Published::Refused(e),
@@ -111,7 +113,7 @@ pub(crate) async fn publish(topic: &BoxTopic, ctx: &Context, letter: Letter<'_>)
         shown(&refused)
     );
     let second = message(attributes, body, &reason, attempt, source, message_id);
-    match crate::receiver::catch_panic(|| topic.publish(ctx, second)).await {
+    match catch_panic_of(PANICKED, || topic.publish(ctx, second)).await {
         Ok(()) => Published::Done,
         Err(e @ (Error::InvalidAttribute { .. } | Error::BodyTooLarge { .. })) => {
             Published::Refused(e)

@@ -246,6 +246,21 @@ where
     }
 }
 
+/// [`catch_panic`] for user code that is not a receiver (a dead-letter topic, a transport's
+/// settlement): a panic is an [`Error::Other`] saying that `what` panicked, and why.
+pub(crate) async fn catch_panic_of<F, Fut>(what: &str, call: F) -> Result<(), Error>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<(), Error>>,
+{
+    match catch_panic(call).await {
+        Err(Error::Panicked { message }) => {
+            Err(Error::other(format!("{what} panicked: {message}")))
+        }
+        other => other,
+    }
+}
+
 /// The future of [`catch_panic`].
 #[pin_project::pin_project(project = CatchPanicProj)]
 pub(crate) enum CatchPanic<Fut> {

@@ -139,7 +139,13 @@ impl<S: Source> Settler<S> {
         let mut delays = self.backoff.delays();
         let mut tries = 0;
         loop {
-            match self.source.settle(batch).await {
+            // A transport's code: a panic in it is a failed settlement, not a settler gone
+            // (every settlement after it would have been dropped unseen).
+            let settled = crate::receiver::catch_panic_of("the source's settle", || {
+                self.source.settle(batch)
+            })
+            .await;
+            match settled {
                 Ok(()) => {
                     batch.clear();
                     return;

@@ -35,6 +35,8 @@ struct Script {
     fetch_max: Mutex<Vec<usize>>,
     /// The next this-many settle calls fail (transiently).
     settle_failures: AtomicU32,
+    /// The next this-many settle calls panic.
+    settle_panics: AtomicU32,
     /// The next this-many reconnects fail.
     reconnect_failures: AtomicU32,
     reconnects: AtomicU32,
@@ -137,6 +139,13 @@ impl Source for Scripted {
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
         if failing.is_ok() {
             return Err(Error::other("settle refused"));
+        }
+        let panicking =
+            self.0
+                .settle_panics
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if panicking.is_ok() {
+            panic!("the scripted source's settle panics, on purpose");
         }
         self.0.batch_sizes.lock().unwrap().push(batch.len());
         let mut settled = self.0.settled.lock().unwrap();
@@ -1600,4 +1609,37 @@ async fn a_worker_lost_to_a_panic_is_replaced_for_the_work_queued_behind_it() {
         [(1, Settle::Nack { delay: None }), (2, Settle::Ack)]
     );
     stop(&engine, task).await;
+}
+
+/// A transport's settle that panics is a failed settlement: retried, and given up after
+/// the retries (the broker redelivers), while the settler goes on with what comes next.
+#[tokio::test]
+async fn a_settle_that_panics_is_a_failed_settlement_and_settling_goes_on() {
+    let source = Scripted::with(vec![Step::Deliver(vec![1])]);
+    source.0.settle_panics.store(1, Ordering::SeqCst);
+    let engine = Engine::new(source.clone(), fast().settle_retries(3)).unwrap();
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
+    );
+    eventually("acked on the retry", || source.settled().len() == 1).await;
+    stop(&engine, task).await;
+
+    // No retries: the batch is given up, and the next settlement is still applied.
+    let source = Scripted::default();
+    source.0.settle_panics.store(1, Ordering::SeqCst);
+    let (tx, settler) = spawn_settler(&source, 1, Duration::ZERO);
+    let ack = |token| Settlement {
+        token,
+        action: Settle::Ack,
+    };
+    tx.send(ack(1));
+    eventually("the panic was seen", || {
+        source.0.settle_panics.load(Ordering::SeqCst) == 0
+    })
+    .await;
+    tx.send(ack(2));
+    eventually("2 acked", || source.settled() == [(2, Settle::Ack)]).await;
+    drop(tx);
+    settler.await.unwrap();
 }
