@@ -58,7 +58,9 @@ pub trait Source: Send + Sync + 'static {
     /// # Errors
     ///
     /// [`Error::ConnectionLost`] makes the engine call [`reconnect`](Source::reconnect) with
-    /// backoff; any other error is retried with backoff.
+    /// backoff; any other error is retried with backoff. A panic in `fetch` (or in
+    /// `reconnect`, or `close`) is taken as an error of the other kind, not let out of
+    /// [`serve`](crate::Server::serve).
     ///
     /// # Cancellation safety
     ///

@@ -14,6 +14,7 @@ use super::slots::Slots;
 use super::workers::{Pool, Workers};
 use super::{Delivery, Health, HealthState, ServerConfig, Settle, Source};
 use crate::backoff::Delays;
+use crate::receiver::catch_panic_of;
 use crate::{Error, Receiver, Server, log};
 
 /// A [`Server`] built from a [`Source`]: the delivery engine.
@@ -223,7 +224,7 @@ impl<S: Source> Inner<S> {
         }
         // The settler ends once every task's sender is gone (or at once when told to finish).
         let _ = settler.await;
-        if let Err(e) = self.source.close().await {
+        if let Err(e) = catch_panic_of("the source's close", || self.source.close()).await {
             log::warning!("msgio: closing source {:?} failed: {e}", self.name);
         }
     }
@@ -250,7 +251,9 @@ impl<S: Source> Inner<S> {
                 biased;
                 // A source may have appended some before it was stopped: released below.
                 _ = self.stop.cancelled() => break,
-                result = self.source.fetch(room, &mut buf) => result,
+                // A transport's code: a panic in it is a failed fetch (backed off and
+                // tried again), not a panic out of `serve`.
+                result = catch_panic_of("the source's fetch", || self.source.fetch(room, &mut buf)) => result,
             };
             match &fetched {
                 Ok(()) => {
@@ -302,7 +305,7 @@ impl<S: Source> Inner<S> {
             let result = tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => return false,
-                result = self.source.reconnect() => result,
+                result = catch_panic_of("the source's reconnect", || self.source.reconnect()) => result,
             };
             match result {
                 Ok(()) => {

@@ -23,6 +23,8 @@ enum Step {
     Malformed(u64, &'static str),
     DeliverThenFail(Vec<u64>, Error),
     Fail(Error),
+    /// The fetch panics.
+    Panic,
 }
 
 #[derive(Default)]
@@ -115,6 +117,7 @@ impl Source for Scripted {
                 Err(e)
             }
             Some(Step::Fail(e)) => Err(e),
+            Some(Step::Panic) => panic!("the scripted source's fetch panics, on purpose"),
             Some(Step::Malformed(id, why)) => {
                 out.push(Delivery::malformed(
                     id,
@@ -1642,4 +1645,21 @@ async fn a_settle_that_panics_is_a_failed_settlement_and_settling_goes_on() {
     eventually("2 acked", || source.settled() == [(2, Settle::Ack)]).await;
     drop(tx);
     settler.await.unwrap();
+}
+
+/// A transport's fetch that panics is a failed fetch: counted against the server's health,
+/// backed off, and tried again, rather than a panic out of `serve`.
+#[tokio::test]
+async fn a_fetch_that_panics_is_a_failed_fetch_and_serving_goes_on() {
+    let source = Scripted::with(vec![Step::Panic, Step::Deliver(vec![1])]);
+    let engine = Engine::new(source.clone(), fast()).unwrap();
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
+    );
+    eventually("acked after the panic", || {
+        source.settled() == [(1, Settle::Ack)]
+    })
+    .await;
+    stop(&engine, task).await;
 }
