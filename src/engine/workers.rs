@@ -192,9 +192,8 @@ impl Drop for Holding<'_> {
 /// Replaces a worker that a panic ends (one the engine could not catch: its own bug, or
 /// user code it runs outside the receiver's guard). Without it, the deliveries queued
 /// behind that worker's message would wait for a worker that never comes when the others
-/// are idle, or when there are no others (concurrency 1): the server would stall. The
-/// message it was running is not settled: the broker redelivers it as it does for a
-/// consumer that died (a lease runs out, a channel closes).
+/// are idle, or when there are no others (concurrency 1): the server would stall. (The
+/// message it was running is settled as a failed attempt by the dispatch's own guard.)
 struct Replaced<'a, S: Source, R: Receiver + 'static>(&'a Arc<Workers<S, R>>);
 
 impl<S: Source, R: Receiver + 'static> Drop for Replaced<'_, S, R> {
