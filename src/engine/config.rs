@@ -58,8 +58,8 @@ impl Default for ServerConfig {
 
 impl ServerConfig {
     /// The defaults: concurrency 64, prefetch equal to the concurrency, 10 attempts, no
-    /// dead-letter topic, settlements batched by 128 (at most half the in-flight limit) or
-    /// every 5 ms, reconnect backoff from 100 ms doubling to 30 s, and 1 s for receivers to
+    /// dead-letter topic, settlements batched by 128 (on RabbitMQ, at most half the in-flight
+    /// limit) or every 5 ms, reconnect backoff from 100 ms doubling to 30 s, and 1 s for receivers to
     /// stop after a shutdown deadline cancelled them.
     pub fn new() -> Self {
         ServerConfig::default()
@@ -106,11 +106,12 @@ impl ServerConfig {
         self
     }
 
-    /// Settlements are applied as soon as this many are waiting, or half the
-    /// [in-flight limit](Self::in_flight_limit) if that is fewer: a broker that stops
-    /// delivering once that many messages are unacknowledged (RabbitMQ's prefetch count)
-    /// would otherwise hold back the next deliveries while a batch that cannot fill waits
-    /// out the [interval](Self::ack_interval). A server with concurrency 1 acknowledges
+    /// Settlements are applied as soon as this many are waiting. On a broker that stops
+    /// delivering once the [in-flight limit](Self::in_flight_limit) of messages is
+    /// unacknowledged (RabbitMQ, whose prefetch count is that limit), as soon as half the
+    /// limit is waiting if that is fewer: the broker would otherwise hold back the next
+    /// deliveries while a batch that cannot fill waits out the
+    /// [interval](Self::ack_interval). A RabbitMQ server with concurrency 1 acknowledges
     /// each message when it is done.
     pub fn ack_batch_size(mut self, n: usize) -> Self {
         self.ack_batch_size = n;
@@ -187,10 +188,16 @@ impl ServerConfig {
         self.attempt_limit()
     }
 
-    /// The settlements a batch waits for: [`ack_batch_size`](Self::ack_batch_size), at most
-    /// half the in-flight limit (and at least one).
-    pub(crate) fn settle_batch_size(&self) -> usize {
-        self.ack_batch_size.min((self.in_flight_limit() / 2).max(1))
+    /// The settlements a batch waits for: [`ack_batch_size`](Self::ack_batch_size); for a
+    /// source whose broker stops delivering at the in-flight limit
+    /// ([`Source::stops_at_in_flight_limit`](crate::transport::Source::stops_at_in_flight_limit)),
+    /// at most half that limit (and at least one).
+    pub(crate) fn settle_batch_size(&self, stops_at_in_flight_limit: bool) -> usize {
+        if stops_at_in_flight_limit {
+            self.ack_batch_size.min((self.in_flight_limit() / 2).max(1))
+        } else {
+            self.ack_batch_size
+        }
     }
 
     pub(crate) fn prefetch_or_default(&self) -> usize {

@@ -94,6 +94,19 @@ pub trait Source: Send + Sync + 'static {
         true
     }
 
+    /// Whether the broker stops delivering while the server's
+    /// [in-flight limit](crate::ServerConfig::in_flight_limit) of messages is delivered and
+    /// not yet settled (as RabbitMQ does with its prefetch count set to that limit). The
+    /// engine then applies settlements in batches of at most half the limit, so that a batch
+    /// never waits out the [ack interval](crate::ServerConfig::ack_interval) for
+    /// settlements the broker will not let come, while the broker waits for it. On by
+    /// default, the safe choice; a source whose broker delivers whatever is unsettled (a
+    /// stream read by count, a table) returns false and keeps batches of the full
+    /// [`ack_batch_size`](crate::ServerConfig::ack_batch_size), fewer settlement calls.
+    fn stops_at_in_flight_limit(&self) -> bool {
+        true
+    }
+
     /// Whether deliveries may carry [`keys::NOT_BEFORE`](crate::keys::NOT_BEFORE): when
     /// true, the engine settles one that arrives early with [`Settle::Defer`] instead of
     /// handing it to the receiver. Off by default, so that other sources pay nothing.

@@ -182,7 +182,9 @@ impl<S: Source> Server for Engine<S> {
 
 impl<S: Source> Inner<S> {
     async fn run<R: Receiver + 'static>(&self, receiver: R) {
-        let batch_size = self.config.settle_batch_size();
+        let batch_size = self
+            .config
+            .settle_batch_size(self.source.stops_at_in_flight_limit());
         let (settle_tx, settle_rx) = settle_channel(batch_size);
         let finish_settling = CancellationToken::new();
         let settler = tokio::spawn(

@@ -49,6 +49,8 @@ struct Script {
     not_before: AtomicBool,
     /// The source dead-letters natively.
     dead_letters: AtomicBool,
+    /// The broker delivers whatever is unsettled (no window at the in-flight limit).
+    unwindowed: AtomicBool,
     /// Extra attributes per message id.
     extra: Mutex<std::collections::HashMap<u64, (String, String)>>,
 }
@@ -162,6 +164,10 @@ impl Source for Scripted {
 
     fn not_before(&self) -> bool {
         self.0.not_before.load(Ordering::SeqCst)
+    }
+
+    fn stops_at_in_flight_limit(&self) -> bool {
+        !self.0.unwindowed.load(Ordering::SeqCst)
     }
 
     fn dead_letters(&self) -> bool {
@@ -1661,5 +1667,28 @@ async fn a_fetch_that_panics_is_a_failed_fetch_and_serving_goes_on() {
         source.settled() == [(1, Settle::Ack)]
     })
     .await;
+    stop(&engine, task).await;
+}
+
+/// Only a broker that stops delivering at the in-flight limit gets the smaller batches: a
+/// source that says it does not keeps batches of the full `ack_batch_size`.
+#[tokio::test]
+async fn a_source_without_a_window_keeps_full_batches() {
+    let source = Scripted::with(vec![Step::Deliver(vec![1]), Step::Deliver(vec![2])]);
+    source.0.unwindowed.store(true, Ordering::SeqCst);
+    let engine = Engine::new(
+        source.clone(),
+        fast()
+            .concurrency(1)
+            .ack_batch_size(2)
+            .ack_interval(Duration::from_secs(3600)),
+    )
+    .unwrap();
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
+    );
+    eventually("both acked", || source.settled().len() == 2).await;
+    assert_eq!(*source.0.batch_sizes.lock().unwrap(), [2]);
     stop(&engine, task).await;
 }

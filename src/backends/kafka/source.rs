@@ -572,6 +572,11 @@ impl Source for KafkaSource {
         &self.topic
     }
 
+    /// The consumer reads on; settling commits offsets.
+    fn stops_at_in_flight_limit(&self) -> bool {
+        false
+    }
+
     /// The engine holds a delayed retry: the record stays in this member's memory.
     fn nack_delay(&self) -> bool {
         false

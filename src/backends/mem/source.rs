@@ -42,6 +42,11 @@ impl Source for MemSource {
         &self.queue.name
     }
 
+    /// A fetch takes what is ready, whatever is unsettled.
+    fn stops_at_in_flight_limit(&self) -> bool {
+        false
+    }
+
     async fn fetch(&self, max: usize, out: &mut Vec<Delivery<MemToken>>) -> Result<(), Error> {
         let queue = &*self.queue;
         loop {

@@ -368,6 +368,13 @@ impl Source for NatsSource {
         &self.options.stream
     }
 
+    /// A pull asks for what the server has room for; JetStream's own limit of pending
+    /// acknowledgements (`max_ack_pending`, not set by msgio: 1,000 by default) is not the
+    /// server's in-flight limit, and a batch of `ack_batch_size` (128) fills well below it.
+    fn stops_at_in_flight_limit(&self) -> bool {
+        false
+    }
+
     fn not_before(&self) -> bool {
         true
     }

@@ -471,6 +471,11 @@ impl Source for PostgresSource {
         &self.shared.options.queue
     }
 
+    /// A claim takes due rows, whatever is leased.
+    fn stops_at_in_flight_limit(&self) -> bool {
+        false
+    }
+
     async fn fetch(&self, max: usize, out: &mut Vec<Delivery<PostgresToken>>) -> Result<(), Error> {
         let mut rows = self.claim(max).await?;
         if rows.is_empty() {

@@ -611,6 +611,11 @@ impl Source for RedisSource {
         &self.options.stream
     }
 
+    /// `XREADGROUP` reads by count, whatever is pending.
+    fn stops_at_in_flight_limit(&self) -> bool {
+        false
+    }
+
     fn nack_delay(&self) -> bool {
         // The entry stays pending while the engine waits out the delay.
         false
