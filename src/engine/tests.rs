@@ -266,6 +266,14 @@ fn serve_in_background<R: crate::Receiver + 'static>(
     tokio::spawn(async move { engine.serve(receiver).await })
 }
 
+/// Serves `engine` in a background task with a receiver that acks every message.
+fn serve_acking(engine: &Engine<Scripted>) -> tokio::task::JoinHandle<Result<(), Error>> {
+    serve_in_background(
+        engine,
+        ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
+    )
+}
+
 /// Serves `queue` until `n` messages were read; returns their attributes and bodies.
 #[cfg(feature = "mem")]
 async fn drain(queue: &crate::mem::MemQueue, n: usize) -> Vec<(crate::Attributes, bytes::Bytes)> {
@@ -501,10 +509,7 @@ async fn reconnects_with_backoff_after_a_connection_lost_mid_batch() {
     ]);
     source.0.reconnect_failures.store(2, Ordering::SeqCst);
     let engine = Engine::new(source.clone(), fast()).unwrap();
-    let task = serve_in_background(
-        &engine,
-        ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
-    );
+    let task = serve_acking(&engine);
     eventually("all three acked", || source.settled().len() == 3).await;
     assert!(source.settled().iter().all(|(_, s)| *s == Settle::Ack));
     assert_eq!(source.0.reconnects.load(Ordering::SeqCst), 3);
@@ -521,10 +526,7 @@ async fn other_fetch_errors_back_off_without_reconnecting() {
         Step::Deliver(vec![1]),
     ]);
     let engine = Engine::new(source.clone(), fast()).unwrap();
-    let task = serve_in_background(
-        &engine,
-        ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
-    );
+    let task = serve_acking(&engine);
     eventually("acked", || source.settled().len() == 1).await;
     assert_eq!(source.0.reconnects.load(Ordering::SeqCst), 0);
     stop(&engine, task).await;
@@ -535,10 +537,7 @@ async fn settle_failures_are_retried_and_do_not_stop_serving() {
     let source = Scripted::with(vec![Step::Deliver(vec![1]), Step::Deliver(vec![2])]);
     source.0.settle_failures.store(2, Ordering::SeqCst);
     let engine = Engine::new(source.clone(), fast().settle_retries(3)).unwrap();
-    let task = serve_in_background(
-        &engine,
-        ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
-    );
+    let task = serve_acking(&engine);
     eventually("both acked", || source.settled().len() == 2).await;
     stop(&engine, task).await;
 
@@ -546,10 +545,7 @@ async fn settle_failures_are_retried_and_do_not_stop_serving() {
     let source = Scripted::with(vec![Step::Deliver(vec![1])]);
     source.0.settle_failures.store(3, Ordering::SeqCst);
     let engine = Engine::new(source.clone(), fast().settle_retries(2)).unwrap();
-    let task = serve_in_background(
-        &engine,
-        ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
-    );
+    let task = serve_acking(&engine);
     eventually("the failures were recorded", || {
         engine.health().consecutive_failures == 3
     })
@@ -578,10 +574,7 @@ async fn settlements_are_batched_by_count_and_flushed_by_interval() {
             .ack_interval(Duration::from_millis(50)),
     )
     .unwrap();
-    let task = serve_in_background(
-        &engine,
-        ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
-    );
+    let task = serve_acking(&engine);
     eventually("all ten acked", || source.settled().len() == 10).await;
     let sizes = source.0.batch_sizes.lock().unwrap().clone();
     assert!(sizes.iter().all(|&n| n <= 4), "batches {sizes:?}");
@@ -598,10 +591,7 @@ async fn settlements_are_batched_by_count_and_flushed_by_interval() {
             .ack_interval(Duration::from_millis(20)),
     )
     .unwrap();
-    let task = serve_in_background(
-        &engine,
-        ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
-    );
+    let task = serve_acking(&engine);
     eventually("the lone ack was flushed", || source.settled().len() == 1).await;
     stop(&engine, task).await;
 }
@@ -621,10 +611,7 @@ async fn a_batch_never_waits_for_more_settlements_than_can_be_in_flight() {
             .ack_interval(Duration::from_secs(3600)),
     )
     .unwrap();
-    let task = serve_in_background(
-        &engine,
-        ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
-    );
+    let task = serve_acking(&engine);
     eventually("both acked without waiting out the interval", || {
         source.settled().len() == 2
     })
@@ -677,10 +664,7 @@ async fn concurrency_and_prefetch_are_bounded() {
 async fn deliveries_beyond_what_was_asked_for_are_released() {
     let source = Scripted::with(vec![Step::Overdeliver((1..=5).collect())]);
     let engine = Engine::new(source.clone(), fast().concurrency(2).prefetch(1)).unwrap();
-    let task = serve_in_background(
-        &engine,
-        ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
-    );
+    let task = serve_acking(&engine);
     eventually("all five settled", || source.settled().len() == 5).await;
     assert_eq!(source.0.fetch_max.lock().unwrap()[0], 3);
     assert_eq!(
@@ -828,10 +812,7 @@ async fn a_receiver_that_never_returns_is_abandoned_and_its_message_released() {
 #[tokio::test]
 async fn serving_twice_or_after_shutdown_is_an_error() {
     let engine = Engine::new(Scripted::default(), fast()).unwrap();
-    let task = serve_in_background(
-        &engine,
-        ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
-    );
+    let task = serve_acking(&engine);
     eventually("serving", || engine.health().state == HealthState::Serving).await;
     let second = engine
         .serve(ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }))
@@ -895,10 +876,7 @@ async fn dropping_the_serve_future_closes_the_server() {
 async fn deliveries_appended_by_an_interrupted_fetch_are_released() {
     let source = Scripted::with(vec![Step::DeliverThenHang(vec![1, 2])]);
     let engine = Engine::new(source.clone(), fast()).unwrap();
-    let task = serve_in_background(
-        &engine,
-        ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
-    );
+    let task = serve_acking(&engine);
     eventually("fetching", || {
         !source.0.fetch_max.lock().unwrap().is_empty()
     })
@@ -1136,10 +1114,7 @@ async fn deferrals_are_held_for_sources_without_delays_then_released() {
         .unwrap()
         .insert(1, (crate::keys::NOT_BEFORE.to_owned(), due));
     let engine = Engine::new(source.clone(), fast()).unwrap();
-    let task = serve_in_background(
-        &engine,
-        ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
-    );
+    let task = serve_acking(&engine);
     let start = tokio::time::Instant::now();
     eventually("released when due", || source.settled().len() == 1).await;
     assert!(
@@ -1458,10 +1433,7 @@ async fn shutdown_does_not_wait_out_the_backoff_after_a_failed_fetch_or_reconnec
             .reconnect_failures
             .store(u32::MAX, Ordering::SeqCst);
         let engine = Engine::new(source.clone(), fast().reconnect_backoff(minute)).unwrap();
-        let task = serve_in_background(
-            &engine,
-            ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
-        );
+        let task = serve_acking(&engine);
         eventually("the fetch failed", || {
             engine.health().consecutive_failures > 0
         })
@@ -1627,10 +1599,7 @@ async fn a_settle_that_panics_is_a_failed_settlement_and_settling_goes_on() {
     let source = Scripted::with(vec![Step::Deliver(vec![1])]);
     source.0.settle_panics.store(1, Ordering::SeqCst);
     let engine = Engine::new(source.clone(), fast().settle_retries(3)).unwrap();
-    let task = serve_in_background(
-        &engine,
-        ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
-    );
+    let task = serve_acking(&engine);
     eventually("acked on the retry", || source.settled().len() == 1).await;
     stop(&engine, task).await;
 
@@ -1659,10 +1628,7 @@ async fn a_settle_that_panics_is_a_failed_settlement_and_settling_goes_on() {
 async fn a_fetch_that_panics_is_a_failed_fetch_and_serving_goes_on() {
     let source = Scripted::with(vec![Step::Panic, Step::Deliver(vec![1])]);
     let engine = Engine::new(source.clone(), fast()).unwrap();
-    let task = serve_in_background(
-        &engine,
-        ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
-    );
+    let task = serve_acking(&engine);
     eventually("acked after the panic", || {
         source.settled() == [(1, Settle::Ack)]
     })
@@ -1684,10 +1650,7 @@ async fn a_source_without_a_window_keeps_full_batches() {
             .ack_interval(Duration::from_secs(3600)),
     )
     .unwrap();
-    let task = serve_in_background(
-        &engine,
-        ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
-    );
+    let task = serve_acking(&engine);
     eventually("both acked", || source.settled().len() == 2).await;
     assert_eq!(*source.0.batch_sizes.lock().unwrap(), [2]);
     stop(&engine, task).await;
