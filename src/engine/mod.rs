@@ -79,8 +79,8 @@ pub trait Source: Send + Sync + 'static {
     /// On error, the settlements left in `batch` are retried a few times (unless the
     /// error is [`Error::ConnectionLost`]) and then given up with a warning: the broker
     /// redelivers what was never acknowledged. A panic in `settle` is taken as such an
-    /// error (what `batch` holds after it is retried); the settlements after it are
-    /// applied as usual.
+    /// error: what it left in `batch` is retried, and the settlements after it are applied
+    /// as usual.
     fn settle(
         &self,
         batch: &mut Vec<Settlement<Self::Token>>,
