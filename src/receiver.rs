@@ -261,6 +261,15 @@ where
     }
 }
 
+/// Drops `value` where a panic in its `Drop` (user code: an error a receiver returned)
+/// would otherwise unwind through the engine after it decided what to do: the panic is
+/// logged and the decision stands.
+pub(crate) fn drop_quietly<T>(value: T, what: &str) {
+    if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(move || drop(value))) {
+        crate::log::warning!("msgio: dropping {what} panicked: {}", panicked(payload));
+    }
+}
+
 /// The future of [`catch_panic`].
 #[pin_project::pin_project(project = CatchPanicProj)]
 pub(crate) enum CatchPanic<Fut> {

@@ -13,7 +13,7 @@ use super::settle::SettleSender;
 use super::{Delivery, Settle, Settlement, Source};
 use crate::context::Origin;
 use crate::dead_letter::{Fate, Published};
-use crate::receiver::catch_panic;
+use crate::receiver::{catch_panic, drop_quietly};
 use crate::{Attributes, BoxTopic, Context, Message, MessageId, Receiver, keys, log};
 
 /// What every message shares.
@@ -133,7 +133,11 @@ impl<S: Source, R: Receiver> Dispatch<S, R> {
             }
             Err(e) => e,
         };
-        let reason = match crate::dead_letter::fate(&error, attempt, self.max_attempts) {
+        let fate = crate::dead_letter::fate(&error, attempt, self.max_attempts);
+        // The error is the receiver's: dropped here, a panic in its `Drop` cannot undo
+        // the fate it was given.
+        drop_quietly(error, "a receiver's error");
+        let reason = match fate {
             Fate::Retry(delay) => {
                 self.meter.settled(Outcome::Retried);
                 return Settle::Nack { delay };

@@ -1497,8 +1497,7 @@ impl std::fmt::Display for PanicsWhenShown {
 
 impl std::error::Error for PanicsWhenShown {}
 
-/// An error that panics when dropped, which the engine does after deciding its fate: a
-/// panic no guard in the engine catches.
+/// An error that panics when dropped, which the engine does after deciding its fate.
 #[derive(Debug)]
 struct PanicsWhenDropped;
 
@@ -1516,6 +1515,49 @@ impl Drop for PanicsWhenDropped {
             panic!("this error panics when dropped, on purpose");
         }
     }
+}
+
+/// A receiver's future that is done at once and panics when dropped, which the engine
+/// does after settling on an answer: a panic no guard in the engine catches.
+struct FinishedThenPanicsWhenDropped;
+
+impl Future for FinishedThenPanicsWhenDropped {
+    type Output = Result<(), Error>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::task::Poll::Ready(Err(Error::other("failed")))
+    }
+}
+
+impl Drop for FinishedThenPanicsWhenDropped {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("this future panics when dropped, on purpose");
+        }
+    }
+}
+
+/// The fate of a failed message is kept when its error panics as it is dropped: at its
+/// last attempt it is given up, not retried (and, with a dead-letter topic, published
+/// again) for ever.
+#[tokio::test]
+async fn an_error_that_panics_when_dropped_does_not_change_its_messages_fate() {
+    let source = Scripted::with(vec![Step::Deliver(vec![1, 2])]);
+    source.set_attempt(1, 3);
+    let engine = Engine::new(source.clone(), fast().concurrency(1).max_attempts(3)).unwrap();
+    let task = serve_in_background(
+        &engine,
+        ReceiverFunc::new(|_: Context, _: Message| async { Err(Error::other(PanicsWhenDropped)) }),
+    );
+    eventually("both settled", || source.settled().len() == 2).await;
+    assert_eq!(
+        source.settled(),
+        [(1, Settle::Reject), (2, Settle::Nack { delay: None })]
+    );
+    stop(&engine, task).await;
 }
 
 #[tokio::test]
@@ -1575,10 +1617,10 @@ async fn a_worker_lost_to_a_panic_is_replaced_for_the_work_queued_behind_it() {
     let engine = Engine::new(source.clone(), fast().concurrency(1).prefetch(1)).unwrap();
     let task = serve_in_background(
         &engine,
-        ReceiverFunc::new(|ctx: Context, _: Message| async move {
+        ReceiverFunc::new(|ctx: Context, _: Message| {
             match ctx.message_id().and_then(MessageId::as_u64) {
-                Some(1) => Err(Error::other(PanicsWhenDropped)),
-                _ => Ok(()),
+                Some(1) => futures::future::Either::Left(FinishedThenPanicsWhenDropped),
+                _ => futures::future::Either::Right(std::future::ready(Ok(()))),
             }
         }),
     );
