@@ -112,9 +112,13 @@ impl<S: Source, R: Receiver> Dispatch<S, R> {
         };
         self.meter.received();
         let started = self.meter.start();
+        // Pinned before the select rather than made inside it: the select moves what it
+        // is given into a tuple, and the receiver's future is the largest thing here.
+        let receiving = catch_panic(|| self.receiver.receive(ctx, message));
+        tokio::pin!(receiving);
         let result = tokio::select! {
             biased;
-            result = catch_panic(|| self.receiver.receive(ctx, message)) => result,
+            result = &mut receiving => result,
             // Abandoned after the shutdown deadline: a failed attempt.
             _ = self.abort.cancelled() => {
                 self.meter.handled(started, false);
