@@ -193,7 +193,7 @@ fn reason(error: &Error) -> String {
 
 /// `error` written out. An error is user code: one whose `Display` panics is named as such
 /// instead of panicking the server's worker (or the decorator) deciding its fate.
-fn shown(error: &dyn std::fmt::Display) -> String {
+pub(crate) fn shown(error: &dyn std::fmt::Display) -> String {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| error.to_string()))
         .unwrap_or_else(|_| "(an error that panicked when written out)".to_owned())
 }

@@ -962,3 +962,48 @@ async fn a_dead_letter_the_topic_cannot_carry_is_folded_not_retried_for_ever() {
     );
     assert!(queue.is_empty() && dlq.is_empty());
 }
+
+/// A receiver's error that panics when dropped (a user type with a bad `Drop`).
+#[derive(Debug)]
+struct PanicsWhenDropped;
+
+impl std::fmt::Display for PanicsWhenDropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("panics when dropped")
+    }
+}
+
+impl std::error::Error for PanicsWhenDropped {}
+
+impl Drop for PanicsWhenDropped {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("this error panics when dropped, on purpose");
+        }
+    }
+}
+
+/// `Retry` and `DeadLetter` keep the decision they made about a failure when the error
+/// they are done with panics as it is dropped: `Retry` still rejects at the last attempt,
+/// and `DeadLetter` still reports a message it dead-lettered as handled (a panic there
+/// would be a failed attempt: the message back, and dead-lettered once more).
+#[tokio::test]
+async fn retry_and_dead_letter_keep_their_decision_when_an_error_panics_as_it_is_dropped() {
+    let failing = || {
+        ReceiverFunc::new(|_: Context, _: Message| async { Err(Error::other(PanicsWhenDropped)) })
+    };
+    let retry = Retry::new(failing(), fast_backoff(), 2);
+    let last = retry.receive(at(2), Message::default()).await.unwrap_err();
+    assert!(last.is_reject(), "{last}");
+    assert!(last.to_string().contains("panics when dropped"), "{last}");
+
+    let dlq = msgio::mem::MemQueue::named("dead-letters", 16).unwrap();
+    let dead_letter = DeadLetter::new(failing(), dlq.topic()).max_attempts(1);
+    dead_letter
+        .receive(at(1), Message::new("fails"))
+        .await
+        .unwrap();
+    let letter = read_letters(&dlq, 1).await.remove(0);
+    let reason = letter.attributes.get(keys::DEAD_LETTER_REASON).unwrap();
+    assert!(reason.contains("panics when dropped"), "{reason}");
+}

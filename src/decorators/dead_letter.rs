@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use crate::dead_letter::{Fate, Published, fate};
-use crate::receiver::catch_panic;
+use crate::dead_letter::{Fate, Published, fate, shown};
+use crate::receiver::{catch_panic, drop_quietly};
 use crate::{BoxTopic, Context, Error, Message, Receiver, Topic};
 
 /// Publishes a message the inner receiver rejected (or failed on its last attempt) to a
@@ -133,16 +133,22 @@ impl<R: Receiver> Receiver for DeadLetter<R> {
             source: source.as_deref(),
             message_id: id.as_ref(),
         };
-        match crate::dead_letter::publish(&self.topic, &Context::background(), letter).await {
-            Published::Done => Ok(()),
-            Published::Retry(e) => Err(Error::retry_after(
-                Duration::from_secs(1),
-                format!("could not dead-letter ({e}) after: {error}"),
-            )),
-            // Retrying would fail the same way for ever: the server settles the reject.
-            Published::Refused(e) => Err(Error::reject(format!(
-                "the dead-letter topic refuses it for good ({e}) after: {error}"
-            ))),
-        }
+        let result =
+            match crate::dead_letter::publish(&self.topic, &Context::background(), letter).await {
+                Published::Done => Ok(()),
+                Published::Retry(e) => Err(Error::retry_after(
+                    Duration::from_secs(1),
+                    format!("could not dead-letter ({e}) after: {}", shown(&error)),
+                )),
+                // Retrying would fail the same way for ever: the server settles the reject.
+                Published::Refused(e) => Err(Error::reject(format!(
+                    "the dead-letter topic refuses it for good ({e}) after: {}",
+                    shown(&error)
+                ))),
+            };
+        // The receiver's error, done with: a panic as it drops cannot undo what was done
+        // with the message (it would be a failed attempt, dead-lettered once more).
+        drop_quietly(error, "a receiver's error");
+        result
     }
 }

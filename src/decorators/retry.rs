@@ -5,7 +5,7 @@ use std::future::Future;
 use futures::FutureExt;
 
 use crate::dead_letter::{Fate, fate};
-use crate::receiver::catch_panic;
+use crate::receiver::{catch_panic, drop_quietly};
 use crate::{Backoff, Context, Error, Message, Receiver};
 
 /// Retries failed messages with exponential backoff and jitter, up to a maximum number of
@@ -101,7 +101,11 @@ impl<R: Receiver> Receiver for Retry<R> {
             result.map_err(|e| match fate(&e, attempt, Some(max_attempts)) {
                 // Rejects pass through untouched.
                 Fate::GiveUp(_) if e.is_reject() => e,
-                Fate::GiveUp(reason) => Error::reject(reason),
+                Fate::GiveUp(reason) => {
+                    // Done with: a panic as it drops cannot undo the reject.
+                    drop_quietly(e, "a receiver's error");
+                    Error::reject(reason)
+                }
                 // A delay the inner receiver asked for itself wins.
                 Fate::Retry(Some(_)) => e,
                 Fate::Retry(None) => Error::retry_after(backoff.delay_for(attempt), e),
