@@ -266,7 +266,10 @@ where
 /// logged and the decision stands.
 pub(crate) fn drop_quietly<T>(value: T, what: &str) {
     if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(move || drop(value))) {
-        crate::log::warning!("msgio: dropping {what} panicked: {}", panicked(payload));
+        crate::log::warning!(
+            "msgio: dropping {what} panicked: {}",
+            panic_message(&*payload)
+        );
     }
 }
 
@@ -304,14 +307,20 @@ impl<Fut: Future<Output = Result<(), Error>>> Future for CatchPanic<Fut> {
 }
 
 fn panicked(payload: Box<dyn Any + Send>) -> Error {
-    let message = if let Some(s) = payload.downcast_ref::<&'static str>() {
+    Error::Panicked {
+        message: panic_message(&*payload),
+    }
+}
+
+/// What a panic said (`&str` or `String` payloads), or a note that it said something else.
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
         (*s).to_owned()
     } else if let Some(s) = payload.downcast_ref::<String>() {
         s.clone()
     } else {
         "panic payload of a type other than &str or String".to_owned()
-    };
-    Error::Panicked { message }
+    }
 }
 
 #[cfg(test)]
