@@ -629,6 +629,56 @@ async fn an_idle_server_wakes_on_notify_long_before_its_poll_interval() {
     purge(&[&queue]).await;
 }
 
+/// Rows that commit behind the server's cursor (their ids were drawn before rows it already
+/// claimed) are all delivered when they commit, even when they are more than one claim
+/// takes: none is left for the sweep, an hour away here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_committed_behind_the_cursor_are_all_delivered_without_the_sweep() {
+    let Some(postgres) = connect().await else {
+        return;
+    };
+    let queue = queue_name();
+    let topic = postgres.topic(&queue);
+    // A transaction draws the first five ids and stays open.
+    let mut client = raw().await;
+    let tx = client.transaction().await.unwrap();
+    for n in 0..5 {
+        topic
+            .publish_in(&tx, Message::new(format!("behind {n}")))
+            .await
+            .unwrap();
+    }
+    // A server taking one message a claim moves its cursor past them.
+    let server = postgres
+        .server(
+            QueueOptions::new(&queue).poll_interval(Duration::from_secs(3600)),
+            ServerConfig::new().concurrency(1).prefetch(0),
+        )
+        .await
+        .unwrap();
+    let received = Recorder::new();
+    let running = start(server, received.clone());
+    publish(&postgres, &queue, "ahead 0").await;
+    publish(&postgres, &queue, "ahead 1").await;
+    received.wait_for(2, Duration::from_secs(20)).await.unwrap();
+    tx.commit().await.unwrap();
+    received.wait_for(7, Duration::from_secs(20)).await.unwrap();
+    let mut bodies: Vec<String> = received
+        .received()
+        .iter()
+        .map(|m| String::from_utf8(m.body.to_vec()).unwrap())
+        .collect();
+    bodies.sort();
+    assert_eq!(
+        bodies,
+        [
+            "ahead 0", "ahead 1", "behind 0", "behind 1", "behind 2", "behind 3", "behind 4"
+        ]
+    );
+    running.stop(Duration::from_secs(5)).await.unwrap();
+    purge(&[&queue]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn archive_keeps_acked_rows_with_their_outcome() {
     let Some(postgres) = connect().await else {

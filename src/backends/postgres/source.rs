@@ -108,21 +108,38 @@ impl Scan {
         self.rewind = Some(self.rewind.map_or(id, |r| r.min(id)));
     }
 
-    /// After a claim from `from` that started at `started`, found rows up to `highest`.
+    /// After a claim that started at `started` found rows up to `highest`; `full`: it
+    /// took as many rows as it asked for.
     fn claimed(
         &mut self,
         sweep: bool,
         started: tokio::time::Instant,
         highest: Option<i64>,
+        full: bool,
         poll: Duration,
     ) {
         if let Some(highest) = highest {
+            // A full claim that stopped behind the cursor (a sweep, or a claim gone back for
+            // rows committed there) may have left due rows between where it stopped and
+            // the cursor, which no claim from the cursor finds: the next claim goes on
+            // from where this one stopped.
+            if full && highest < self.cursor {
+                self.committed(highest.saturating_add(1));
+            }
             self.cursor = self.cursor.max(highest);
         }
         if sweep {
             self.sweep_cost = started.elapsed();
             self.swept_at = started;
             self.next_sweep = started + poll.max(self.sweep_cost * 10);
+        }
+    }
+
+    /// A claim from `from` failed: what it went back for is gone back for again (a sweep
+    /// is, since the next sweep stays due).
+    fn failed(&mut self, from: i64) {
+        if from < self.cursor {
+            self.committed(from.saturating_add(1));
         }
     }
 
@@ -308,27 +325,35 @@ async fn claim(shared: Arc<Shared>, max: usize) -> Result<Vec<Row>, Error> {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .start(started);
-    let client = shared.postgres.inner.pool.get().await.map_err(pool_error)?;
-    let statement = client
-        .prepare_cached(&shared.sql.claim)
-        .await
-        .map_err(error)?;
     let limit = i64::try_from(max).unwrap_or(i64::MAX);
-    let lease = millis(shared.options.lease);
-    let mut rows = client
-        .query(
-            &statement,
-            &[&shared.options.queue, &limit, &shared.owner, &lease, &from],
-        )
-        .await
-        .map_err(error)?;
+    let claimed = async {
+        let client = shared.postgres.inner.pool.get().await.map_err(pool_error)?;
+        let statement = client
+            .prepare_cached(&shared.sql.claim)
+            .await
+            .map_err(error)?;
+        let lease = millis(shared.options.lease);
+        client
+            .query(
+                &statement,
+                &[&shared.options.queue, &limit, &shared.owner, &lease, &from],
+            )
+            .await
+            .map_err(error)
+    }
+    .await;
+    let mut scan = || shared.scan.lock().unwrap_or_else(|p| p.into_inner());
+    let mut rows = match claimed {
+        Ok(rows) => rows,
+        Err(e) => {
+            scan().failed(from);
+            return Err(e);
+        }
+    };
     rows.sort_by_key(|row| row.get::<_, i64>(0));
     let highest = rows.last().map(|row| row.get::<_, i64>(0));
-    shared
-        .scan
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .claimed(sweep, started, highest, shared.options.poll_interval);
+    let full = rows.len() >= max;
+    scan().claimed(sweep, started, highest, full, shared.options.poll_interval);
     Ok(rows)
 }
 
@@ -820,7 +845,7 @@ mod tests {
             sweep_cost: Duration::ZERO,
             swept_at: now,
         };
-        scan.claimed(false, now, Some(100), Duration::from_secs(1));
+        scan.claimed(false, now, Some(100), false, Duration::from_secs(1));
         assert_eq!(scan.start(now), (100, false));
         // Rows 97 and 95 committed after 100 was claimed; 120 is ahead anyway.
         scan.committed(120);
@@ -838,7 +863,51 @@ mod tests {
         // Notified of 105 while a claim from 100 ran that saw only 110: the next claim
         // goes back for 105.
         scan.committed(105);
-        scan.claimed(false, now, Some(110), Duration::from_secs(1));
+        scan.claimed(false, now, Some(110), false, Duration::from_secs(1));
         assert_eq!(scan.start(now), (104, false));
+    }
+
+    /// A claim that went back behind the cursor and came back full goes on from where it
+    /// stopped, until one comes back short: the rows committed there are all found before
+    /// the sweep. A failed claim is made again.
+    #[test]
+    fn a_full_claim_behind_the_cursor_goes_on_from_where_it_stopped() {
+        let now = tokio::time::Instant::now();
+        let poll = Duration::from_secs(1);
+        let mut scan = Scan {
+            cursor: 0,
+            rewind: None,
+            next_sweep: now + Duration::from_secs(60),
+            sweep_cost: Duration::ZERO,
+            swept_at: now,
+        };
+        scan.claimed(false, now, Some(200), false, poll);
+        scan.committed(100);
+        assert_eq!(scan.start(now), (99, false));
+        scan.claimed(false, now, Some(110), true, poll);
+        assert_eq!(scan.start(now), (110, false));
+        scan.claimed(false, now, Some(120), true, poll);
+        assert_eq!(scan.start(now), (120, false));
+        // Short: nothing more was due behind the cursor.
+        scan.claimed(false, now, Some(125), false, poll);
+        assert_eq!(scan.start(now), (200, false));
+        // A full claim that passed the cursor left nothing behind it.
+        scan.committed(150);
+        assert_eq!(scan.start(now), (149, false));
+        scan.claimed(false, now, Some(210), true, poll);
+        assert_eq!(scan.start(now), (210, false));
+        // A full sweep goes on too.
+        let (from, sweep) = scan.start(now + Duration::from_secs(61));
+        assert_eq!((from, sweep), (0, true));
+        scan.claimed(true, now + Duration::from_secs(61), Some(30), true, poll);
+        assert_eq!(scan.start(now), (30, false));
+        // A claim that failed is made again from where it started.
+        scan.committed(170);
+        assert_eq!(scan.start(now), (169, false));
+        scan.failed(169);
+        assert_eq!(scan.start(now), (169, false));
+        // A failed claim from the cursor leaves nothing to go back for.
+        scan.failed(210);
+        assert_eq!(scan.start(now), (210, false));
     }
 }
