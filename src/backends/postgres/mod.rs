@@ -126,7 +126,8 @@
 //! Rows committed behind the cursor are the common case under concurrent publishers (ids
 //! are drawn at insert, rows appear at commit): a topic's notification names the lowest
 //! id it inserted, and a server that already claimed past it goes back for it at its next
-//! claim instead of at the sweep.
+//! claim instead of at the sweep (and on from there, claim after claim, while claims come
+//! back full).
 //! `MSGIO_BENCH_ONLY=long_tx cargo bench --bench postgres` measures it.
 //!
 //! # Publishing

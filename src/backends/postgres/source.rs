@@ -76,7 +76,8 @@ struct Shared {
 /// publishers (ids are drawn at insert, rows become visible at commit). Rather than wait
 /// for the sweep, a claim goes back to it when its notification says so: a topic's
 /// `NOTIFY` carries the lowest id it inserted, and the next claim starts there when that
-/// is behind the cursor.
+/// is behind the cursor; while such a claim (or a sweep) comes back full and short of the
+/// cursor, the one after it goes on from where it stopped.
 struct Scan {
     cursor: i64,
     /// The lowest id a notification named since the last claim started.
