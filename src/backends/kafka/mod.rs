@@ -102,8 +102,10 @@
 //!   number starts again at 1 when a record is read again after a rebalance or a restart.
 //! - **Clean rebalances.** When partitions are revoked, the member first lets the
 //!   records of those partitions that the engine holds finish (up to 5 s; on a
-//!   multi-threaded runtime), then commits what is contiguously settled in them,
-//!   synchronously, before the group moves them. What still runs then is abandoned (its
+//!   multi-threaded runtime), then commits what is contiguously settled in them before
+//!   the group moves them (the commit is sent before the member rejoins, so the
+//!   coordinator takes it first; it is not awaited, since librdkafka would wait for its
+//!   answer without a time limit inside the rebalance). What still runs then is abandoned (its
 //!   settlement is not committed by this member), and records read but not started are
 //!   dropped: the next owner reads them again from the commit. It also runs again what had
 //!   finished past a record still waiting (behind its key, say), since the commit cannot
@@ -118,7 +120,7 @@
 //!   (`2-1042`), unique in the topic, which is its [`source`](crate::Context::source).
 //! - Commits are asynchronous, sent once 1,000 records were settled since the last one or
 //!   100 ms passed (a commit per settlement would be a broker request every few records);
-//!   a revoke and shutting down commit synchronously.
+//!   a revoke commits at once, and shutting down commits synchronously.
 //! - Shutting down commits what is settled, then leaves the group, so the others take its
 //!   partitions at once rather than after the session timeout.
 //!

@@ -260,9 +260,13 @@ impl ConsumerContext for Group {
             return;
         }
         let tpl = commit_list(&self.shared.topic, &commits);
-        // Synchronous: the partitions move to another member only after this returns, so
-        // that it starts where this one stopped.
-        if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+        // Sent before this returns, and so before the member rejoins: the coordinator takes
+        // the commit before the group moves the partitions, and the next owner starts where
+        // this one stopped. Not synchronous: librdkafka waits for a synchronous commit's
+        // answer without a time limit, and inside the rebalance callback, with the
+        // coordinator lost, that answer may never come (seen: a server's worker thread
+        // blocked for good after a cut connection).
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
             crate::log::warning!(
                 "msgio: kafka topic {:?}: committing revoked partitions failed (the next \
                  owner repeats what was settled since the last commit): {e}",
