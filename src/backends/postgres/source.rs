@@ -343,7 +343,7 @@ async fn claim(shared: Arc<Shared>, max: usize) -> Result<Vec<Row>, Error> {
             .map_err(error)
     }
     .await;
-    let mut scan = || shared.scan.lock().unwrap_or_else(|p| p.into_inner());
+    let scan = || shared.scan.lock().unwrap_or_else(|p| p.into_inner());
     let mut rows = match claimed {
         Ok(rows) => rows,
         Err(e) => {
