@@ -456,6 +456,19 @@ pub(crate) fn error(e: tokio_postgres::Error) -> Error {
     Error::other(e)
 }
 
+impl Postgres {
+    /// A pooled connection and `sql` prepared on it (from the connection's cache after the
+    /// first time): what every statement the transport runs more than once starts with.
+    pub(crate) async fn prepared(
+        &self,
+        sql: &str,
+    ) -> Result<(deadpool_postgres::Object, tokio_postgres::Statement), Error> {
+        let client = self.inner.pool.get().await.map_err(pool_error)?;
+        let statement = client.prepare_cached(sql).await.map_err(error)?;
+        Ok((client, statement))
+    }
+}
+
 /// A pool error as a msgio error: no connection to be had is [`Error::ConnectionLost`].
 pub(crate) fn pool_error(e: deadpool_postgres::PoolError) -> Error {
     match e {

@@ -10,7 +10,7 @@ use futures::channel::oneshot;
 use tokio_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
 
-use super::{ORDERING_KEY, Postgres, encoding, error, millis, pool_error};
+use super::{ORDERING_KEY, Postgres, encoding, error, millis};
 use crate::transport::{BufferedWriter, Outgoing, Sender, SenderPublisher, SenderTopic};
 use crate::{Context, Error, Message};
 
@@ -242,8 +242,7 @@ impl Inserter {
     /// One insert of `messages`, on a pooled connection.
     async fn insert(&self, messages: &[Outgoing]) -> Result<(), Error> {
         let batch = Batch::new(messages);
-        let client = self.postgres.inner.pool.get().await.map_err(pool_error)?;
-        let statement = client.prepare_cached(&self.insert).await.map_err(error)?;
+        let (client, statement) = self.postgres.prepared(&self.insert).await?;
         client
             .execute(&statement, &batch.params(self))
             .await
