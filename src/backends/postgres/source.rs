@@ -328,11 +328,7 @@ async fn claim(shared: Arc<Shared>, max: usize) -> Result<Vec<Row>, Error> {
         .start(started);
     let limit = i64::try_from(max).unwrap_or(i64::MAX);
     let claimed = async {
-        let client = shared.postgres.inner.pool.get().await.map_err(pool_error)?;
-        let statement = client
-            .prepare_cached(&shared.sql.claim)
-            .await
-            .map_err(error)?;
+        let (client, statement) = shared.postgres.prepared(&shared.sql.claim).await?;
         let lease = millis(shared.options.lease);
         client
             .query(
@@ -699,11 +695,7 @@ async fn keep_leases(shared: std::sync::Weak<Shared>) {
             continue;
         }
         let extended = async {
-            let client = shared.postgres.inner.pool.get().await.map_err(pool_error)?;
-            let statement = client
-                .prepare_cached(&shared.sql.extend)
-                .await
-                .map_err(error)?;
+            let (client, statement) = shared.postgres.prepared(&shared.sql.extend).await?;
             client
                 .execute(
                     &statement,
@@ -836,16 +828,21 @@ mod tests {
         assert!(in_flight.is_empty());
     }
 
-    #[test]
-    fn a_claim_goes_back_to_a_row_committed_behind_the_cursor() {
-        let now = tokio::time::Instant::now();
-        let mut scan = Scan {
+    /// A scan at the start, its next sweep a minute after `now`.
+    fn fresh_scan(now: tokio::time::Instant) -> Scan {
+        Scan {
             cursor: 0,
             rewind: None,
             next_sweep: now + Duration::from_secs(60),
             sweep_cost: Duration::ZERO,
             swept_at: now,
-        };
+        }
+    }
+
+    #[test]
+    fn a_claim_goes_back_to_a_row_committed_behind_the_cursor() {
+        let now = tokio::time::Instant::now();
+        let mut scan = fresh_scan(now);
         scan.claimed(false, now, Some(100), false, Duration::from_secs(1));
         assert_eq!(scan.start(now), (100, false));
         // Rows 97 and 95 committed after 100 was claimed; 120 is ahead anyway.
@@ -875,13 +872,7 @@ mod tests {
     fn a_full_claim_behind_the_cursor_goes_on_from_where_it_stopped() {
         let now = tokio::time::Instant::now();
         let poll = Duration::from_secs(1);
-        let mut scan = Scan {
-            cursor: 0,
-            rewind: None,
-            next_sweep: now + Duration::from_secs(60),
-            sweep_cost: Duration::ZERO,
-            swept_at: now,
-        };
+        let mut scan = fresh_scan(now);
         scan.claimed(false, now, Some(200), false, poll);
         scan.committed(100);
         assert_eq!(scan.start(now), (99, false));
