@@ -266,6 +266,21 @@ fn serve_in_background<R: crate::Receiver + 'static>(
     tokio::spawn(async move { engine.serve(receiver).await })
 }
 
+/// Serves `engine` with `receiver` until `source` settled `n` messages, then stops it;
+/// the settlements, by message id.
+async fn settlements<R: crate::Receiver + 'static>(
+    engine: &Engine<Scripted>,
+    source: &Scripted,
+    n: usize,
+    receiver: R,
+) -> Vec<(u64, Settle)> {
+    let task = serve_in_background(engine, receiver);
+    eventually(&format!("{n} settled"), || source.settled().len() == n).await;
+    let settled = source.settled();
+    stop(engine, task).await;
+    settled
+}
+
 /// Serves `engine` in a background task with a receiver that acks every message.
 fn serve_acking(engine: &Engine<Scripted>) -> tokio::task::JoinHandle<Result<(), Error>> {
     serve_in_background(
@@ -1548,16 +1563,12 @@ async fn an_error_that_panics_when_dropped_does_not_change_its_messages_fate() {
     let source = Scripted::with(vec![Step::Deliver(vec![1, 2])]);
     source.set_attempt(1, 3);
     let engine = Engine::new(source.clone(), fast().concurrency(1).max_attempts(3)).unwrap();
-    let task = serve_in_background(
-        &engine,
-        ReceiverFunc::new(|_: Context, _: Message| async { Err(Error::other(PanicsWhenDropped)) }),
-    );
-    eventually("both settled", || source.settled().len() == 2).await;
+    let failing =
+        ReceiverFunc::new(|_: Context, _: Message| async { Err(Error::other(PanicsWhenDropped)) });
     assert_eq!(
-        source.settled(),
+        settlements(&engine, &source, 2, failing).await,
         [(1, Settle::Reject), (2, Settle::Nack { delay: None })]
     );
-    stop(&engine, task).await;
 }
 
 #[tokio::test]
@@ -1565,23 +1576,18 @@ async fn an_error_that_panics_when_shown_is_retried_then_given_up_and_serving_go
     let source = Scripted::with(vec![Step::Deliver(vec![1, 2])]);
     source.set_attempt(1, 3);
     let engine = Engine::new(source.clone(), fast().concurrency(1).max_attempts(3)).unwrap();
-    let task = serve_in_background(
-        &engine,
-        ReceiverFunc::new(|ctx: Context, _: Message| async move {
-            match ctx.message_id().and_then(MessageId::as_u64) {
-                Some(1) => Err(Error::reject(PanicsWhenShown)),
-                _ => Err(Error::other(PanicsWhenShown)),
-            }
-        }),
-    );
-    eventually("both settled", || source.settled().len() == 2).await;
+    let failing = ReceiverFunc::new(|ctx: Context, _: Message| async move {
+        match ctx.message_id().and_then(MessageId::as_u64) {
+            Some(1) => Err(Error::reject(PanicsWhenShown)),
+            _ => Err(Error::other(PanicsWhenShown)),
+        }
+    });
     // 1 was a reject: given up (no dead-letter topic: rejected), with the reason worded
     // without the error. 2, at its first attempt of three, is retried.
     assert_eq!(
-        source.settled(),
+        settlements(&engine, &source, 2, failing).await,
         [(1, Settle::Reject), (2, Settle::Nack { delay: None })]
     );
-    stop(&engine, task).await;
 }
 
 #[tokio::test]
@@ -1591,20 +1597,14 @@ async fn a_dead_letter_topic_that_panics_is_a_failed_dead_letter_retried_later()
         panic!("the dead-letter topic panics, on purpose")
     });
     let engine = Engine::new(source.clone(), fast().concurrency(1).dead_letter(panics)).unwrap();
-    let task = serve_in_background(
-        &engine,
-        ReceiverFunc::new(|_: Context, _: Message| async { Err(Error::reject("poison")) }),
-    );
-    eventually("both settled", || source.settled().len() == 2).await;
+    let poison = ReceiverFunc::new(|_: Context, _: Message| async { Err(Error::reject("poison")) });
+    let settled = settlements(&engine, &source, 2, poison).await;
     assert!(
-        source
-            .settled()
+        settled
             .iter()
             .all(|(_, s)| matches!(s, Settle::Nack { delay: Some(_) })),
-        "{:?}",
-        source.settled()
+        "{settled:?}"
     );
-    stop(&engine, task).await;
 }
 
 /// A panic the engine cannot catch ends the worker running that message, but not the
@@ -1615,23 +1615,18 @@ async fn a_dead_letter_topic_that_panics_is_a_failed_dead_letter_retried_later()
 async fn a_worker_lost_to_a_panic_is_replaced_for_the_work_queued_behind_it() {
     let source = Scripted::with(vec![Step::Deliver(vec![1, 2])]);
     let engine = Engine::new(source.clone(), fast().concurrency(1).prefetch(1)).unwrap();
-    let task = serve_in_background(
-        &engine,
-        ReceiverFunc::new(|ctx: Context, _: Message| {
-            match ctx.message_id().and_then(MessageId::as_u64) {
-                Some(1) => futures::future::Either::Left(FinishedThenPanicsWhenDropped),
-                _ => futures::future::Either::Right(std::future::ready(Ok(()))),
-            }
-        }),
-    );
-    eventually("both settled", || source.settled().len() == 2).await;
+    let first_loses_its_worker = ReceiverFunc::new(|ctx: Context, _: Message| {
+        match ctx.message_id().and_then(MessageId::as_u64) {
+            Some(1) => futures::future::Either::Left(FinishedThenPanicsWhenDropped),
+            _ => futures::future::Either::Right(std::future::ready(Ok(()))),
+        }
+    });
     // The message whose worker was lost counts a failed attempt rather than stay
     // unacknowledged while the server goes on.
     assert_eq!(
-        source.settled(),
+        settlements(&engine, &source, 2, first_loses_its_worker).await,
         [(1, Settle::Nack { delay: None }), (2, Settle::Ack)]
     );
-    stop(&engine, task).await;
 }
 
 /// A transport's settle that panics is a failed settlement: retried, and given up after
