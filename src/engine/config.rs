@@ -58,8 +58,9 @@ impl Default for ServerConfig {
 
 impl ServerConfig {
     /// The defaults: concurrency 64, prefetch equal to the concurrency, 10 attempts, no
-    /// dead-letter topic, settlements batched by 128 (on RabbitMQ, at most half the
-    /// in-flight limit) or every 5 ms, reconnect backoff from 100 ms doubling to 30 s, and
+    /// dead-letter topic, settlements batched by 128 (at most half the in-flight limit on a
+    /// source that stops delivering there: RabbitMQ, and any transport that does not say
+    /// otherwise) or every 5 ms, reconnect backoff from 100 ms doubling to 30 s, and
     /// 1 s for receivers to stop after a shutdown deadline cancelled them.
     pub fn new() -> Self {
         ServerConfig::default()

@@ -296,7 +296,9 @@ impl ConsumerContext for Group {
         if let Err(e) = result {
             if e.rdkafka_error_code() != Some(rdkafka::types::RDKafkaErrorCode::NoOffset) {
                 crate::log::warning!(
-                    "msgio: kafka topic {:?}: a commit failed (the next commit covers it): {e}",
+                    "msgio: kafka topic {:?}: a commit failed (the next commit covers it; for \
+                     revoked partitions, their next owner repeats what was settled since the \
+                     last commit): {e}",
                     self.shared.topic
                 );
             }
