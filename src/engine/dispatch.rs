@@ -63,28 +63,39 @@ impl<S: Source, R: Receiver> Dispatch<S, R> {
             malformed,
             ..
         } = delivery;
-        let mut token = Unsettled {
+        let mut unsettled = Unsettled {
             dispatch: self,
             token: Some(token),
         };
-        let action = match malformed {
+        match malformed {
             None => {
-                self.handle(origin, message_id, attempt, attributes, body)
-                    .await
+                self.handle(
+                    origin,
+                    message_id,
+                    attempt,
+                    attributes,
+                    body,
+                    &mut unsettled,
+                )
+                .await;
             }
             Some(why) => {
                 self.meter.received();
                 let reason = format!("malformed delivery: {why}");
                 let kept = Some((attributes, body));
-                Box::pin(self.give_up(reason, message_id, attempt, kept)).await
+                let action = Box::pin(self.give_up(reason, message_id, attempt, kept)).await;
+                unsettled.settle(action);
             }
-        };
-        if let Some(token) = token.token.take() {
-            self.settle(token, action);
         }
     }
 
-    /// Runs the receiver and decides the message's fate.
+    /// Runs the receiver, decides the message's fate and settles it.
+    ///
+    /// The settlement goes out before the receiver's future is dropped (when this returns):
+    /// a future that panics as it drops, after answering, unwinds through the worker with
+    /// its message's fate already decided by its answer. (Dropped earlier, the panic would
+    /// leave the message to the `Unsettled` guard, a failed attempt whatever it answered:
+    /// at its last attempt, a retry for ever.)
     async fn handle(
         &self,
         origin: &Arc<Origin>,
@@ -92,10 +103,12 @@ impl<S: Source, R: Receiver> Dispatch<S, R> {
         attempt: u32,
         attributes: Attributes,
         body: Bytes,
-    ) -> Settle {
+        unsettled: &mut Unsettled<'_, S, R>,
+    ) {
         if self.not_before {
             if let Some(delay) = self.not_due(message_id.as_ref(), &attributes) {
-                return Settle::Defer { delay };
+                unsettled.settle(Settle::Defer { delay });
+                return;
             }
         }
         let mut ctx = Context::with_origin(origin.clone()).with_attempt(attempt);
@@ -123,20 +136,32 @@ impl<S: Source, R: Receiver> Dispatch<S, R> {
             _ = self.abort.cancelled() => {
                 self.meter.handled(started, false);
                 self.meter.settled(Outcome::Retried);
-                return Settle::Nack { delay: None };
+                unsettled.settle(Settle::Nack { delay: None });
+                return;
             }
         };
         self.meter.handled(
             started,
             matches!(result, Err(crate::Error::Panicked { .. })),
         );
-        let error = match result {
+        let action = match result {
             Ok(()) => {
                 self.meter.settled(Outcome::Acked);
-                return Settle::Ack;
+                Settle::Ack
             }
-            Err(e) => e,
+            Err(error) => self.fate_of(error, message_id, attempt, kept).await,
         };
+        unsettled.settle(action);
+    }
+
+    /// What becomes of a message its receiver failed.
+    async fn fate_of(
+        &self,
+        error: crate::Error,
+        message_id: Option<MessageId>,
+        attempt: u32,
+        kept: Option<(Attributes, Bytes)>,
+    ) -> Settle {
         let fate = crate::dead_letter::fate(&error, attempt, self.max_attempts);
         // The error is the receiver's: dropped here, a panic in its `Drop` cannot undo
         // the fate it was given.
@@ -255,6 +280,15 @@ impl<S: Source, R: Receiver> Dispatch<S, R> {
 struct Unsettled<'a, S: Source, R> {
     dispatch: &'a Dispatch<S, R>,
     token: Option<S::Token>,
+}
+
+impl<S: Source, R> Unsettled<'_, S, R> {
+    /// Hands the message's settlement on: from now on, a panic leaves it settled.
+    fn settle(&mut self, action: Settle) {
+        if let Some(token) = self.token.take() {
+            self.dispatch.settle_tx.send(Settlement { token, action });
+        }
+    }
 }
 
 impl<S: Source, R> Drop for Unsettled<'_, S, R> {

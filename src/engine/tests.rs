@@ -1532,18 +1532,27 @@ impl Drop for PanicsWhenDropped {
     }
 }
 
-/// A receiver's future that is done at once and panics when dropped, which the engine
-/// does after settling on an answer: a panic no guard in the engine catches.
-struct FinishedThenPanicsWhenDropped;
+/// A receiver's future that is done at once, with `answer`, and panics when dropped.
+struct FinishedThenPanicsWhenDropped {
+    answer: Option<Result<(), Error>>,
+}
+
+impl FinishedThenPanicsWhenDropped {
+    fn answering(answer: Result<(), Error>) -> Self {
+        FinishedThenPanicsWhenDropped {
+            answer: Some(answer),
+        }
+    }
+}
 
 impl Future for FinishedThenPanicsWhenDropped {
     type Output = Result<(), Error>;
 
     fn poll(
-        self: std::pin::Pin<&mut Self>,
+        mut self: std::pin::Pin<&mut Self>,
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
-        std::task::Poll::Ready(Err(Error::other("failed")))
+        std::task::Poll::Ready(self.answer.take().unwrap_or(Ok(())))
     }
 }
 
@@ -1553,6 +1562,30 @@ impl Drop for FinishedThenPanicsWhenDropped {
             panic!("this future panics when dropped, on purpose");
         }
     }
+}
+
+/// A receiver whose future panics as it is dropped, after answering, gets the fate of its
+/// answer: at its last attempt a failure is given up, not retried for ever, and a success
+/// is acked. (The settlement goes out before the future is dropped; the panic then ends
+/// the worker, which is replaced. It used to come first, and the message counted a
+/// failed attempt whatever the receiver answered.)
+#[tokio::test]
+async fn a_receiver_future_that_panics_when_dropped_keeps_the_fate_of_its_answer() {
+    let source = Scripted::with(vec![Step::Deliver(vec![1, 2])]);
+    source.set_attempt(1, 3);
+    let engine = Engine::new(source.clone(), fast().concurrency(1).max_attempts(3)).unwrap();
+    let answering = ReceiverFunc::new(|ctx: Context, _: Message| {
+        FinishedThenPanicsWhenDropped::answering(
+            match ctx.message_id().and_then(MessageId::as_u64) {
+                Some(1) => Err(Error::other("failed")),
+                _ => Ok(()),
+            },
+        )
+    });
+    assert_eq!(
+        settlements(&engine, &source, 2, answering).await,
+        [(1, Settle::Reject), (2, Settle::Ack)]
+    );
 }
 
 /// The fate of a failed message is kept when its error panics as it is dropped: at its
@@ -1607,25 +1640,95 @@ async fn a_dead_letter_topic_that_panics_is_a_failed_dead_letter_retried_later()
     );
 }
 
-/// A panic the engine cannot catch ends the worker running that message, but not the
-/// server: another worker takes the deliveries queued behind it (with concurrency 1 and
-/// nothing else to start one, they used to wait for ever), and the message counts a
-/// failed attempt.
+/// A metrics recorder whose `received` counter panics at its first increment: user code
+/// the engine runs outside the receiver's guard.
+#[cfg(feature = "metrics")]
+struct PanicsOnFirstReceived {
+    armed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[cfg(feature = "metrics")]
+impl metrics::CounterFn for PanicsOnFirstReceived {
+    fn increment(&self, _: u64) {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            panic!("the metrics recorder panics, on purpose");
+        }
+    }
+
+    fn absolute(&self, _: u64) {}
+}
+
+#[cfg(feature = "metrics")]
+impl metrics::Recorder for PanicsOnFirstReceived {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        if key.name() == crate::metrics::RECEIVED {
+            metrics::Counter::from_arc(Arc::new(PanicsOnFirstReceived {
+                armed: self.armed.clone(),
+            }))
+        } else {
+            metrics::Counter::noop()
+        }
+    }
+
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+/// A panic the engine cannot catch (here a metrics recorder's, as the first message is
+/// counted) ends the worker running that message, but not the server: another worker
+/// takes the deliveries queued behind it (with concurrency 1 and nothing else to start
+/// one, they used to wait for ever), and the message counts a failed attempt.
+#[cfg(feature = "metrics")]
 #[tokio::test]
 async fn a_worker_lost_to_a_panic_is_replaced_for_the_work_queued_behind_it() {
+    let recorder = PanicsOnFirstReceived {
+        armed: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+    };
+    // This test's runtime runs every task on this thread, where the recorder is installed.
+    let _recorder = metrics::set_default_local_recorder(&recorder);
     let source = Scripted::with(vec![Step::Deliver(vec![1, 2])]);
     let engine = Engine::new(source.clone(), fast().concurrency(1).prefetch(1)).unwrap();
-    let first_loses_its_worker = ReceiverFunc::new(|ctx: Context, _: Message| {
-        match ctx.message_id().and_then(MessageId::as_u64) {
-            Some(1) => futures::future::Either::Left(FinishedThenPanicsWhenDropped),
-            _ => futures::future::Either::Right(std::future::ready(Ok(()))),
-        }
-    });
+    let acking = ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) });
     // The message whose worker was lost counts a failed attempt rather than stay
     // unacknowledged while the server goes on.
     assert_eq!(
-        settlements(&engine, &source, 2, first_loses_its_worker).await,
+        settlements(&engine, &source, 2, acking).await,
         [(1, Settle::Nack { delay: None }), (2, Settle::Ack)]
+    );
+    assert!(
+        !recorder.armed.load(Ordering::SeqCst),
+        "the recorder panicked"
     );
 }
 
