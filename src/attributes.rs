@@ -29,30 +29,94 @@ use crate::Error;
 /// assert!(matches!(canonical_key("Content-Type"), Cow::Borrowed(_)));
 /// ```
 pub fn canonical_key(key: &str) -> Cow<'_, str> {
-    // One table lookup a byte: whether it is a token byte, and a letter of which case.
-    // After `-` (and at the start) a lower-case letter needs changing, elsewhere an
-    // upper-case one.
-    let mut wrong_case = LOWER;
-    for (i, &c) in key.as_bytes().iter().enumerate() {
-        let class = BYTE_CLASS[usize::from(c)];
-        if class & TOKEN == 0 {
+    let wrong_case = match letters_digits_dashes_wrong_case(key.as_bytes()) {
+        Some(wrong) => wrong,
+        None => match token_bytes_wrong_case(key.as_bytes()) {
+            Some(wrong) => wrong,
             // Go keeps keys with a space or a non-token byte as they are.
-            return Cow::Borrowed(key);
-        }
-        if class & wrong_case != 0 {
-            return canonicalize_from(key, i);
-        }
-        wrong_case = if c == b'-' { LOWER } else { UPPER };
+            None => return Cow::Borrowed(key),
+        },
+    };
+    if wrong_case {
+        Cow::Owned(canonicalize(key))
+    } else {
+        Cow::Borrowed(key)
     }
-    Cow::Borrowed(key)
+}
+
+/// For a key of ASCII letters, digits and `-` (most keys): whether a letter is in the
+/// case its place does not take (upper-case at the start and after `-`, lower-case
+/// elsewhere). `None` for any other key. Eight bytes at a time.
+fn letters_digits_dashes_wrong_case(key: &[u8]) -> Option<bool> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    /// The high bit of each byte of `w` (ASCII bytes only) within `lo..=hi`: no sum
+    /// carries into the next byte.
+    const fn within(w: u64, lo: u8, hi: u8) -> u64 {
+        let at_least_lo = w.wrapping_add(ONES * (0x80 - lo as u64));
+        let above_hi = w.wrapping_add(ONES * (0x7f - hi as u64));
+        at_least_lo & !above_hi & HIGH
+    }
+    /// One word of the key, its bytes where `valid` has their high bits: the letters in
+    /// the wrong case, given the high bit of byte 0 when the byte before it is `-` or
+    /// there is none; and that bit for the word after. `None` for a byte of another kind.
+    fn word(w: u64, valid: u64, starts_next: u64) -> Option<(u64, u64)> {
+        if w & HIGH != 0 {
+            return None;
+        }
+        let lower = within(w, b'a', b'z');
+        let upper = within(w, b'A', b'Z');
+        let dash = within(w, b'-', b'-');
+        if (lower | upper | dash | within(w, b'0', b'9')) & valid != valid {
+            return None;
+        }
+        // Bytes at the start or after a `-` take upper case; the others lower.
+        let starts = (dash << 8) | starts_next;
+        Some((((lower & starts) | (upper & !starts)) & valid, dash >> 56))
+    }
+    let (mut wrong, mut starts_next) = (0, 0x80);
+    let mut rest = key;
+    while let Some((head, tail)) = rest.split_first_chunk::<8>() {
+        let (w, next) = word(u64::from_le_bytes(*head), HIGH, starts_next)?;
+        (wrong, starts_next, rest) = (wrong | w, next, tail);
+    }
+    if !rest.is_empty() {
+        // The last bytes: the key's last eight, shifted past those already read, when it
+        // has eight; else gathered one by one.
+        let w = match key.last_chunk::<8>() {
+            Some(last) => u64::from_le_bytes(*last) >> (8 * (8 - rest.len())),
+            None => rest
+                .iter()
+                .rev()
+                .fold(0, |w, &b| (w << 8) | u64::from(b)),
+        };
+        wrong |= word(w, HIGH >> (8 * (8 - rest.len())), starts_next)?.0;
+    }
+    Some(wrong != 0)
+}
+
+/// [`letters_digits_dashes_wrong_case`] for any key, a byte at a time through
+/// [`BYTE_CLASS`]: `None` when a byte is not a token byte.
+fn token_bytes_wrong_case(key: &[u8]) -> Option<bool> {
+    let (mut missing, mut wrong) = (0u8, 0u8);
+    let mut unwanted = LOWER;
+    for &c in key {
+        let class = BYTE_CLASS[usize::from(c)];
+        missing |= !class;
+        wrong |= class & unwanted;
+        // LOWER after `-`, UPPER after anything else.
+        unwanted = UPPER >> ((class / DASH) & 1);
+    }
+    (missing & TOKEN == 0).then_some(wrong != 0)
 }
 
 const TOKEN: u8 = 1;
 const LOWER: u8 = 2;
 const UPPER: u8 = 4;
+const DASH: u8 = 8;
 
 /// For each byte: [`TOKEN`] for an RFC 7230 `tchar`, with [`LOWER`] or [`UPPER`] for an
-/// ASCII letter.
+/// ASCII letter and [`DASH`] for `-`.
 static BYTE_CLASS: [u8; 256] = {
     let mut table = [0u8; 256];
     let mut c = 0;
@@ -62,6 +126,8 @@ static BYTE_CLASS: [u8; 256] = {
             TOKEN | LOWER
         } else if b.is_ascii_uppercase() {
             TOKEN | UPPER
+        } else if b == b'-' {
+            TOKEN | DASH
         } else if is_token_byte(b) {
             TOKEN
         } else {
@@ -72,11 +138,9 @@ static BYTE_CLASS: [u8; 256] = {
     table
 };
 
-/// Slow path of [`canonical_key`]: `key[..first_change]` is known canonical and all-token.
-fn canonicalize_from(key: &str, first_change: usize) -> Cow<'_, str> {
-    if !key.bytes().skip(first_change).all(is_token_byte) {
-        return Cow::Borrowed(key);
-    }
+/// Slow path of [`canonical_key`]: `key`, all token bytes, with its letters in the case
+/// their places take.
+fn canonicalize(key: &str) -> String {
     let mut out = String::with_capacity(key.len());
     let mut upper = true;
     for c in key.bytes() {
@@ -88,7 +152,7 @@ fn canonicalize_from(key: &str, first_change: usize) -> Cow<'_, str> {
         out.push(char::from(c));
         upper = c == b'-';
     }
-    Cow::Owned(out)
+    out
 }
 
 /// Whether `c` is an RFC 7230 `tchar`.
@@ -967,6 +1031,67 @@ mod tests {
         assert_eq!(canonical_key("ab:c"), "ab:c");
         assert_eq!(canonical_key("aB\tc"), "aB\tc");
         assert_eq!(canonical_key("x-y\u{e9}"), "x-y\u{e9}");
+    }
+
+    /// Every key of up to four pieces of a small alphabet (letters of both cases, `-`, a
+    /// digit, other token bytes, a space, a colon, a tab, a multi-byte letter), and 20,000
+    /// longer ones, are canonicalized as Go's rule, written out plainly, says; borrowed
+    /// exactly when they come out unchanged.
+    #[test]
+    fn canonical_key_is_gos_rule_for_every_short_key() {
+        fn rule(key: &str) -> String {
+            if !key.bytes().all(super::is_token_byte) {
+                return key.to_owned();
+            }
+            let mut upper = true;
+            key.bytes()
+                .map(|c| {
+                    let c = if upper {
+                        c.to_ascii_uppercase()
+                    } else {
+                        c.to_ascii_lowercase()
+                    };
+                    upper = c == b'-';
+                    char::from(c)
+                })
+                .collect()
+        }
+        let alphabet = ["a", "Z", "-", "7", "_", "~", " ", ":", "\t", "\u{e9}"];
+        let mut keys = vec![String::new()];
+        for _ in 0..4 {
+            let longer: Vec<String> = keys
+                .iter()
+                .filter(|k| k.chars().count() == keys.last().map_or(0, |l| l.chars().count()))
+                .flat_map(|k| alphabet.iter().map(move |a| format!("{k}{a}")))
+                .collect();
+            keys.extend(longer);
+        }
+        assert_eq!(keys.len(), 1 + 10 + 100 + 1000 + 10_000);
+        // And longer ones, across the eight-byte steps of the fast path: mostly letters,
+        // digits and `-` (that path's keys), now and then another byte.
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        for _ in 0..20_000 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let len = (seed >> 59) as usize + 5;
+            let key: String = (0..len)
+                .map(|i| {
+                    let pick = (seed >> (i % 48)) as usize % 64;
+                    match pick {
+                        0..=19 => "a",
+                        20..=39 => "Z",
+                        40..=51 => "-",
+                        52..=61 => "7",
+                        _ => alphabet[(pick + i) % alphabet.len()],
+                    }
+                })
+                .collect();
+            keys.push(key);
+        }
+        for key in &keys {
+            let got = canonical_key(key);
+            assert_eq!(got, rule(key), "canonical_key({key:?})");
+            assert_eq!(matches!(got, Cow::Borrowed(_)), got == key.as_str(), "{key:?}");
+        }
     }
 
     #[test]
