@@ -85,10 +85,7 @@ fn letters_digits_dashes_wrong_case(key: &[u8]) -> Option<bool> {
         // has eight; else gathered one by one.
         let w = match key.last_chunk::<8>() {
             Some(last) => u64::from_le_bytes(*last) >> (8 * (8 - rest.len())),
-            None => rest
-                .iter()
-                .rev()
-                .fold(0, |w, &b| (w << 8) | u64::from(b)),
+            None => rest.iter().rev().fold(0, |w, &b| (w << 8) | u64::from(b)),
         };
         wrong |= word(w, HIGH >> (8 * (8 - rest.len())), starts_next)?.0;
     }
@@ -1090,7 +1087,11 @@ mod tests {
         for key in &keys {
             let got = canonical_key(key);
             assert_eq!(got, rule(key), "canonical_key({key:?})");
-            assert_eq!(matches!(got, Cow::Borrowed(_)), got == key.as_str(), "{key:?}");
+            assert_eq!(
+                matches!(got, Cow::Borrowed(_)),
+                got == key.as_str(),
+                "{key:?}"
+            );
         }
     }
 
