@@ -1054,14 +1054,13 @@ mod tests {
                 .collect()
         }
         let alphabet = ["a", "Z", "-", "7", "_", "~", " ", ":", "\t", "\u{e9}"];
-        let mut keys = vec![String::new()];
+        let (mut keys, mut level) = (vec![String::new()], vec![String::new()]);
         for _ in 0..4 {
-            let longer: Vec<String> = keys
+            level = level
                 .iter()
-                .filter(|k| k.chars().count() == keys.last().map_or(0, |l| l.chars().count()))
                 .flat_map(|k| alphabet.iter().map(move |a| format!("{k}{a}")))
                 .collect();
-            keys.extend(longer);
+            keys.extend(level.iter().cloned());
         }
         assert_eq!(keys.len(), 1 + 10 + 100 + 1000 + 10_000);
         // And longer ones, across the eight-byte steps of the fast path: mostly letters,
