@@ -796,3 +796,68 @@ async fn a_body_over_the_servers_max_payload_fails_at_publish_saying_so() {
     assert!(!err.is_connection_lost(), "{err:?}");
     assert!(err.to_string().contains("max_payload"), "{err}");
 }
+
+/// Publishing is a request JetStream answers: without a stream on the subject the error
+/// says so; a refusal carries JetStream's reason and stores nothing; and an answer from
+/// something other than JetStream is not taken for an acknowledgement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_succeeds_only_on_jetstreams_acknowledgement() {
+    use futures::StreamExt;
+    let Some(nats) = connect().await else { return };
+    let ctx = Context::background();
+
+    // No stream captures the subject: nobody answers.
+    let nowhere = nats.topic(format!(
+        "msgio_nostream_{}.t",
+        msgio::testing::unique_suffix()
+    ));
+    let err = nowhere.publish(&ctx, Message::new("x")).await.unwrap_err();
+    assert!(!err.is_connection_lost(), "{err:?}");
+    assert!(
+        err.to_string().contains("no JetStream stream captures"),
+        "{err}"
+    );
+
+    // JetStream refuses: the stream is empty, the header expects sequence 5.
+    let fresh = Fresh::new(&nats).await;
+    nats.ensure_stream(&fresh.options()).await.unwrap();
+    let mut msg = Message::new("x");
+    msg.attributes.set("Nats-Expected-Last-Sequence", "5");
+    let err = fresh.topic().publish(&ctx, msg).await.unwrap_err();
+    assert!(!err.is_connection_lost(), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("JetStream refused"), "{text}");
+    assert!(text.contains("wrong last sequence"), "{text}");
+    assert!(text.contains("10071"), "{text}");
+    fresh
+        .topic()
+        .publish(&ctx, Message::new("y"))
+        .await
+        .unwrap();
+    let raw = async_nats::jetstream::new(async_nats::connect(url()).await.unwrap());
+    let mut stream = raw.get_stream(&fresh.stream).await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 1);
+
+    // A core NATS service answers on the subject: its answer is not an acknowledgement.
+    let client = async_nats::connect(url()).await.unwrap();
+    let subject = format!("msgio_service_{}", msgio::testing::unique_suffix());
+    let mut requests = client.subscribe(subject.clone()).await.unwrap();
+    client.flush().await.unwrap();
+    let answering = client.clone();
+    tokio::spawn(async move {
+        while let Some(request) = requests.next().await {
+            if let Some(reply) = request.reply {
+                answering.publish(reply, "hello".into()).await.unwrap();
+            }
+        }
+    });
+    let err = nats
+        .topic(subject)
+        .publish(&ctx, Message::new("x"))
+        .await
+        .unwrap_err();
+    assert!(!err.is_connection_lost(), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("not a JetStream acknowledgement"), "{text}");
+    assert!(text.contains("hello"), "{text}");
+}

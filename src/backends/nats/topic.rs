@@ -1,8 +1,17 @@
 //! The topic: JetStream publish with headers, waiting for the stream's acknowledgement.
+//!
+//! A single publish is a core NATS request to the subject: JetStream answers it with its
+//! `PubAck`, which is read here. async-nats' JetStream `publish` sends the same request
+//! and reads the same answer; it also takes a permit of its own in-flight limit, and
+//! reads the answer through two JSON shapes in turn, which cost more than the rest of a
+//! publish between them. A batch goes through async-nats' JetStream `publish`, which
+//! sends every message before any answer is awaited.
 
+use std::borrow::Cow;
 use std::fmt;
+use std::time::Duration;
 
-use async_nats::jetstream;
+use async_nats::{Subject, jetstream};
 
 use crate::transport::{BufferedWriter, Outgoing, Sender, SenderPublisher, SenderTopic};
 use crate::{Context, Error};
@@ -20,10 +29,16 @@ pub type NatsPublisher = SenderPublisher<NatsSender>;
 /// Publishes whole messages through JetStream with headers, waiting for the stream's
 /// acknowledgement: the [`Sender`] of a [`NatsTopic`].
 pub struct NatsSender {
+    client: async_nats::Client,
     jetstream: jetstream::Context,
     subject: String,
+    /// `subject` as the client takes it: cloning it shares its bytes.
+    wire_subject: Subject,
     msg_id_attribute: String,
 }
+
+/// How long a publish waits for the stream's acknowledgement: JetStream's own default.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl fmt::Debug for NatsSender {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -35,9 +50,15 @@ impl fmt::Debug for NatsSender {
 }
 
 impl NatsTopic {
-    pub(super) fn open(jetstream: jetstream::Context, subject: String) -> Self {
+    pub(super) fn open(
+        client: async_nats::Client,
+        jetstream: jetstream::Context,
+        subject: String,
+    ) -> Self {
         SenderTopic::new(NatsSender {
+            client,
             jetstream,
+            wire_subject: Subject::from(subject.as_str()),
             subject,
             msg_id_attribute: "Idempotency-Key".to_owned(),
         })
@@ -49,8 +70,10 @@ impl NatsTopic {
     pub fn msg_id_attribute(self, key: impl AsRef<str>) -> Self {
         let sender = self.sender();
         SenderTopic::new(NatsSender {
+            client: sender.client.clone(),
             jetstream: sender.jetstream.clone(),
             subject: sender.subject.clone(),
+            wire_subject: sender.wire_subject.clone(),
             msg_id_attribute: crate::canonical_key(key.as_ref()).into_owned(),
         })
     }
@@ -75,14 +98,17 @@ impl NatsSender {
 impl Sender for NatsSender {
     async fn send(&self, ctx: &Context, mut message: Outgoing) -> Result<(), Error> {
         let headers = self.headers(&mut message)?;
-        let subject = &self.subject;
+        let request = async_nats::Request::new()
+            .headers(headers)
+            .payload(message.body)
+            .timeout(Some(ACK_TIMEOUT));
         let send = async {
-            let ack = self
-                .jetstream
-                .publish_with_headers(subject.clone(), headers, message.body)
+            let reply = self
+                .client
+                .send_request(self.wire_subject.clone(), request)
                 .await
-                .map_err(|e| publish_error(subject, e))?;
-            ack.await.map(drop).map_err(|e| publish_error(subject, e))
+                .map_err(|e| request_error(&self.subject, e))?;
+            check_ack(&self.subject, &reply.payload)
         };
         ctx.unless_cancelled(send).await
     }
@@ -111,6 +137,75 @@ impl Sender for NatsSender {
     }
 }
 
+/// A failed publish request as a msgio error, as [`publish_error`] words the same cases.
+fn request_error(subject: &str, e: async_nats::RequestError) -> Error {
+    use async_nats::RequestErrorKind as Kind;
+    match e.kind() {
+        Kind::MaxPayloadExceeded => Error::other(format!(
+            "a message to {subject:?} is larger than the NATS server's max_payload: {e}"
+        )),
+        Kind::NoResponders => Error::other(format!(
+            "no JetStream stream captures {subject:?} (create one, for instance with Nats::ensure_stream): {e}"
+        )),
+        Kind::InvalidSubject => Error::other(format!("cannot publish to {subject:?}: {e}")),
+        // A timeout, or the connection gone before the answer came: publish again.
+        Kind::TimedOut | Kind::Other => {
+            Error::connection_lost(format!("publishing to {subject:?}: {e}"))
+        }
+    }
+}
+
+/// What JetStream answers a publish: the stream and sequence that took the message, or
+/// why it did not (`error`). Other fields are not read.
+#[derive(serde::Deserialize)]
+struct Reply<'a> {
+    #[serde(borrow, default)]
+    stream: Option<Cow<'a, str>>,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(borrow, default)]
+    error: Option<ApiError<'a>>,
+}
+
+/// JetStream's error object.
+#[derive(serde::Deserialize)]
+struct ApiError<'a> {
+    #[serde(default)]
+    code: u64,
+    #[serde(default)]
+    err_code: u64,
+    #[serde(borrow, default)]
+    description: Option<Cow<'a, str>>,
+}
+
+/// `Ok` when `payload` is JetStream's acknowledgement of a message to `subject`.
+///
+/// # Errors
+///
+/// JetStream's refusal (`Error::Other` with its description and codes), or an answer that
+/// is not an acknowledgement (something other than JetStream answered on the subject).
+fn check_ack(subject: &str, payload: &[u8]) -> Result<(), Error> {
+    match serde_json::from_slice::<Reply<'_>>(payload) {
+        Ok(Reply {
+            error: Some(error), ..
+        }) => Err(Error::other(format!(
+            "JetStream refused a message to {subject:?}: {} (code {}, error code {})",
+            error.description.as_deref().unwrap_or("no description"),
+            error.code,
+            error.err_code
+        ))),
+        Ok(Reply {
+            stream: Some(_),
+            seq: Some(_),
+            error: None,
+        }) => Ok(()),
+        _ => Err(Error::other(format!(
+            "publishing to {subject:?}: the answer is not a JetStream acknowledgement: {:?}",
+            crate::error::truncate(&String::from_utf8_lossy(payload), 200)
+        ))),
+    }
+}
+
 /// A publish error as a msgio error: an oversized message says so (it will never fit), a
 /// missing stream names the subject, a broken connection or a timeout is
 /// [`Error::ConnectionLost`] (publish again).
@@ -127,5 +222,60 @@ fn publish_error(subject: &str, e: jetstream::context::PublishError) -> Error {
             Error::connection_lost(format!("publishing to {subject:?}: {e}"))
         }
         _ => Error::other(format!("JetStream refused a message to {subject:?}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_ack;
+
+    #[test]
+    fn acknowledgements_are_told_from_refusals_and_other_answers() {
+        for ack in [
+            &br#"{"stream":"orders","seq":1}"#[..],
+            br#"{"stream":"orders","seq":7,"duplicate":true,"domain":"hub"}"#,
+            br#"{"stream":"error","seq":2}"#,
+            br#"{"stream":"a\"b\u00e9","seq":3,"val":"12"}"#,
+            br#" { "seq" : 4 , "stream" : "s" } "#,
+        ] {
+            assert!(
+                check_ack("s.t", ack).is_ok(),
+                "{}",
+                String::from_utf8_lossy(ack)
+            );
+        }
+        let refused = check_ack(
+            "s.t",
+            br#"{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 0"},"stream":"s","seq":0}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(refused.contains("\"s.t\""), "{refused}");
+        assert!(refused.contains("wrong last sequence: 0"), "{refused}");
+        assert!(refused.contains("code 400"), "{refused}");
+        assert!(refused.contains("10071"), "{refused}");
+        let bare = check_ack("s.t", br#"{"error":{"code":503}}"#).unwrap_err();
+        assert!(bare.to_string().contains("no description"), "{bare}");
+        for other in [
+            &b"hello"[..],
+            b"",
+            b"{}",
+            b"[1,2]",
+            br#"{"stream":"s"}"#,
+            br#"{"seq":1}"#,
+            br#"{"stream":"s","seq":-1}"#,
+            br#"{"stream":"s","seq":1"#,
+            b"\xff\xfe",
+        ] {
+            let err = check_ack("s.t", other).unwrap_err().to_string();
+            assert!(
+                err.contains("not a JetStream acknowledgement"),
+                "{}: {err}",
+                String::from_utf8_lossy(other)
+            );
+        }
+        let long = format!("{{\"x\":\"{}\"}}", "y".repeat(10_000));
+        let err = check_ack("s.t", long.as_bytes()).unwrap_err().to_string();
+        assert!(err.len() < 600, "{}", err.len());
     }
 }
