@@ -861,3 +861,29 @@ async fn a_publish_succeeds_only_on_jetstreams_acknowledgement() {
     assert!(text.contains("not a JetStream acknowledgement"), "{text}");
     assert!(text.contains("hello"), "{text}");
 }
+
+/// A batch larger than the client's queue of outgoing requests (2,048) still goes out
+/// whole and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_the_clients_queue_is_stored_whole_and_in_order() {
+    const N: u64 = 6_000;
+    let Some(nats) = connect().await else { return };
+    let fresh = Fresh::new(&nats).await;
+    nats.ensure_stream(&fresh.options()).await.unwrap();
+    let batch = (0..N).map(seq_message).collect();
+    fresh
+        .topic()
+        .publish_batch(&Context::background(), batch)
+        .await
+        .unwrap();
+    let recorder = Recorder::new();
+    let server = nats
+        .server(fresh.options(), ServerConfig::new().concurrency(1))
+        .await
+        .unwrap();
+    let running = start(server, recorder.clone());
+    let got = recorder.wait_for(N as usize, WAIT).await;
+    running.stop(GRACE).await.unwrap();
+    let seqs: Vec<u64> = got.unwrap().iter().filter_map(|r| r.seq()).collect();
+    assert_eq!(seqs, (0..N).collect::<Vec<_>>());
+}

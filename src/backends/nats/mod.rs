@@ -189,7 +189,7 @@ impl Nats {
 
     /// A topic publishing to `subject` (which a stream must capture).
     pub fn topic(&self, subject: impl Into<String>) -> NatsTopic {
-        NatsTopic::open(self.client.clone(), self.jetstream.clone(), subject.into())
+        NatsTopic::open(self.client.clone(), subject.into())
     }
 
     /// A server on the durable pull consumer `options` names, creating the stream and the

@@ -1,17 +1,16 @@
 //! The topic: JetStream publish with headers, waiting for the stream's acknowledgement.
 //!
-//! A single publish is a core NATS request to the subject: JetStream answers it with its
+//! A publish is a core NATS request to the subject: JetStream answers it with its
 //! `PubAck`, which is read here. async-nats' JetStream `publish` sends the same request
-//! and reads the same answer; it also takes a permit of its own in-flight limit, and
-//! reads the answer through two JSON shapes in turn, which cost more than the rest of a
-//! publish between them. A batch goes through async-nats' JetStream `publish`, which
-//! sends every message before any answer is awaited.
+//! and reads the same answer; it also takes a permit of its own in-flight limit, arms a
+//! second timer, and reads the answer through two JSON shapes in turn.
 
 use std::borrow::Cow;
 use std::fmt;
+use std::task::Poll;
 use std::time::Duration;
 
-use async_nats::{Subject, jetstream};
+use async_nats::Subject;
 
 use crate::transport::{BufferedWriter, Outgoing, Sender, SenderPublisher, SenderTopic};
 use crate::{Context, Error};
@@ -30,7 +29,6 @@ pub type NatsPublisher = SenderPublisher<NatsSender>;
 /// acknowledgement: the [`Sender`] of a [`NatsTopic`].
 pub struct NatsSender {
     client: async_nats::Client,
-    jetstream: jetstream::Context,
     subject: String,
     /// `subject` as the client takes it: cloning it shares its bytes.
     wire_subject: Subject,
@@ -50,14 +48,9 @@ impl fmt::Debug for NatsSender {
 }
 
 impl NatsTopic {
-    pub(super) fn open(
-        client: async_nats::Client,
-        jetstream: jetstream::Context,
-        subject: String,
-    ) -> Self {
+    pub(super) fn open(client: async_nats::Client, subject: String) -> Self {
         SenderTopic::new(NatsSender {
             client,
-            jetstream,
             wire_subject: Subject::from(subject.as_str()),
             subject,
             msg_id_attribute: "Idempotency-Key".to_owned(),
@@ -71,7 +64,6 @@ impl NatsTopic {
         let sender = self.sender();
         SenderTopic::new(NatsSender {
             client: sender.client.clone(),
-            jetstream: sender.jetstream.clone(),
             subject: sender.subject.clone(),
             wire_subject: sender.wire_subject.clone(),
             msg_id_attribute: crate::canonical_key(key.as_ref()).into_owned(),
@@ -97,18 +89,13 @@ impl NatsSender {
 
 impl Sender for NatsSender {
     async fn send(&self, ctx: &Context, mut message: Outgoing) -> Result<(), Error> {
-        let headers = self.headers(&mut message)?;
-        let request = async_nats::Request::new()
-            .headers(headers)
-            .payload(message.body)
-            .timeout(Some(ACK_TIMEOUT));
+        let request = self.request(&mut message)?;
         let send = async {
             let reply = self
                 .client
                 .send_request(self.wire_subject.clone(), request)
-                .await
-                .map_err(|e| request_error(&self.subject, e))?;
-            check_ack(&self.subject, &reply.payload)
+                .await;
+            self.answered(reply)
         };
         ctx.unless_cancelled(send).await
     }
@@ -116,20 +103,22 @@ impl Sender for NatsSender {
     /// Every publish goes out, in order, before any acknowledgement is awaited: the batch
     /// waits about one round trip.
     async fn send_batch(&self, ctx: &Context, messages: Vec<Outgoing>) -> Result<(), Error> {
-        let subject = &self.subject;
         let send = async {
-            let mut acks = Vec::with_capacity(messages.len());
+            let mut replies = Vec::with_capacity(messages.len());
             for mut message in messages {
-                let headers = self.headers(&mut message)?;
-                acks.push(
-                    self.jetstream
-                        .publish_with_headers(subject.clone(), headers, message.body)
-                        .await
-                        .map_err(|e| publish_error(subject, e))?,
-                );
+                let request = self.request(&mut message)?;
+                let mut reply =
+                    Box::pin(self.client.send_request(self.wire_subject.clone(), request));
+                // The first poll sends the request, or takes its turn for room in the
+                // client's queue (whose waiters are served first come, first served): the
+                // requests go out in the batch's order.
+                match futures::poll!(reply.as_mut()) {
+                    Poll::Ready(reply) => self.answered(reply)?,
+                    Poll::Pending => replies.push(reply),
+                }
             }
-            for ack in acks {
-                ack.await.map_err(|e| publish_error(subject, e))?;
+            for reply in replies {
+                self.answered(reply.await)?;
             }
             Ok(())
         };
@@ -137,7 +126,29 @@ impl Sender for NatsSender {
     }
 }
 
-/// A failed publish request as a msgio error, as [`publish_error`] words the same cases.
+impl NatsSender {
+    /// The JetStream publish of one message: a request to the subject, with its headers.
+    fn request(&self, message: &mut Outgoing) -> Result<async_nats::Request, Error> {
+        let headers = self.headers(message)?;
+        Ok(async_nats::Request::new()
+            .headers(headers)
+            .payload(std::mem::take(&mut message.body))
+            .timeout(Some(ACK_TIMEOUT)))
+    }
+
+    /// What the answer to a publish says: `Ok` when JetStream acknowledged it.
+    fn answered(
+        &self,
+        reply: Result<async_nats::Message, async_nats::RequestError>,
+    ) -> Result<(), Error> {
+        let reply = reply.map_err(|e| request_error(&self.subject, e))?;
+        check_ack(&self.subject, &reply.payload)
+    }
+}
+
+/// A failed publish request as a msgio error: an oversized message says so (it will never
+/// fit), a missing stream names the subject, a timeout or a lost connection is
+/// [`Error::ConnectionLost`] (publish again).
 fn request_error(subject: &str, e: async_nats::RequestError) -> Error {
     use async_nats::RequestErrorKind as Kind;
     match e.kind() {
@@ -203,25 +214,6 @@ fn check_ack(subject: &str, payload: &[u8]) -> Result<(), Error> {
             "publishing to {subject:?}: the answer is not a JetStream acknowledgement: {:?}",
             crate::error::truncate(&String::from_utf8_lossy(payload), 200)
         ))),
-    }
-}
-
-/// A publish error as a msgio error: an oversized message says so (it will never fit), a
-/// missing stream names the subject, a broken connection or a timeout is
-/// [`Error::ConnectionLost`] (publish again).
-fn publish_error(subject: &str, e: jetstream::context::PublishError) -> Error {
-    use jetstream::context::PublishErrorKind as Kind;
-    match e.kind() {
-        Kind::MaxPayloadExceeded => Error::other(format!(
-            "a message to {subject:?} is larger than the NATS server's max_payload: {e}"
-        )),
-        Kind::StreamNotFound => Error::other(format!(
-            "no JetStream stream captures {subject:?} (create one, for instance with Nats::ensure_stream): {e}"
-        )),
-        Kind::TimedOut | Kind::BrokenPipe => {
-            Error::connection_lost(format!("publishing to {subject:?}: {e}"))
-        }
-        _ => Error::other(format!("JetStream refused a message to {subject:?}: {e}")),
     }
 }
 
