@@ -54,7 +54,10 @@ pub trait Server: Send + Sync {
     ///
     /// When `grace` passes first, the contexts of the messages still in flight are
     /// cancelled, and this returns [`Error::DeadlineExceeded`] once they ended (or, for
-    /// receivers that ignore their context, were abandoned and left for redelivery).
+    /// receivers that ignore their context, were abandoned and left for redelivery). What
+    /// the transport does as it closes (a last commit, leaving a consumer group) is given
+    /// up likewise when it cannot finish, so that this returns even when the broker
+    /// stopped answering (see [`ServerConfig::cancel_grace`](crate::ServerConfig::cancel_grace)).
     /// Shutting down a server that is not serving closes it at once.
     ///
     /// # Errors

@@ -139,7 +139,10 @@ impl ServerConfig {
     }
 
     /// After a shutdown deadline cancels the receivers' contexts, how long they get to
-    /// return before they are abandoned and their messages left for redelivery.
+    /// return before they are abandoned and their messages left for redelivery. The
+    /// source's close (a last commit, leaving a consumer group) gets as long once the
+    /// deadline has passed, then is given up, so that `shutdown` returns even when the
+    /// broker stopped answering. Default 1 s.
     pub fn cancel_grace(mut self, grace: Duration) -> Self {
         self.cancel_grace = grace;
         self

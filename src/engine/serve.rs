@@ -226,8 +226,31 @@ impl<S: Source> Inner<S> {
         }
         // The settler ends once every task's sender is gone (or at once when told to finish).
         let _ = settler.await;
-        if let Err(e) = catch_panic_of("the source's close", || self.source.close()).await {
-            log::warning!("msgio: closing source {:?} failed: {e}", self.name);
+        self.close().await;
+    }
+
+    /// Closes the source. Once the shutdown deadline has passed (the contexts were
+    /// cancelled), the close gets `cancel_grace`, as an abandoned receiver does, and is then
+    /// given up with a warning: a close that cannot finish (a broker that stopped answering
+    /// a last commit) must not keep `shutdown` from returning.
+    async fn close(&self) {
+        let close = catch_panic_of("the source's close", || self.source.close());
+        let deadline_passed = async {
+            self.cancel.cancelled().await;
+            tokio::time::sleep(self.config.cancel_grace).await;
+        };
+        tokio::select! {
+            biased;
+            closed = close => {
+                if let Err(e) = closed {
+                    log::warning!("msgio: closing source {:?} failed: {e}", self.name);
+                }
+            }
+            () = deadline_passed => log::warning!(
+                "msgio: closing source {:?} did not finish within the shutdown deadline and {:?} more; given up",
+                self.name,
+                self.config.cancel_grace
+            ),
         }
     }
 

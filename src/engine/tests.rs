@@ -43,6 +43,8 @@ struct Script {
     reconnect_failures: AtomicU32,
     reconnects: AtomicU32,
     closed: AtomicBool,
+    /// How long `close` takes (`Duration::MAX`: for ever).
+    close_takes: Mutex<Duration>,
     /// The source cannot hold nack delays.
     no_nack_delay: AtomicBool,
     /// Deliveries may carry a not-before time.
@@ -187,6 +189,11 @@ impl Source for Scripted {
     }
 
     async fn close(&self) -> Result<(), Error> {
+        let takes = *self.0.close_takes.lock().unwrap();
+        if takes == Duration::MAX {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(takes).await;
         self.0.closed.store(true, Ordering::SeqCst);
         Ok(())
     }
@@ -765,6 +772,37 @@ async fn shutdown_waits_for_slow_receivers_and_releases_what_never_started() {
         source.settled(),
         [(1, Settle::Ack), (2, Settle::Release), (3, Settle::Release)]
     );
+}
+
+/// A source's close that never finishes (a broker that stopped answering its last commit)
+/// is given up `cancel_grace` after the shutdown deadline: shutdown and serve return. A
+/// slow close within the deadline is waited for.
+#[tokio::test]
+async fn a_source_close_that_never_finishes_is_given_up_after_the_deadline() {
+    for (takes, grace, finished) in [
+        (Duration::MAX, Duration::from_millis(50), false),
+        (Duration::from_millis(300), Duration::from_secs(5), true),
+    ] {
+        let source = Scripted::with(vec![Step::Deliver(vec![1])]);
+        *source.0.close_takes.lock().unwrap() = takes;
+        let engine = Engine::new(source.clone(), fast()).unwrap();
+        let task = serve_in_background(
+            &engine,
+            ReceiverFunc::new(|_: Context, _: Message| async { Ok(()) }),
+        );
+        eventually("the message was settled", || source.settled().len() == 1).await;
+        let result = bounded(engine.shutdown(grace)).await;
+        assert_eq!(result.is_ok(), finished, "{result:?}");
+        if !finished {
+            assert!(matches!(result, Err(Error::DeadlineExceeded)), "{result:?}");
+        }
+        assert!(matches!(
+            bounded(task).await.unwrap(),
+            Err(Error::ServerClosed)
+        ));
+        assert_eq!(source.0.closed.load(Ordering::SeqCst), finished);
+        assert_eq!(source.settled(), [(1, Settle::Ack)]);
+    }
 }
 
 #[tokio::test]
