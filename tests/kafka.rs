@@ -941,3 +941,82 @@ async fn a_cut_connection_is_rejoined_without_loss_or_repeats() {
     drop(proxy);
     drop(broker);
 }
+
+/// The broker becomes unreachable while a member has records in hand: they are settled
+/// after the cut, so neither their commits nor the member's leaving can reach the broker.
+/// Shutting down still returns, and so does `serve`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_returns_when_the_broker_is_unreachable() {
+    const N: usize = 20;
+    let Some(program) = tansu() else {
+        msgio::testing::skip_or_fail(
+            "tansu",
+            "MSGIO_TANSU",
+            &"no tansu program (set MSGIO_TANSU, or run .ci/run once to install it)",
+        );
+        return;
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let advertised = listener.local_addr().unwrap().port();
+    let broker = msgio::testing::ServerProcess::start(&program, move |port, _| {
+        [
+            "broker".to_owned(),
+            "--listener-url".to_owned(),
+            format!("tcp://127.0.0.1:{port}"),
+            "--advertised-listener-url".to_owned(),
+            format!("tcp://127.0.0.1:{advertised}"),
+            "--storage-engine".to_owned(),
+            "memory://tansu/".to_owned(),
+        ]
+        .map(Into::into)
+        .to_vec()
+    })
+    .unwrap();
+    let proxy = Proxy::run(listener, broker.port());
+    let through = format!("127.0.0.1:{advertised}");
+    let kafka = Kafka::connect(&through).await.unwrap();
+    let topic_name = fresh(&kafka, 2).await;
+    let topic = kafka.topic(&topic_name);
+    for seq in 0..N as u64 {
+        topic
+            .publish(&Context::background(), seq_message(seq))
+            .await
+            .unwrap();
+    }
+    // Every receiver holds its record until the gate opens, after the cut.
+    let (gate, opened) = tokio::sync::watch::channel(false);
+    let held = Arc::new(tokio::sync::Semaphore::new(0));
+    let receiver = {
+        let held = held.clone();
+        ReceiverFunc::new(move |_: Context, _: Message| {
+            let (held, mut opened) = (held.clone(), opened.clone());
+            async move {
+                held.add_permits(1);
+                let _ = opened.wait_for(|open| *open).await;
+                Ok(())
+            }
+        })
+    };
+    let server = kafka
+        .server(options(&topic_name), ServerConfig::new().concurrency(N))
+        .await
+        .unwrap();
+    let serving = server.clone();
+    let task = tokio::spawn(async move { serving.serve(receiver).await });
+    let all_held = tokio::time::timeout(WAIT, held.acquire_many(N as u32)).await;
+    assert!(all_held.is_ok(), "the records did not all arrive");
+    proxy.cut(Duration::from_secs(3600));
+    gate.send_replace(true);
+    let stopped = tokio::time::timeout(Duration::from_secs(60), server.shutdown(GRACE)).await;
+    assert!(
+        stopped.is_ok(),
+        "shutdown did not return a minute after its 10 s grace"
+    );
+    let served = tokio::time::timeout(Duration::from_secs(10), task).await;
+    assert!(
+        matches!(served, Ok(Ok(Err(Error::ServerClosed)))),
+        "serve did not end: {served:?}"
+    );
+    drop(proxy);
+    drop(broker);
+}
