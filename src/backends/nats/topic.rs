@@ -89,7 +89,7 @@ impl NatsSender {
 
 impl Sender for NatsSender {
     async fn send(&self, ctx: &Context, mut message: Outgoing) -> Result<(), Error> {
-        let request = self.request(&mut message)?;
+        let request = self.request(&mut message, Some(ACK_TIMEOUT))?;
         let send = async {
             let reply = self
                 .client
@@ -101,39 +101,60 @@ impl Sender for NatsSender {
     }
 
     /// Every publish goes out, in order, before any acknowledgement is awaited: the batch
-    /// waits about one round trip.
+    /// waits about one round trip. The acknowledgements share one timeout, armed once every
+    /// request was sent or queued, rather than one each. Nothing limits how many acknowledgements a batch
+    /// (or all of them together) may await: async-nats' JetStream `publish` takes one of
+    /// 5,000 permits per acknowledgement awaited, and batches that together awaited more
+    /// waited on one another for ever.
     async fn send_batch(&self, ctx: &Context, messages: Vec<Outgoing>) -> Result<(), Error> {
         let send = async {
             let mut replies = Vec::with_capacity(messages.len());
             for mut message in messages {
-                let request = self.request(&mut message)?;
+                let request = self.request(&mut message, None)?;
                 let mut reply =
                     Box::pin(self.client.send_request(self.wire_subject.clone(), request));
                 // The first poll sends the request, or takes its turn for room in the
                 // client's queue (whose waiters are served first come, first served): the
-                // requests go out in the batch's order.
-                match futures::poll!(reply.as_mut()) {
+                // requests go out in the batch's order. It leaves no waker behind: only
+                // the reply awaited below wakes this task, not every reply as it comes.
+                let mut first = std::task::Context::from_waker(std::task::Waker::noop());
+                match reply.as_mut().poll(&mut first) {
                     Poll::Ready(reply) => self.answered(reply)?,
                     Poll::Pending => replies.push(reply),
                 }
             }
-            for reply in replies {
-                self.answered(reply.await)?;
-            }
-            Ok(())
+            let acknowledged = async {
+                for reply in replies {
+                    self.answered(reply.await)?;
+                }
+                Ok(())
+            };
+            tokio::time::timeout(ACK_TIMEOUT, acknowledged)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::connection_lost(format!(
+                        "publishing to {:?}: no acknowledgement within {ACK_TIMEOUT:?}",
+                        self.subject
+                    )))
+                })
         };
         ctx.unless_cancelled(send).await
     }
 }
 
 impl NatsSender {
-    /// The JetStream publish of one message: a request to the subject, with its headers.
-    fn request(&self, message: &mut Outgoing) -> Result<async_nats::Request, Error> {
+    /// The JetStream publish of one message: a request to the subject, with its headers,
+    /// waiting `timeout` for the answer (`None`: the caller bounds the wait itself).
+    fn request(
+        &self,
+        message: &mut Outgoing,
+        timeout: Option<Duration>,
+    ) -> Result<async_nats::Request, Error> {
         let headers = self.headers(message)?;
         Ok(async_nats::Request::new()
             .headers(headers)
             .payload(std::mem::take(&mut message.body))
-            .timeout(Some(ACK_TIMEOUT)))
+            .timeout(timeout))
     }
 
     /// What the answer to a publish says: `Ok` when JetStream acknowledged it.
