@@ -820,22 +820,17 @@ impl Drop for Proxy {
     }
 }
 
-/// Every connection of a producer and a group member is cut mid-stream and refused for
-/// 2 s (less than the session timeout): librdkafka reconnects, every message arrives,
-/// what is processed twice is at most the window whose commits the outage kept from the
-/// broker (reported), and the group's offsets end at the end of the topic. (Kafka's idempotent producer stores each message
-/// once through the retries; tansu sometimes stores a retried batch again, which the
-/// test reports rather than fails on.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cut_connection_is_rejoined_without_loss_or_repeats() {
-    const N: u64 = 600;
+/// A private tansu broker that clients reach only through a [`Proxy`] (the broker
+/// advertises the proxy's address), and that address; `None` when there is no tansu
+/// program (after saying so, or failing under `MSGIO_REQUIRE_BROKERS=1`).
+async fn proxied_broker() -> Option<(msgio::testing::ServerProcess, Proxy, String)> {
     let Some(program) = tansu() else {
         msgio::testing::skip_or_fail(
             "tansu",
             "MSGIO_TANSU",
             &"no tansu program (set MSGIO_TANSU, or run .ci/run once to install it)",
         );
-        return;
+        return None;
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let advertised = listener.local_addr().unwrap().port();
@@ -854,7 +849,21 @@ async fn a_cut_connection_is_rejoined_without_loss_or_repeats() {
     })
     .unwrap();
     let proxy = Proxy::run(listener, broker.port());
-    let through = format!("127.0.0.1:{advertised}");
+    Some((broker, proxy, format!("127.0.0.1:{advertised}")))
+}
+
+/// Every connection of a producer and a group member is cut mid-stream and refused for
+/// 2 s (less than the session timeout): librdkafka reconnects, every message arrives,
+/// what is processed twice is at most the window whose commits the outage kept from the
+/// broker (reported), and the group's offsets end at the end of the topic. (Kafka's idempotent producer stores each message
+/// once through the retries; tansu sometimes stores a retried batch again, which the
+/// test reports rather than fails on.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_connection_is_rejoined_without_loss_or_repeats() {
+    const N: u64 = 600;
+    let Some((broker, proxy, through)) = proxied_broker().await else {
+        return;
+    };
     let kafka = Kafka::connect(&through).await.unwrap();
     let topic_name = fresh(&kafka, 2).await;
 
@@ -948,32 +957,9 @@ async fn a_cut_connection_is_rejoined_without_loss_or_repeats() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_returns_when_the_broker_is_unreachable() {
     const N: usize = 20;
-    let Some(program) = tansu() else {
-        msgio::testing::skip_or_fail(
-            "tansu",
-            "MSGIO_TANSU",
-            &"no tansu program (set MSGIO_TANSU, or run .ci/run once to install it)",
-        );
+    let Some((broker, proxy, through)) = proxied_broker().await else {
         return;
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let advertised = listener.local_addr().unwrap().port();
-    let broker = msgio::testing::ServerProcess::start(&program, move |port, _| {
-        [
-            "broker".to_owned(),
-            "--listener-url".to_owned(),
-            format!("tcp://127.0.0.1:{port}"),
-            "--advertised-listener-url".to_owned(),
-            format!("tcp://127.0.0.1:{advertised}"),
-            "--storage-engine".to_owned(),
-            "memory://tansu/".to_owned(),
-        ]
-        .map(Into::into)
-        .to_vec()
-    })
-    .unwrap();
-    let proxy = Proxy::run(listener, broker.port());
-    let through = format!("127.0.0.1:{advertised}");
     let kafka = Kafka::connect(&through).await.unwrap();
     let topic_name = fresh(&kafka, 2).await;
     let topic = kafka.topic(&topic_name);
