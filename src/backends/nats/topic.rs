@@ -101,11 +101,9 @@ impl Sender for NatsSender {
     }
 
     /// Every publish goes out, in order, before any acknowledgement is awaited: the batch
-    /// waits about one round trip. The acknowledgements share one timeout, armed once every
-    /// request was sent or queued, rather than one each. Nothing limits how many acknowledgements a batch
-    /// (or all of them together) may await: async-nats' JetStream `publish` takes one of
-    /// 5,000 permits per acknowledgement awaited, and batches that together awaited more
-    /// waited on one another for ever.
+    /// waits about one round trip. The acknowledgements are then awaited in order, each
+    /// for up to 5 s once it is the one awaited (a large batch is not cut short by a limit
+    /// on the whole); nothing limits how many a batch may await.
     async fn send_batch(&self, ctx: &Context, messages: Vec<Outgoing>) -> Result<(), Error> {
         let send = async {
             let mut replies = Vec::with_capacity(messages.len());
@@ -115,28 +113,31 @@ impl Sender for NatsSender {
                     Box::pin(self.client.send_request(self.wire_subject.clone(), request));
                 // The first poll sends the request, or takes its turn for room in the
                 // client's queue (whose waiters are served first come, first served): the
-                // requests go out in the batch's order. It leaves no waker behind: only
-                // the reply awaited below wakes this task, not every reply as it comes.
+                // requests go out in the batch's order. It runs outside tokio's task
+                // budget, which would otherwise refuse it once spent, leaving the rest of
+                // the batch to go out one reply at a time as each is awaited below. It
+                // leaves no waker behind: only the reply awaited below wakes this task,
+                // not every reply as it comes.
                 let mut first = std::task::Context::from_waker(std::task::Waker::noop());
-                match reply.as_mut().poll(&mut first) {
+                let mut unbudgeted = tokio::task::unconstrained(reply.as_mut());
+                match std::pin::Pin::new(&mut unbudgeted).poll(&mut first) {
                     Poll::Ready(reply) => self.answered(reply)?,
                     Poll::Pending => replies.push(reply),
                 }
             }
-            let acknowledged = async {
-                for reply in replies {
-                    self.answered(reply.await)?;
-                }
-                Ok(())
-            };
-            tokio::time::timeout(ACK_TIMEOUT, acknowledged)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Error::connection_lost(format!(
-                        "publishing to {:?}: no acknowledgement within {ACK_TIMEOUT:?}",
-                        self.subject
-                    )))
-                })
+            for reply in replies {
+                // A reply that has already come is taken without arming the timer.
+                let reply = tokio::time::timeout(ACK_TIMEOUT, reply)
+                    .await
+                    .map_err(|_| {
+                        Error::connection_lost(format!(
+                            "publishing to {:?}: no acknowledgement within {ACK_TIMEOUT:?}",
+                            self.subject
+                        ))
+                    })?;
+                self.answered(reply)?;
+            }
+            Ok(())
         };
         ctx.unless_cancelled(send).await
     }
