@@ -35,11 +35,13 @@ pub(super) struct Dispatch<S: Source, R> {
     pub(super) meter: Meter,
 }
 
-impl<S: Source, R: Receiver> Dispatch<S, R> {
+impl<S: Source, R> Dispatch<S, R> {
     pub(super) fn settle(&self, token: S::Token, action: Settle) {
         self.settle_tx.send(Settlement { token, action });
     }
+}
 
+impl<S: Source, R: Receiver> Dispatch<S, R> {
     /// What the contexts of the messages a worker runs share: each worker makes its own,
     /// so that the count of its references stays in its core's cache.
     ///
@@ -286,7 +288,7 @@ impl<S: Source, R> Unsettled<'_, S, R> {
     /// Hands the message's settlement on: from now on, a panic leaves it settled.
     fn settle(&mut self, action: Settle) {
         if let Some(token) = self.token.take() {
-            self.dispatch.settle_tx.send(Settlement { token, action });
+            self.dispatch.settle(token, action);
         }
     }
 }
@@ -301,10 +303,7 @@ impl<S: Source, R> Drop for Unsettled<'_, S, R> {
                     "msgio: a panic in {:?} outside the receiver; the message counts a failed attempt",
                     self.dispatch.name
                 );
-                self.dispatch.settle_tx.send(Settlement {
-                    token,
-                    action: Settle::Nack { delay: None },
-                });
+                self.dispatch.settle(token, Settle::Nack { delay: None });
             }
         }
     }

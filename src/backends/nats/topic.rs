@@ -29,9 +29,8 @@ pub type NatsPublisher = SenderPublisher<NatsSender>;
 /// acknowledgement: the [`Sender`] of a [`NatsTopic`].
 pub struct NatsSender {
     client: async_nats::Client,
-    subject: String,
-    /// `subject` as the client takes it: cloning it shares its bytes.
-    wire_subject: Subject,
+    /// Cloned for each publish: shares its bytes.
+    subject: Subject,
     msg_id_attribute: String,
 }
 
@@ -41,7 +40,7 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 impl fmt::Debug for NatsSender {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NatsTopic")
-            .field("subject", &self.subject)
+            .field("subject", &self.subject.as_str())
             .field("msg_id_attribute", &self.msg_id_attribute)
             .finish()
     }
@@ -51,8 +50,7 @@ impl NatsTopic {
     pub(super) fn open(client: async_nats::Client, subject: String) -> Self {
         SenderTopic::new(NatsSender {
             client,
-            wire_subject: Subject::from(subject.as_str()),
-            subject,
+            subject: Subject::from(subject),
             msg_id_attribute: "Idempotency-Key".to_owned(),
         })
     }
@@ -65,14 +63,13 @@ impl NatsTopic {
         SenderTopic::new(NatsSender {
             client: sender.client.clone(),
             subject: sender.subject.clone(),
-            wire_subject: sender.wire_subject.clone(),
             msg_id_attribute: crate::canonical_key(key.as_ref()).into_owned(),
         })
     }
 
     /// The subject this topic publishes to.
     pub fn subject(&self) -> &str {
-        &self.sender().subject
+        self.sender().subject.as_str()
     }
 }
 
@@ -93,7 +90,7 @@ impl Sender for NatsSender {
         let send = async {
             let reply = self
                 .client
-                .send_request(self.wire_subject.clone(), request)
+                .send_request(self.subject.clone(), request)
                 .await;
             self.answered(reply)
         };
@@ -109,8 +106,7 @@ impl Sender for NatsSender {
             let mut replies = Vec::with_capacity(messages.len());
             for mut message in messages {
                 let request = self.request(&mut message, None)?;
-                let mut reply =
-                    Box::pin(self.client.send_request(self.wire_subject.clone(), request));
+                let mut reply = Box::pin(self.client.send_request(self.subject.clone(), request));
                 // The first poll sends the request, or takes its turn for room in the
                 // client's queue (whose waiters are served first come, first served): the
                 // requests go out in the batch's order. It runs outside tokio's task
@@ -132,7 +128,7 @@ impl Sender for NatsSender {
                     .map_err(|_| {
                         Error::connection_lost(format!(
                             "publishing to {:?}: no acknowledgement within {ACK_TIMEOUT:?}",
-                            self.subject
+                            self.subject.as_str()
                         ))
                     })?;
                 self.answered(reply)?;
