@@ -40,6 +40,13 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The first and third quartiles of `v` (the nearest ranks): where the middle half of the
+/// figures lie, the spread quoted beside a median.
+pub fn quartiles(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 4], v[(3 * v.len()) / 4])
+}
+
 /// The message count, from `MSGIO_BENCH_MESSAGES` or `default`.
 pub fn messages(default: usize) -> usize {
     env_count("MSGIO_BENCH_MESSAGES", default)
