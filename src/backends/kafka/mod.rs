@@ -142,6 +142,7 @@
 
 mod encoding;
 mod source;
+mod thread;
 mod topic;
 mod url;
 

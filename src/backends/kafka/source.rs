@@ -721,27 +721,20 @@ impl Source for KafkaSource {
         };
         let topic = self.topic.clone();
         let shown = self.shown.clone();
-        // A thread of its own, not the runtime's blocking pool: when the broker stopped
-        // answering, the engine gives this close up after the shutdown deadline, and a
-        // runtime waits for its blocking pool's threads when it is dropped.
-        let (done, closed) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name("msgio-kafka-close".to_owned())
-            .spawn(move || {
-                let result = if commits.is_empty() {
-                    Ok(())
-                } else {
-                    consumer
-                        .commit(&commit_list(&topic, &commits), CommitMode::Sync)
-                        .map_err(|e| super::error(&shown, e))
-                };
-                // Dropping the last handle closes the consumer: it leaves the group.
-                drop(consumer);
-                let _ = done.send(result);
-            })
-            .map_err(|e| {
-                Error::other(format!("cannot start a thread to close the consumer: {e}"))
-            })?;
+        // Not on the runtime's blocking pool: when the broker stopped answering, the engine
+        // gives this close up after the shutdown deadline (see `run_on_own_thread`).
+        let closed = super::thread::run_on_own_thread("msgio-kafka-close", move || {
+            let result = if commits.is_empty() {
+                Ok(())
+            } else {
+                consumer
+                    .commit(&commit_list(&topic, &commits), CommitMode::Sync)
+                    .map_err(|e| super::error(&shown, e))
+            };
+            // Dropping the last handle closes the consumer: it leaves the group.
+            drop(consumer);
+            result
+        });
         closed
             .await
             .map_err(|_| Error::other("closing the Kafka consumer panicked"))?
