@@ -737,7 +737,7 @@ impl Source for KafkaSource {
         });
         closed
             .await
-            .map_err(|_| Error::other("closing the Kafka consumer panicked"))?
+            .map_err(|_| Error::other("closing the Kafka consumer panicked or never ran"))?
     }
 }
 

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::oneshot;
 
 /// Runs `job` on a new thread named `name`; its result comes back through the returned
-/// receiver (closed without a value if the job panicked).
+/// receiver (closed without a value if the job panicked, or if, run on the blocking pool,
+/// it was dropped unrun because the runtime was shutting down).
 ///
 /// A thread of its own rather than the runtime's blocking pool: a runtime waits for its
 /// blocking pool's threads when it is dropped, and a job that never returns (a commit
