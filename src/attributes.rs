@@ -463,6 +463,20 @@ impl Table {
             .find(|e| key_is(text, e, key.as_bytes()))
     }
 
+    /// Empties a table whose text and entries are inline; whether it was such a table.
+    #[cfg(feature = "mem")]
+    fn clear_inline(&mut self) -> bool {
+        match (&mut self.text, &mut self.entries) {
+            (Text::Inline { len, .. }, Entries::Inline { len: entries, .. }) => {
+                *len = 0;
+                *entries = 0;
+                self.garbage = 0;
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn push(&mut self, s: &str) -> (usize, usize) {
         let start = self.text.len();
         self.text.push_str(s);
@@ -517,10 +531,36 @@ impl Table {
     }
 }
 
+/// An emptied attribute table whose allocation is kept for another message's attributes:
+/// the in-memory transport hands the tables of acknowledged messages back to its
+/// publishers, so that a table is allocated and freed on the publisher's thread rather than
+/// allocated on one thread and freed on another (the allocator's slow path).
+#[cfg(feature = "mem")]
+pub(crate) struct SpareTable(Arc<Table>);
+
 impl Attributes {
     /// Empty attributes. Does not allocate.
     pub fn new() -> Self {
         Attributes { table: None }
+    }
+
+    /// Empty attributes that fill `spare`'s table instead of allocating one.
+    #[cfg(feature = "mem")]
+    pub(crate) fn with_spare(spare: SpareTable) -> Self {
+        Attributes {
+            table: Some(spare.0),
+        }
+    }
+
+    /// These attributes' table, emptied, when nothing else shares it and it holds its text
+    /// and entries inline (a larger one is freed as usual, so that no spare holds more
+    /// than a table's own size).
+    #[cfg(feature = "mem")]
+    pub(crate) fn into_spare(self) -> Option<SpareTable> {
+        let mut table = self.table?;
+        Arc::get_mut(&mut table)?
+            .clear_inline()
+            .then_some(SpareTable(table))
     }
 
     /// The text every entry points into, checked once for an iterator's whole walk.

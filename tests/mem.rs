@@ -196,3 +196,83 @@ async fn delayed_messages_due_together_come_when_due_in_publish_order() {
         "(seq, when it came)"
     );
 }
+
+/// Every message carries exactly the attributes it was written with, whatever messages
+/// came before it on the queue, and attributes a receiver kept stay as they were after
+/// their message is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attributes_never_carry_over_between_messages() {
+    use futures::AsyncWriteExt;
+    use msgio::{Attributes, Context, Message, MessageWriter, ReceiverFunc, Server, Topic};
+    use std::time::Duration;
+
+    let queue = MemQueue::new(64).unwrap();
+    let topic = queue.topic();
+    let server = queue.server(ServerConfig::new().concurrency(4)).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let serving = server.clone();
+    let task = tokio::spawn(async move {
+        serving
+            .serve(ReceiverFunc::new(move |_: Context, mut msg: Message| {
+                let tx = tx.clone();
+                async move {
+                    let body = msg.body.read_to_bytes(1024).await?;
+                    let body = String::from_utf8(body.to_vec()).unwrap();
+                    let _ = tx.send((body, msg.attributes.clone()));
+                    Ok(())
+                }
+            }))
+            .await
+    });
+    // What message `i` of a round is written with: none, a few, or more than fit inline.
+    let expected = |round: usize, i: usize| {
+        let mut attributes = Attributes::new();
+        for k in 0..(i % 4) * (1 + i % 3) * 2 {
+            attributes.set(
+                format!("X-Key-{k}"),
+                format!("round {round} message {i} {k}"),
+            );
+        }
+        attributes
+    };
+    let mut kept = Vec::new();
+    for round in 0..20 {
+        for i in 0..40 {
+            let want = expected(round, i);
+            if i % 2 == 0 {
+                let mut writer = topic.new_writer(&Context::background()).unwrap();
+                for (key, value) in want.iter() {
+                    writer.attributes_mut().add(key, value);
+                }
+                writer
+                    .write_all(format!("{round}/{i}").as_bytes())
+                    .await
+                    .unwrap();
+                writer.close().await.unwrap();
+            } else {
+                let mut msg = Message::new(format!("{round}/{i}"));
+                msg.attributes = want;
+                topic.publish(&Context::background(), msg).await.unwrap();
+            }
+        }
+        // All of the round received (and so acknowledged, soon after) before the next.
+        for _ in 0..40 {
+            let (body, attributes) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("a round's messages arrive")
+                .unwrap();
+            let (r, i) = body.split_once('/').unwrap();
+            let (r, i): (usize, usize) = (r.parse().unwrap(), i.parse().unwrap());
+            assert_eq!(attributes, expected(r, i), "message {body}");
+            // Some kept past their acknowledgement; the rest let go of.
+            if i % 5 == 0 {
+                kept.push((r, i, attributes));
+            }
+        }
+    }
+    for (r, i, attributes) in &kept {
+        assert_eq!(*attributes, expected(*r, *i), "kept attributes of {r}/{i}");
+    }
+    server.shutdown(Duration::from_secs(5)).await.unwrap();
+    assert!(matches!(task.await.unwrap(), Err(Error::ServerClosed)));
+}

@@ -64,10 +64,16 @@ enum WriterState<F> {
 impl<P: Publish> BufferedWriter<P> {
     /// A writer that publishes through `publisher`, under `ctx`.
     pub fn new(publisher: P, ctx: &Context) -> Self {
+        Self::with_attributes(publisher, ctx, Attributes::new())
+    }
+
+    /// [`new`](BufferedWriter::new), starting from `attributes` (empty ones holding a
+    /// spare table, say).
+    pub(crate) fn with_attributes(publisher: P, ctx: &Context, attributes: Attributes) -> Self {
         BufferedWriter {
             publisher,
             ctx: ctx.clone(),
-            attributes: Attributes::new(),
+            attributes,
             delay: None,
             state: WriterState::Open(Vec::new()),
         }

@@ -112,7 +112,8 @@ impl Source for MemSource {
     async fn settle(&self, batch: &mut Vec<Settlement<MemToken>>) -> Result<(), Error> {
         let queue = &*self.queue;
         // What goes back, sorted out before taking the lock; the acknowledged messages
-        // are dropped (their memory freed) after it, so publishers never wait on that.
+        // are dropped after it (their attribute tables kept as spares for the next
+        // writers, the rest of their memory freed), so publishers never wait on that.
         let mut back = Vec::new();
         let mut released = Vec::new();
         let mut done = Vec::with_capacity(batch.len());
@@ -130,6 +131,7 @@ impl Source for MemSource {
             }
         }
         if back.is_empty() && released.is_empty() {
+            queue.recycle(done);
             return Ok(());
         }
         {
@@ -151,7 +153,7 @@ impl Source for MemSource {
             }
         }
         queue.notify.notify_one();
-        drop(done);
+        queue.recycle(done);
         Ok(())
     }
 }

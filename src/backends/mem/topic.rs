@@ -31,11 +31,12 @@ impl Topic for MemTopic {
     type Writer = MemWriter;
 
     fn new_writer(&self, ctx: &Context) -> Result<MemWriter, Error> {
-        Ok(BufferedWriter::new(
+        Ok(BufferedWriter::with_attributes(
             MemPublisher {
                 queue: self.queue.clone(),
             },
             ctx,
+            self.queue.new_attributes(),
         ))
     }
 }
