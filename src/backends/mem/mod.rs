@@ -7,6 +7,11 @@
 //! server. Several servers on one queue share its messages (competing consumers), and a
 //! queue outlives its servers: what one server left is served by the next.
 //!
+//! Besides its messages, a queue keeps up to 256 emptied attribute tables of acknowledged
+//! messages (a few hundred bytes each) for the next writers to fill: a table is reused only
+//! when nothing else holds it, so attributes a receiver kept stay as they were, and no
+//! attribute carries over from one message to another.
+//!
 //! # URL
 //!
 //! `mem://<queue>[?capacity=<n>]` (see [`open_topic`](crate::open_topic)): the first URL
