@@ -109,6 +109,7 @@
 //! [`Nats::server`] (publishing works over TLS), and a server that requires TLS on a
 //! `nats://` URL fails each fetch with an error saying so.
 
+mod batch;
 mod encoding;
 mod pull;
 mod source;

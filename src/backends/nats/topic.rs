@@ -7,11 +7,12 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::task::Poll;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::Subject;
 
+use super::batch::BatchAcks;
 use crate::transport::{BufferedWriter, Outgoing, Sender, SenderPublisher, SenderTopic};
 use crate::{Context, Error};
 
@@ -32,6 +33,8 @@ pub struct NatsSender {
     /// Cloned for each publish: shares its bytes.
     subject: Subject,
     msg_id_attribute: String,
+    /// Where this topic's batches are answered, once it sent one.
+    batches: tokio::sync::Mutex<Option<Arc<BatchAcks>>>,
 }
 
 /// How long a publish waits for the stream's acknowledgement: JetStream's own default.
@@ -52,6 +55,7 @@ impl NatsTopic {
             client,
             subject: Subject::from(subject),
             msg_id_attribute: "Idempotency-Key".to_owned(),
+            batches: tokio::sync::Mutex::default(),
         })
     }
 
@@ -64,6 +68,7 @@ impl NatsTopic {
             client: sender.client.clone(),
             subject: sender.subject.clone(),
             msg_id_attribute: crate::canonical_key(key.as_ref()).into_owned(),
+            batches: tokio::sync::Mutex::default(),
         })
     }
 
@@ -74,6 +79,18 @@ impl NatsTopic {
 }
 
 impl NatsSender {
+    /// Where this topic's batches are answered: subscribed to with its first batch, and
+    /// again when that subscription ended (its connection closed, its runtime shut down).
+    async fn batch_acks(&self) -> Result<Arc<BatchAcks>, Error> {
+        let mut acks = self.batches.lock().await;
+        if let Some(acks) = acks.as_ref().filter(|a| a.is_running()) {
+            return Ok(acks.clone());
+        }
+        let new = Arc::new(BatchAcks::subscribe(&self.client).await?);
+        *acks = Some(new.clone());
+        Ok(new)
+    }
+
     /// The headers of one message, with its delay recorded.
     fn headers(&self, message: &mut Outgoing) -> Result<async_nats::HeaderMap, Error> {
         if let Some(delay) = message.delay {
@@ -98,44 +115,79 @@ impl Sender for NatsSender {
     }
 
     /// Every publish goes out, in order, before any acknowledgement is awaited: the batch
-    /// waits about one round trip. The acknowledgements are then awaited in order, each
-    /// for up to 5 s once it is the one awaited (a large batch is not cut short by a limit
-    /// on the whole); nothing limits how many a batch may await.
+    /// waits about one round trip. Each publish is handed to the client in turn (waiting
+    /// for room in its queue of outgoing messages when that is full), so the stream
+    /// stores the batch in its order whatever its size and whatever else shares the
+    /// connection. The acknowledgements come back on a subscription of the topic's own
+    /// (one inbox, taken with its first batch; each message's reply subject names its
+    /// batch and its place) and are awaited in order, each for up to 5 s once it is the
+    /// one awaited (a large batch is not cut short by a limit on the whole); nothing
+    /// limits how many a batch may await.
     async fn send_batch(&self, ctx: &Context, messages: Vec<Outgoing>) -> Result<(), Error> {
+        if messages.is_empty() {
+            return Ok(());
+        }
         let send = async {
-            let mut replies = Vec::with_capacity(messages.len());
-            for mut message in messages {
-                let request = self.request(&mut message, None)?;
-                let mut reply = Box::pin(self.client.send_request(self.subject.clone(), request));
-                // The first poll sends the request, or takes its turn for room in the
-                // client's queue (whose waiters are served first come, first served): the
-                // requests go out in the batch's order. It runs outside tokio's task
-                // budget, which would otherwise refuse it once spent, leaving the rest of
-                // the batch to go out one reply at a time as each is awaited below. It
-                // leaves no waker behind: only the reply awaited below wakes this task,
-                // not every reply as it comes.
-                let mut first = std::task::Context::from_waker(std::task::Waker::noop());
-                let mut unbudgeted = tokio::task::unconstrained(reply.as_mut());
-                match std::pin::Pin::new(&mut unbudgeted).poll(&mut first) {
-                    Poll::Ready(reply) => self.answered(reply)?,
-                    Poll::Pending => replies.push(reply),
-                }
-            }
-            for reply in replies {
-                // A reply that has already come is taken without arming the timer.
-                let reply = tokio::time::timeout(ACK_TIMEOUT, reply)
+            let mut batch = self.batch_acks().await?.batch();
+            let mut answers: Vec<Option<Result<(), Error>>> = Vec::with_capacity(messages.len());
+            for (i, mut message) in messages.into_iter().enumerate() {
+                let headers = self.headers(&mut message)?;
+                let body = std::mem::take(&mut message.body);
+                self.client
+                    .publish_with_reply_and_headers(
+                        self.subject.clone(),
+                        batch.reply(i),
+                        headers,
+                        body,
+                    )
                     .await
-                    .map_err(|_| {
-                        Error::connection_lost(format!(
-                            "publishing to {:?}: no acknowledgement within {ACK_TIMEOUT:?}",
-                            self.subject.as_str()
-                        ))
-                    })?;
-                self.answered(reply)?;
+                    .map_err(|e| publish_error(&self.subject, e))?;
+                answers.push(None);
+            }
+            for i in 0..answers.len() {
+                loop {
+                    if let Some(answer) = answers[i].take() {
+                        answer?;
+                        break;
+                    }
+                    // Only an acknowledgement not yet in arms the timer.
+                    match tokio::time::timeout(ACK_TIMEOUT, batch.answers.recv()).await {
+                        Ok(Some((index, ack))) => {
+                            if let Some(slot @ None) = answers.get_mut(index) {
+                                *slot = Some(self.checked(&ack));
+                            }
+                        }
+                        Ok(None) => {
+                            return Err(Error::connection_lost(format!(
+                                "publishing to {:?}: the connection closed before every acknowledgement came",
+                                self.subject.as_str()
+                            )));
+                        }
+                        Err(_) => {
+                            return Err(Error::connection_lost(format!(
+                                "publishing to {:?}: no acknowledgement within {ACK_TIMEOUT:?}",
+                                self.subject.as_str()
+                            )));
+                        }
+                    }
+                }
             }
             Ok(())
         };
         ctx.unless_cancelled(send).await
+    }
+}
+
+/// A publish the client refused as a msgio error: an oversized message says so, a
+/// connection gone is [`Error::ConnectionLost`] (publish again).
+fn publish_error(subject: &str, e: async_nats::PublishError) -> Error {
+    use async_nats::client::PublishErrorKind as Kind;
+    match e.kind() {
+        Kind::MaxPayloadExceeded => Error::other(format!(
+            "a message to {subject:?} is larger than the NATS server's max_payload: {e}"
+        )),
+        Kind::InvalidSubject => Error::other(format!("cannot publish to {subject:?}: {e}")),
+        Kind::Send => Error::connection_lost(format!("publishing to {subject:?}: {e}")),
     }
 }
 
@@ -162,6 +214,16 @@ impl NatsSender {
         let reply = reply.map_err(|e| request_error(&self.subject, e))?;
         check_ack(&self.subject, &reply.payload)
     }
+
+    /// What an answer that came on a batch's own subscription says: as
+    /// [`answered`](Self::answered), the client's request path having turned NATS's "no
+    /// responders" status into an error there.
+    fn checked(&self, reply: &async_nats::Message) -> Result<(), Error> {
+        if reply.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            return Err(no_stream(&self.subject, &"no responders"));
+        }
+        check_ack(&self.subject, &reply.payload)
+    }
 }
 
 /// A failed publish request as a msgio error: an oversized message says so (it will never
@@ -173,15 +235,20 @@ fn request_error(subject: &str, e: async_nats::RequestError) -> Error {
         Kind::MaxPayloadExceeded => Error::other(format!(
             "a message to {subject:?} is larger than the NATS server's max_payload: {e}"
         )),
-        Kind::NoResponders => Error::other(format!(
-            "no JetStream stream captures {subject:?} (create one, for instance with Nats::ensure_stream): {e}"
-        )),
+        Kind::NoResponders => no_stream(subject, &e),
         Kind::InvalidSubject => Error::other(format!("cannot publish to {subject:?}: {e}")),
         // A timeout, or the connection gone before the answer came: publish again.
         Kind::TimedOut | Kind::Other => {
             Error::connection_lost(format!("publishing to {subject:?}: {e}"))
         }
     }
+}
+
+/// A publish nothing answered: no JetStream stream captures its subject.
+fn no_stream(subject: &str, e: &dyn fmt::Display) -> Error {
+    Error::other(format!(
+        "no JetStream stream captures {subject:?} (create one, for instance with Nats::ensure_stream): {e}"
+    ))
 }
 
 /// What JetStream answers a publish: the stream and sequence that took the message, or
