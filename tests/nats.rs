@@ -865,7 +865,6 @@ async fn a_publish_succeeds_only_on_jetstreams_acknowledgement() {
     let client = async_nats::connect(url()).await.unwrap();
     let subject = format!("msgio_service_{}", msgio::testing::unique_suffix());
     let mut requests = client.subscribe(subject.clone()).await.unwrap();
-    client.flush().await.unwrap();
     let answering = client.clone();
     tokio::spawn(async move {
         while let Some(request) = requests.next().await {
@@ -874,6 +873,10 @@ async fn a_publish_succeeds_only_on_jetstreams_acknowledgement() {
             }
         }
     });
+    // A request of its own, answered, shows the server has the subscription (a flush
+    // only shows it was sent): msgio's connection cannot then find no responders.
+    let answer = client.request(subject.clone(), "ready?".into()).await;
+    assert_eq!(&answer.unwrap().payload[..], b"hello");
     let err = nats
         .topic(subject)
         .publish(&ctx, Message::new("x"))
