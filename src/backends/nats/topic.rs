@@ -103,7 +103,7 @@ impl NatsSender {
 
 impl Sender for NatsSender {
     async fn send(&self, ctx: &Context, mut message: Outgoing) -> Result<(), Error> {
-        let request = self.request(&mut message, Some(ACK_TIMEOUT))?;
+        let request = self.request(&mut message)?;
         let send = async {
             let reply = self
                 .client
@@ -183,27 +183,21 @@ impl Sender for NatsSender {
 fn publish_error(subject: &str, e: async_nats::PublishError) -> Error {
     use async_nats::client::PublishErrorKind as Kind;
     match e.kind() {
-        Kind::MaxPayloadExceeded => Error::other(format!(
-            "a message to {subject:?} is larger than the NATS server's max_payload: {e}"
-        )),
-        Kind::InvalidSubject => Error::other(format!("cannot publish to {subject:?}: {e}")),
+        Kind::MaxPayloadExceeded => too_large(subject, &e),
+        Kind::InvalidSubject => bad_subject(subject, &e),
         Kind::Send => Error::connection_lost(format!("publishing to {subject:?}: {e}")),
     }
 }
 
 impl NatsSender {
     /// The JetStream publish of one message: a request to the subject, with its headers,
-    /// waiting `timeout` for the answer (`None`: the caller bounds the wait itself).
-    fn request(
-        &self,
-        message: &mut Outgoing,
-        timeout: Option<Duration>,
-    ) -> Result<async_nats::Request, Error> {
+    /// waiting [`ACK_TIMEOUT`] for the answer.
+    fn request(&self, message: &mut Outgoing) -> Result<async_nats::Request, Error> {
         let headers = self.headers(message)?;
         Ok(async_nats::Request::new()
             .headers(headers)
             .payload(std::mem::take(&mut message.body))
-            .timeout(timeout))
+            .timeout(Some(ACK_TIMEOUT)))
     }
 
     /// What the answer to a publish says: `Ok` when JetStream acknowledged it.
@@ -232,16 +226,26 @@ impl NatsSender {
 fn request_error(subject: &str, e: async_nats::RequestError) -> Error {
     use async_nats::RequestErrorKind as Kind;
     match e.kind() {
-        Kind::MaxPayloadExceeded => Error::other(format!(
-            "a message to {subject:?} is larger than the NATS server's max_payload: {e}"
-        )),
+        Kind::MaxPayloadExceeded => too_large(subject, &e),
         Kind::NoResponders => no_stream(subject, &e),
-        Kind::InvalidSubject => Error::other(format!("cannot publish to {subject:?}: {e}")),
+        Kind::InvalidSubject => bad_subject(subject, &e),
         // A timeout, or the connection gone before the answer came: publish again.
         Kind::TimedOut | Kind::Other => {
             Error::connection_lost(format!("publishing to {subject:?}: {e}"))
         }
     }
+}
+
+/// A message over the server's `max_payload`: it will never fit.
+fn too_large(subject: &str, e: &dyn fmt::Display) -> Error {
+    Error::other(format!(
+        "a message to {subject:?} is larger than the NATS server's max_payload: {e}"
+    ))
+}
+
+/// A subject the client will not publish to.
+fn bad_subject(subject: &str, e: &dyn fmt::Display) -> Error {
+    Error::other(format!("cannot publish to {subject:?}: {e}"))
 }
 
 /// A publish nothing answered: no JetStream stream captures its subject.
