@@ -797,6 +797,16 @@ async fn a_body_over_the_servers_max_payload_fails_at_publish_saying_so() {
     assert!(err.to_string().contains("max_payload"), "{err}");
 }
 
+/// `err` is a failure to publish again as it is (not a lost connection), and its text
+/// says each of `words`.
+fn assert_fails_saying(err: &Error, words: &[&str]) {
+    assert!(!err.is_connection_lost(), "{err:?}");
+    let text = err.to_string();
+    for word in words {
+        assert!(text.contains(word), "{text}");
+    }
+}
+
 /// Publishing is a request JetStream answers: without a stream on the subject the error
 /// says so; a refusal carries JetStream's reason and stores nothing; and an answer from
 /// something other than JetStream is not taken for an acknowledgement.
@@ -812,21 +822,13 @@ async fn a_publish_succeeds_only_on_jetstreams_acknowledgement() {
         msgio::testing::unique_suffix()
     ));
     let err = nowhere.publish(&ctx, Message::new("x")).await.unwrap_err();
-    assert!(!err.is_connection_lost(), "{err:?}");
-    assert!(
-        err.to_string().contains("no JetStream stream captures"),
-        "{err}"
-    );
+    assert_fails_saying(&err, &["no JetStream stream captures"]);
     // A batch says the same.
     let err = nowhere
         .publish_batch(&ctx, vec![Message::new("x"), Message::new("y")])
         .await
         .unwrap_err();
-    assert!(!err.is_connection_lost(), "{err:?}");
-    assert!(
-        err.to_string().contains("no JetStream stream captures"),
-        "{err}"
-    );
+    assert_fails_saying(&err, &["no JetStream stream captures"]);
 
     // JetStream refuses: the stream is empty, the header expects sequence 5.
     let fresh = Fresh::new(&nats).await;
@@ -834,11 +836,7 @@ async fn a_publish_succeeds_only_on_jetstreams_acknowledgement() {
     let mut msg = Message::new("x");
     msg.attributes.set("Nats-Expected-Last-Sequence", "5");
     let err = fresh.topic().publish(&ctx, msg).await.unwrap_err();
-    assert!(!err.is_connection_lost(), "{err:?}");
-    let text = err.to_string();
-    assert!(text.contains("JetStream refused"), "{text}");
-    assert!(text.contains("wrong last sequence"), "{text}");
-    assert!(text.contains("10071"), "{text}");
+    assert_fails_saying(&err, &["JetStream refused", "wrong last sequence", "10071"]);
     fresh
         .topic()
         .publish(&ctx, Message::new("y"))
@@ -855,10 +853,7 @@ async fn a_publish_succeeds_only_on_jetstreams_acknowledgement() {
         .publish_batch(&ctx, vec![Message::new("y"), refused])
         .await
         .unwrap_err();
-    assert!(!err.is_connection_lost(), "{err:?}");
-    let text = err.to_string();
-    assert!(text.contains("JetStream refused"), "{text}");
-    assert!(text.contains("wrong last sequence"), "{text}");
+    assert_fails_saying(&err, &["JetStream refused", "wrong last sequence"]);
     assert_eq!(stream.info().await.unwrap().state.messages, 2);
 
     // A core NATS service answers on the subject: its answer is not an acknowledgement.
@@ -882,10 +877,20 @@ async fn a_publish_succeeds_only_on_jetstreams_acknowledgement() {
         .publish(&ctx, Message::new("x"))
         .await
         .unwrap_err();
-    assert!(!err.is_connection_lost(), "{err:?}");
-    let text = err.to_string();
-    assert!(text.contains("not a JetStream acknowledgement"), "{text}");
-    assert!(text.contains("hello"), "{text}");
+    assert_fails_saying(&err, &["not a JetStream acknowledgement", "hello"]);
+}
+
+/// The first `n` messages of `fresh`'s stream, in its order: served by one worker.
+async fn in_stream_order(nats: &Nats, fresh: &Fresh, n: usize) -> Vec<msgio::testing::Received> {
+    let recorder = Recorder::new();
+    let server = nats
+        .server(fresh.options(), ServerConfig::new().concurrency(1))
+        .await
+        .unwrap();
+    let running = start(server, recorder.clone());
+    let got = recorder.wait_for(n, WAIT).await;
+    running.stop(GRACE).await.unwrap();
+    got.unwrap()
 }
 
 /// Batches sent at once on one topic are each answered on their own: all succeed, and
@@ -908,15 +913,8 @@ async fn concurrent_batches_on_one_topic_are_each_stored_in_order() {
     for sent in futures::future::join_all(sends).await {
         sent.unwrap();
     }
-    let recorder = Recorder::new();
-    let server = nats
-        .server(fresh.options(), ServerConfig::new().concurrency(1))
-        .await
-        .unwrap();
-    let running = start(server, recorder.clone());
-    let got = recorder.wait_for((BATCHES * EACH) as usize, WAIT).await;
-    running.stop(GRACE).await.unwrap();
-    let seqs: Vec<u64> = got.unwrap().iter().filter_map(|r| r.seq()).collect();
+    let got = in_stream_order(&nats, &fresh, (BATCHES * EACH) as usize).await;
+    let seqs: Vec<u64> = got.iter().filter_map(|r| r.seq()).collect();
     for b in 0..BATCHES {
         let of_batch: Vec<u64> = seqs.iter().copied().filter(|s| s / EACH == b).collect();
         assert_eq!(
@@ -948,15 +946,7 @@ async fn a_large_batch_is_stored_whole_and_in_order() {
     published
         .expect("the batch was not published within 30 s")
         .unwrap();
-    let recorder = Recorder::new();
-    let server = nats
-        .server(fresh.options(), ServerConfig::new().concurrency(1))
-        .await
-        .unwrap();
-    let running = start(server, recorder.clone());
-    let got = recorder.wait_for(N as usize, WAIT).await;
-    running.stop(GRACE).await.unwrap();
-    let got = got.unwrap();
+    let got = in_stream_order(&nats, &fresh, N as usize).await;
     // (batch position, stream sequence) of each message, in the stream's order.
     let stored: Vec<(u64, String)> = got
         .iter()
